@@ -1,0 +1,187 @@
+from __future__ import annotations
+
+import copy
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vault_bridge.config import load_config, parse_config
+from vault_bridge.errors import ConfigError
+from vault_bridge.models import CertName
+from vault_bridge.testing.lab import to_toml
+
+
+@pytest.fixture
+def password_file(tmp_path: Path) -> Path:
+    path = tmp_path / "pw"
+    path.write_text("s3cret\n")
+    return path
+
+
+def doc(password_file: Path, **cluster: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "name": "east",
+        "url": "https://re-east.example.com:9443",
+        "username": "admin@example.com",
+        "password_file": str(password_file),
+        "certificates": {"proxy": {"role": "redis-proxy", "common_name": "re-east.example.com"}},
+    }
+    base.update(cluster)
+    return {"vault": {"address": "https://vault.example.com:8200"}, "clusters": [base]}
+
+
+def test_defaults_are_applied(password_file: Path) -> None:
+    settings = parse_config(doc(password_file))
+    spec = settings.clusters[0].certificates[0]
+    assert spec.name is CertName.PROXY
+    assert (spec.pki_mount, spec.mode, spec.key_type, spec.key_bits, spec.ttl) == (
+        "pki",
+        "sign",
+        "rsa",
+        2048,
+        "720h",
+    )
+    assert spec.renew_at == pytest.approx(0.667)
+    assert settings.clusters[0].password.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(settings)
+
+
+def test_per_certificate_override_and_renew_before(password_file: Path) -> None:
+    data = doc(password_file)
+    data["defaults"] = {"key_type": "ec", "key_bits": 384, "renew_before": "240h"}
+    data["clusters"][0]["certificates"]["proxy"]["ttl"] = "2160h"
+    spec = parse_config(data).clusters[0].certificates[0]
+    assert (spec.key_type, spec.key_bits, spec.ttl) == ("ec", 384, "2160h")
+    assert spec.renew_at is None and spec.renew_before == timedelta(hours=240)
+
+
+def test_endpoint_defaults(password_file: Path) -> None:
+    cluster = parse_config(doc(password_file, verify_endpoints={"proxy": "db:12000"})).clusters[0]
+    assert cluster.endpoint_for(CertName.CM) == "re-east.example.com:8443"
+    assert cluster.endpoint_for(CertName.METRICS_EXPORTER) == "re-east.example.com:8070"
+    assert cluster.endpoint_for(CertName.API) == "re-east.example.com:9443"
+    assert cluster.endpoint_for(CertName.PROXY) == "db:12000"
+    assert cluster.endpoint_for(CertName.SYNCER) is None
+
+
+def _mutate(data: dict[str, Any], path: str, value: Any) -> None:
+    node: Any = data
+    parts = path.split(".")
+    for part in parts[:-1]:
+        node = node[int(part)] if part.isdigit() else node.setdefault(part, {})
+    if value is _DELETE:
+        del node[parts[-1]]
+    else:
+        node[parts[-1]] = value
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        ("clusters.0.usernme", "x", "clusters[0].usernme: unknown key (did you mean 'username'?)"),
+        (
+            "clusters.0.certificates.prxy",
+            {"role": "r", "common_name": "c"},
+            "clusters[0].certificates.prxy: unknown certificate name (did you mean 'proxy'?)",
+        ),
+        ("clusters.0.certificates.proxy.role", _DELETE, "clusters[0].certificates.proxy.role: missing"),
+        ("clusters.0.certificates.proxy.rolee", "x", "(did you mean 'role'?)"),
+        ("clusters.0.certificates.proxy.ttl", "abc", "clusters[0].certificates.proxy.ttl: expected a duration"),
+        ("clusters.0.certificates.proxy.renew_at", 1.5, "clusters[0].certificates.proxy.renew_at: Input should be less than 1"),
+        ("clusters.0.certificates.proxy.key_bits", 1024, "key_bits: expected one of 2048, 3072, 4096"),
+        ("clusters.0.certificates.proxy.key_type", "dsa", "key_type: Input should be 'rsa' or 'ec'"),
+        ("clusters.0.password_file", "/nonexistent/pw", "clusters[0].password_file: cannot read '/nonexistent/pw'"),
+        ("clusters.0.url", "http://re:9443", "clusters[0].url: expected an https:// URL"),
+        ("clusters.0.crdb_update", "ssh", "clusters[0].crdb_update: Input should be"),
+        ("clusters.0.verify_endpoints", {"cm": "nohost"}, "verify_endpoints.cm: expected host:port"),
+        ("vault.adress", "x", "vault.adress: unknown key (did you mean 'address'?)"),
+        ("vault.auth", {"method": "approle"}, "vault.auth: missing key 'role_id': required for method 'approle'"),
+        ("vault.auth", {"method": "token", "role_id": "x"}, "key 'role_id' does not apply to method 'token'"),
+        ("vault.auth", {"method": "tokn"}, "vault.auth.method: Input should be"),
+        ("agent.max_issues_per_hour", 0, "agent.max_issues_per_hour"),
+        ("agent.resync_interval", "soon", "agent.resync_interval: expected a duration"),
+        ("clusters.0.ca_fingerprint", "abc", "clusters[0].ca_fingerprint: expected a SHA-256 fingerprint"),
+    ],
+)
+def test_bad_configuration_is_one_clear_line(
+    password_file: Path, path: str, value: Any, expected: str
+) -> None:
+    data = copy.deepcopy(doc(password_file))
+    _mutate(data, path, value)
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    message = str(info.value)
+    assert expected in message
+    assert "\n" not in message
+    assert info.value.exit_code == 2
+
+
+def test_duplicate_cluster_names(password_file: Path) -> None:
+    data = doc(password_file)
+    data["clusters"].append(dict(data["clusters"][0]))
+    with pytest.raises(ConfigError, match=r"clusters\[1\].name: duplicate cluster name 'east'"):
+        parse_config(data)
+
+
+def test_internode_needs_rsa(password_file: Path) -> None:
+    data = doc(password_file)
+    data["defaults"] = {"key_type": "ec", "key_bits": 256}
+    data["clusters"][0]["certificates"]["ccs_internode_encryption"] = {"role": "r", "common_name": "c"}
+    with pytest.raises(ConfigError, match="ccs_internode_encryption takes RSA keys only"):
+        parse_config(data)
+
+
+def test_password_env(monkeypatch: pytest.MonkeyPatch, password_file: Path) -> None:
+    data = doc(password_file)
+    del data["clusters"][0]["password_file"]
+    data["clusters"][0]["password_env"] = "RE_EAST_PASSWORD"
+    monkeypatch.delenv("RE_EAST_PASSWORD", raising=False)
+    with pytest.raises(ConfigError, match="environment variable 'RE_EAST_PASSWORD' is not set"):
+        parse_config(data)
+    monkeypatch.setenv("RE_EAST_PASSWORD", "pw")
+    assert parse_config(data).clusters[0].password.get_secret_value() == "pw"
+
+
+def test_vault_address_from_env(monkeypatch: pytest.MonkeyPatch, password_file: Path) -> None:
+    data = doc(password_file)
+    del data["vault"]["address"]
+    monkeypatch.delenv("VAULT_ADDR", raising=False)
+    with pytest.raises(ConfigError, match="vault.address: missing"):
+        parse_config(data)
+    monkeypatch.setenv("VAULT_ADDR", "https://v:8200/")
+    monkeypatch.setenv("VAULT_NAMESPACE", "team-a")
+    settings = parse_config(data)
+    assert settings.vault.address == "https://v:8200"
+    assert settings.vault.namespace == "team-a"
+
+
+def test_load_config_from_file_and_env(
+    tmp_path: Path, password_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(to_toml(doc(password_file)))
+    monkeypatch.setenv("VAULT_BRIDGE_CONFIG", str(path))
+    assert load_config().clusters[0].name == "east"
+    path.write_text("[vault\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="cannot read configuration"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_readme_example_parses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The annotated example in examples/config.toml stays valid."""
+    example = Path(__file__).resolve().parents[2] / "examples" / "config.toml"
+    text = example.read_text()
+    monkeypatch.setenv("RE_EAST_PASSWORD", "pw")
+    data = __import__("tomllib").loads(text)
+    data["vault"].pop("ca_cert")  # files that exist only on a real host
+    for cluster in data["clusters"]:
+        cluster.pop("ca_file", None)
+    settings = parse_config(data)
+    assert {s.name.value for s in settings.specs()} >= {"cm", "api", "proxy", "syncer", "metrics_exporter"}

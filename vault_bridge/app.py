@@ -1,0 +1,91 @@
+"""Wiring: builds the adapters and the executor from the settings (no decisions here)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from vault_bridge.cluster import ClusterClient
+from vault_bridge.config import Settings
+from vault_bridge.rotation import RotationHooks, Rotator
+from vault_bridge.vault import (
+    AppRoleAuth,
+    AuthMethod,
+    CertAuth,
+    KubernetesAuth,
+    TokenAuth,
+    VaultClient,
+)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def auth_from_settings(settings: Settings) -> AuthMethod:
+    auth = settings.vault.auth
+    if auth.method == "approle":
+        assert auth.role_id and auth.secret_id_file
+        return AppRoleAuth(auth.role_id, Path(auth.secret_id_file), auth.mount or "approle")
+    if auth.method == "kubernetes":
+        assert auth.role
+        return KubernetesAuth(
+            auth.role,
+            Path(auth.jwt_file or "/var/run/secrets/kubernetes.io/serviceaccount/token"),
+            auth.mount or "kubernetes",
+        )
+    if auth.method == "cert":
+        assert auth.cert_file and auth.key_file
+        return CertAuth(
+            Path(auth.cert_file), Path(auth.key_file), auth.name or "", auth.mount or "cert"
+        )
+    return TokenAuth(Path(auth.token_file) if auth.token_file else None)
+
+
+def vault_client(settings: Settings, clock: Callable[[], datetime] = utc_now) -> VaultClient:
+    vault = settings.vault
+    assert vault.address
+    return VaultClient(
+        vault.address,
+        auth=auth_from_settings(settings),
+        ca_cert=vault.ca_cert,
+        namespace=vault.namespace,
+        timeout=vault.timeout,
+        clock=clock,
+    )
+
+
+@dataclass
+class App:
+    settings: Settings
+    vault: VaultClient
+    clusters: dict[str, ClusterClient]
+    rotator: Rotator
+
+    def close(self) -> None:
+        for client in self.clusters.values():
+            client.close()
+
+    def __enter__(self) -> App:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def build(
+    settings: Settings,
+    *,
+    clock: Callable[[], datetime] = utc_now,
+    hooks: RotationHooks | None = None,
+    sleep: Callable[[float], None] | None = None,
+) -> App:
+    import time
+
+    real_sleep = sleep or time.sleep
+    vault = vault_client(settings, clock)
+    clusters = {c.name: ClusterClient(c, sleep=real_sleep) for c in settings.clusters}
+    rotator = Rotator(settings, vault, clusters, clock=clock, hooks=hooks, sleep=real_sleep)
+    return App(settings, vault, clusters, rotator)

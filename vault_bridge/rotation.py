@@ -1,0 +1,405 @@
+"""The executor: carries out a plan through the adapters (Vault, clusters, TLS probes).
+
+A pass reads what every cluster serves, classifies it (:mod:`vault_bridge.planner`), obtains a
+certificate from Vault for each one due, checks it, installs it, reads it back and checks the
+served leaf. One certificate's failure never stops the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from cryptography import x509
+
+from vault_bridge.cluster import CertUpload, ClusterClient
+from vault_bridge.config import CertSpec, ClusterSettings, Settings
+from vault_bridge.durations import parse_duration
+from vault_bridge.errors import ClusterError, VaultBridgeError, VerificationError
+from vault_bridge.models import CertificateInfo, CertName, InstalledCertificate, IssuedCertificate
+from vault_bridge.pki import build_csr, check_before_install, generate_key, key_to_pem
+from vault_bridge.planner import (
+    Action,
+    CertStatus,
+    InstallBatch,
+    classify,
+    install_batches,
+    plan,
+)
+from vault_bridge.tlsprobe import served_certificate
+from vault_bridge.vault import VaultClient
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+@dataclass(frozen=True)
+class Change:
+    """A certificate installed on a cluster in this pass, with the one it replaced."""
+
+    cluster: str
+    name: str
+    issued: IssuedCertificate
+    previous: InstalledCertificate | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    cluster: str
+    name: str
+    result: str  # "installed" | "failed"
+    serial: str | None = None
+    not_after: datetime | None = None
+    error: str | None = None
+    reason: str = ""
+
+
+@dataclass
+class PassResult:
+    outcomes: list[Outcome] = field(default_factory=list)
+    statuses: list[CertStatus] = field(default_factory=list)
+    cluster_errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.result == "failed"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.cluster_errors
+
+    def summary(self) -> str:
+        installed = sum(1 for o in self.outcomes if o.result == "installed")
+        parts = [f"{installed} installed"]
+        if self.failed:
+            first = self.failed[0]
+            parts.append(
+                f"{len(self.failed)} of {len(self.outcomes)} certificates failed: "
+                f"{first.name} on {first.cluster}: {first.error}"
+            )
+        for cluster, error in self.cluster_errors.items():
+            parts.append(f"cluster {cluster} failed: {error}")
+        return "; ".join(parts)
+
+
+class RotationHooks(Protocol):
+    """Points where the agent (state journal) and the follow-ups plug into a pass."""
+
+    def before_issue(self, spec: CertSpec) -> None:
+        """Called before asking Vault; raising skips the certificate (e.g. runaway guard)."""
+
+    def issued(self, spec: CertSpec, issued: IssuedCertificate) -> None:
+        """Called once Vault issued (before the install)."""
+
+    def before_install(self, cluster: str, changes: Sequence[Change]) -> None:
+        """Called right before the install request (write the intent)."""
+
+    def after_installs(self, changes: Sequence[Change]) -> dict[tuple[str, str], str]:
+        """Called once per pass with every verified install (run the follow-ups).
+
+        Returns errors by (cluster, name) for follow-ups that failed."""
+        ...
+
+    def completed(self, changes: Sequence[Change]) -> None:
+        """Called when the changes and their follow-ups are done (clear the intent)."""
+
+
+class NoHooks:
+    def before_issue(self, spec: CertSpec) -> None:
+        return None
+
+    def issued(self, spec: CertSpec, issued: IssuedCertificate) -> None:
+        return None
+
+    def before_install(self, cluster: str, changes: Sequence[Change]) -> None:
+        return None
+
+    def after_installs(self, changes: Sequence[Change]) -> dict[tuple[str, str], str]:
+        return {}
+
+    def completed(self, changes: Sequence[Change]) -> None:
+        return None
+
+
+class Rotator:
+    def __init__(
+        self,
+        settings: Settings,
+        vault: VaultClient,
+        clusters: Mapping[str, ClusterClient],
+        *,
+        clock: Clock,
+        hooks: RotationHooks | None = None,
+        probe: Callable[[str], CertificateInfo] = served_certificate,
+        sleep: Callable[[float], None] | None = None,
+        probe_attempts: int = 5,
+    ) -> None:
+        self.settings = settings
+        self.vault = vault
+        self.clusters = clusters
+        self.clock = clock
+        self.hooks: RotationHooks = hooks or NoHooks()
+        self._probe = probe
+        self._sleep = sleep or (lambda s: None)
+        self._probe_attempts = probe_attempts
+        self._issuers: dict[str, list[x509.Certificate]] = {}
+        self._chains: dict[str, list[str]] = {}
+        self._bulk_unsupported: set[str] = set()
+
+    # -- reading -------------------------------------------------------------------------
+
+    def issuers(self, mount: str) -> list[x509.Certificate]:
+        """The CA certificates of a PKI mount (GET <mount>/cert/ca_chain), cached per pass."""
+        if mount not in self._issuers:
+            pems = self.vault.ca_chain(mount)
+            self._chains[mount] = pems
+            self._issuers[mount] = [x509.load_pem_x509_certificate(p.encode()) for p in pems]
+        return self._issuers[mount]
+
+    def _trust_own_api_cert(self, cluster: ClusterSettings) -> None:
+        """Trust Vault's chain for the cluster's API once we manage its ``api`` certificate."""
+        spec = cluster.spec(CertName.API)
+        if spec is not None:
+            self.issuers(spec.pki_mount)
+            self.clusters[cluster.name].set_trust(self._chains[spec.pki_mount])
+
+    def statuses_for(
+        self, cluster: ClusterSettings
+    ) -> tuple[list[CertStatus], dict[str, InstalledCertificate]]:
+        self._trust_own_api_cert(cluster)
+        installed = self.clusters[cluster.name].certificates()
+        now = self.clock()
+        statuses = [
+            classify(spec, installed.get(spec.name.value), self.issuers(spec.pki_mount), now)
+            for spec in cluster.certificates
+        ]
+        return statuses, installed
+
+    def status(self) -> PassResult:
+        """Classify every configured certificate; clusters that fail are reported apart."""
+        self._issuers.clear()
+        result = PassResult()
+        for cluster in self.settings.clusters:
+            try:
+                statuses, _ = self.statuses_for(cluster)
+            except VaultBridgeError as exc:
+                result.cluster_errors[cluster.name] = str(exc)
+                continue
+            result.statuses.extend(statuses)
+        return result
+
+    def plan(self, force: Iterable[tuple[str, str]] = ()) -> tuple[list[Action], PassResult]:
+        current = self.status()
+        actions = plan(
+            current.statuses, force=force, replace_foreign=self.settings.agent.replace_foreign
+        )
+        return actions, current
+
+    # -- acting --------------------------------------------------------------------------
+
+    def obtain(self, spec: CertSpec) -> IssuedCertificate:
+        """Get a new certificate from Vault and check it; never returns one unfit to install."""
+        self.hooks.before_issue(spec)
+        if spec.mode == "sign":
+            key = generate_key(spec.key_type, spec.key_bits)
+            csr = build_csr(key, spec.common_name, spec.alt_names, spec.ip_sans)
+            data = self.vault.sign(
+                spec.pki_mount,
+                spec.role,
+                csr,
+                common_name=spec.common_name,
+                alt_names=spec.alt_names,
+                ip_sans=spec.ip_sans,
+                ttl=spec.ttl,
+            )
+            issued = IssuedCertificate.from_vault(data, private_key=key_to_pem(key))
+        else:
+            issued = self.vault.issue(
+                spec.pki_mount,
+                spec.role,
+                common_name=spec.common_name,
+                alt_names=spec.alt_names,
+                ip_sans=spec.ip_sans,
+                ttl=spec.ttl,
+            )
+        self.hooks.issued(spec, issued)
+        check_before_install(
+            issued, spec.name, now=self.clock(), requested_ttl=parse_duration(spec.ttl)
+        )
+        logger.info(
+            "issued %s for %s: serial %s, not_after %s",
+            spec.name.value,
+            spec.cluster,
+            issued.serial,
+            issued.not_after.isoformat(),
+        )
+        return issued
+
+    def run_once(
+        self,
+        *,
+        force: Iterable[tuple[str, str]] = (),
+        only: set[tuple[str, str]] | None = None,
+    ) -> PassResult:
+        """One reconcile pass over every cluster and certificate."""
+        actions, result = self.plan(force)
+        if only is not None:
+            actions = [a for a in actions if (a.cluster, a.name) in only]
+        by_cluster: dict[str, list[Action]] = {}
+        for action in actions:
+            by_cluster.setdefault(action.cluster, []).append(action)
+        changes: list[Change] = []
+        for cluster_name, cluster_actions in by_cluster.items():
+            changes.extend(self._rotate_cluster(cluster_name, cluster_actions, result))
+        if changes:
+            followup_errors = self.hooks.after_installs(changes)
+            for change in changes:
+                error = followup_errors.get((change.cluster, change.name))
+                result.outcomes.append(
+                    Outcome(
+                        change.cluster,
+                        change.name,
+                        "failed" if error else "installed",
+                        change.issued.serial,
+                        change.issued.not_after,
+                        f"follow-up failed: {error}" if error else None,
+                    )
+                )
+            self.hooks.completed([c for c in changes if (c.cluster, c.name) not in followup_errors])
+        return result
+
+    def _rotate_cluster(
+        self, cluster_name: str, actions: Sequence[Action], result: PassResult
+    ) -> list[Change]:
+        settings = self.settings.cluster(cluster_name)
+        client = self.clusters[cluster_name]
+        previous = client.certificates()
+        ready: dict[str, Change] = {}
+        for action in actions:
+            spec = settings.spec(action.name)
+            assert spec is not None
+            try:
+                issued = self.obtain(spec)
+            except VaultBridgeError as exc:
+                logger.error("%s on %s: %s", action.name, cluster_name, exc)
+                result.outcomes.append(Outcome(cluster_name, action.name, "failed", error=str(exc)))
+                continue
+            ready[action.name] = Change(
+                cluster_name, action.name, issued, previous.get(action.name)
+            )
+        if not ready:
+            return []
+        try:
+            version = client.lowest_version()
+        except VaultBridgeError as exc:
+            for name in ready:
+                result.outcomes.append(Outcome(cluster_name, name, "failed", error=str(exc)))
+            return []
+        errors = self._install(client, list(ready.values()), version)
+        installed: list[Change] = []
+        for name, change in ready.items():
+            error = errors.get(name)
+            if error is None:
+                try:
+                    self._verify(settings, client, change)
+                except VaultBridgeError as exc:
+                    error = str(exc)
+            if error is not None:
+                logger.error("%s on %s: %s", name, cluster_name, error)
+                result.outcomes.append(Outcome(cluster_name, name, "failed", error=error))
+            else:
+                logger.info(
+                    "installed %s on %s: serial %s, not_after %s",
+                    name,
+                    cluster_name,
+                    change.issued.serial,
+                    change.issued.not_after.isoformat(),
+                )
+                installed.append(change)
+        return installed
+
+    def _install(
+        self, client: ClusterClient, changes: Sequence[Change], version: tuple[int, ...]
+    ) -> dict[str, str]:
+        """Install ``changes``; returns an error message per certificate that failed."""
+        by_name = {c.name: c for c in changes}
+        errors: dict[str, str] = {}
+        if client.name in self._bulk_unsupported:
+            version = (0,)
+        for batch in install_batches(list(by_name), version):
+            batch_changes = [by_name[n] for n in batch.names]
+            self.hooks.before_install(client.name, batch_changes)
+            errors.update(self._send_batch(client, batch, batch_changes))
+        return errors
+
+    def _send_batch(
+        self, client: ClusterClient, batch: InstallBatch, changes: Sequence[Change]
+    ) -> dict[str, str]:
+        uploads = [CertUpload(c.name, c.issued.chain_pem, c.issued.private_key) for c in changes]
+        if batch.endpoint == "bulk":
+            try:
+                client.put_certificates(uploads)
+                return {}
+            except ClusterError as exc:
+                if exc.status in (404, 405):
+                    logger.info(
+                        "cluster %s has no bulk certificate endpoint (HTTP %s); using update_cert",
+                        client.name,
+                        exc.status,
+                    )
+                    self._bulk_unsupported.add(client.name)
+                elif len(uploads) > 1 and exc.status in (400, 403, 406):
+                    # One bad item rejects the whole request: install one by one so the
+                    # others still go in and the error names the certificate at fault.
+                    return self._one_by_one(client, uploads, bulk=True)
+                else:
+                    return {u.name: str(exc) for u in uploads}
+        return self._one_by_one(client, uploads, bulk=False)
+
+    def _one_by_one(
+        self, client: ClusterClient, uploads: Sequence[CertUpload], *, bulk: bool
+    ) -> dict[str, str]:
+        errors: dict[str, str] = {}
+        for upload in uploads:
+            try:
+                if bulk:
+                    client.put_certificates([upload])
+                else:
+                    client.update_cert(upload)
+            except ClusterError as exc:
+                errors[upload.name] = str(exc)
+        return errors
+
+    def _verify(self, settings: ClusterSettings, client: ClusterClient, change: Change) -> None:
+        """Read the certificate back and check the served leaf."""
+        expected = change.issued.info.fingerprint
+        installed = client.certificates().get(change.name)
+        if installed is None or installed.info.fingerprint != expected:
+            raise VerificationError(
+                "the cluster reports a different certificate after the install",
+                cluster=settings.name,
+                certificate=change.name,
+            )
+        endpoint = settings.endpoint_for(CertName(change.name))
+        if endpoint is None:
+            return
+        served: CertificateInfo | None = None
+        for attempt in range(self._probe_attempts):
+            try:
+                served = self._probe(endpoint)
+            except VerificationError:
+                served = None
+            if served is not None and served.fingerprint == expected:
+                return
+            if attempt < self._probe_attempts - 1:
+                self._sleep(0.2 * (attempt + 1))
+        what = f"serial {served.serial}" if served else "nothing"
+        raise VerificationError(
+            f"{endpoint} serves {what}, not the new certificate {change.issued.serial}",
+            cluster=settings.name,
+            certificate=change.name,
+        )
