@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -80,3 +85,51 @@ def make_ca(cn: str = "Test CA") -> OfflineCA:
 @pytest.fixture(scope="session")
 def test_ca() -> OfflineCA:
     return make_ca()
+
+
+# ---------------------------------------------------------------------------
+# Secret scan: every captured log and output line of the suite (and every file written to the
+# shared test log directory, e.g. daemon logs) is searched for private keys and Vault tokens.
+# A hit fails the session.
+
+SECRET_PATTERN = re.compile(r"PRIVATE KEY|\bhvs\.[A-Za-z0-9_-]{20,}|\bs\.[A-Za-z0-9]{24}\b")
+_known_secrets: set[str] = set()
+_hits: list[str] = []
+TEST_LOG_DIR = Path(tempfile.mkdtemp(prefix="vault-bridge-test-logs-"))
+os.environ["VAULT_BRIDGE_TEST_LOG_DIR"] = str(TEST_LOG_DIR)
+
+
+def register_secret(value: str) -> None:
+    """A token or password the scan must never find in any output."""
+    if value:
+        _known_secrets.add(value)
+
+
+def find_secrets(text: str) -> list[str]:
+    found = [m.group(0)[:20] for m in SECRET_PATTERN.finditer(text)]
+    found += [f"known secret {s[:4]}..." for s in _known_secrets if s in text]
+    return found
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "secret_scan: part of the output scan")
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    for title, content in report.sections:
+        for hit in find_secrets(content):
+            _hits.append(f"{report.nodeid} [{title}]: {hit}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    for path in sorted(TEST_LOG_DIR.rglob("*")):
+        if path.is_file():
+            for hit in find_secrets(path.read_text(errors="replace")):
+                _hits.append(f"{path.name}: {hit}")
+    shutil.rmtree(TEST_LOG_DIR, ignore_errors=True)
+    if _hits:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        lines = ["SECRET SCAN FAILED: private keys or Vault tokens in test output:", *_hits[:20]]
+        if reporter is not None:
+            reporter.write_line("\n".join(lines), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -226,6 +226,7 @@ def demo() -> None:
     """Start OpenBao and a simulated cluster on loopback, rotate everything, show the result."""
     from vault_bridge.demo import run_demo
 
+    logging.getLogger().setLevel(logging.WARNING)  # the demo prints what happens itself
     sys.exit(run_demo(click.echo))
 
 

@@ -93,8 +93,8 @@ def run_demo(echo: Echo) -> int:
         echo(f"  {'syncer':<17} {'(no listener)':<21} installed, issuer {syncer.issuer}")
         states = {s.state for s in after.statuses}
         ok = failures == 0 and states == {"ok"}
-        echo(
-            f"\n{'Demo passed' if ok else 'Demo FAILED'} in {time.monotonic() - started:.1f}s; "
-            "OpenBao and the simulated cluster are stopped."
-        )
-        return 0 if ok else 1
+    echo(
+        f"\n{'Demo passed' if ok else 'Demo FAILED'} in {time.monotonic() - started:.1f}s; "
+        "OpenBao and the simulated cluster are stopped."
+    )
+    return 0 if ok else 1

@@ -184,3 +184,17 @@ class InstalledCertificate:
     @classmethod
     def from_pem(cls, name: str, pem: str) -> InstalledCertificate:
         return cls(name=name, pem=pem, info=CertificateInfo.from_pem(pem))
+
+
+@dataclass(frozen=True)
+class CertChange:
+    """A certificate that replaced another on a cluster: public parts only (safe to persist).
+
+    This is what the Active-Active and Replica Of follow-ups need: the old certificate finds
+    the affected databases, the new one goes into them.
+    """
+
+    cluster: str
+    name: str
+    new_pem: str
+    old_pem: str | None

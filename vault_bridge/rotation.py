@@ -19,7 +19,13 @@ from vault_bridge.cluster import CertUpload, ClusterClient
 from vault_bridge.config import CertSpec, ClusterSettings, Settings
 from vault_bridge.durations import parse_duration
 from vault_bridge.errors import ClusterError, VaultBridgeError, VerificationError
-from vault_bridge.models import CertificateInfo, CertName, InstalledCertificate, IssuedCertificate
+from vault_bridge.models import (
+    CertChange,
+    CertificateInfo,
+    CertName,
+    InstalledCertificate,
+    IssuedCertificate,
+)
 from vault_bridge.pki import build_csr, check_before_install, generate_key, key_to_pem
 from vault_bridge.planner import (
     Action,
@@ -45,6 +51,11 @@ class Change:
     name: str
     issued: IssuedCertificate
     previous: InstalledCertificate | None
+
+    @property
+    def cert_change(self) -> CertChange:
+        old = self.previous.pem if self.previous else None
+        return CertChange(self.cluster, self.name, self.issued.chain_pem, old)
 
 
 @dataclass(frozen=True)
@@ -98,14 +109,20 @@ class RotationHooks(Protocol):
     def before_install(self, cluster: str, changes: Sequence[Change]) -> None:
         """Called right before the install request (write the intent)."""
 
-    def after_installs(self, changes: Sequence[Change]) -> dict[tuple[str, str], str]:
-        """Called once per pass with every verified install (run the follow-ups).
-
-        Returns errors by (cluster, name) for follow-ups that failed."""
-        ...
+    def installed(self, changes: Sequence[Change]) -> None:
+        """Called once per pass with every verified install, before the follow-ups run
+        (record that the installs happened and the follow-ups are pending)."""
 
     def completed(self, changes: Sequence[Change]) -> None:
         """Called when the changes and their follow-ups are done (clear the intent)."""
+
+
+class FollowUpRunner(Protocol):
+    """Runs the Active-Active and Replica Of follow-ups for changed certificates."""
+
+    def run(self, changes: Sequence[CertChange]) -> dict[tuple[str, str], str]:
+        """Returns an error message by (cluster, name) for each follow-up that failed."""
+        ...
 
 
 class NoHooks:
@@ -118,8 +135,8 @@ class NoHooks:
     def before_install(self, cluster: str, changes: Sequence[Change]) -> None:
         return None
 
-    def after_installs(self, changes: Sequence[Change]) -> dict[tuple[str, str], str]:
-        return {}
+    def installed(self, changes: Sequence[Change]) -> None:
+        return None
 
     def completed(self, changes: Sequence[Change]) -> None:
         return None
@@ -134,6 +151,7 @@ class Rotator:
         *,
         clock: Clock,
         hooks: RotationHooks | None = None,
+        followups: FollowUpRunner | None = None,
         probe: Callable[[str], CertificateInfo] = served_certificate,
         sleep: Callable[[float], None] | None = None,
         probe_attempts: int = 5,
@@ -143,6 +161,7 @@ class Rotator:
         self.clusters = clusters
         self.clock = clock
         self.hooks: RotationHooks = hooks or NoHooks()
+        self.followups = followups
         self._probe = probe
         self._sleep = sleep or (lambda s: None)
         self._probe_attempts = probe_attempts
@@ -204,6 +223,7 @@ class Rotator:
     def obtain(self, spec: CertSpec) -> IssuedCertificate:
         """Get a new certificate from Vault and check it; never returns one unfit to install."""
         self.hooks.before_issue(spec)
+        self.vault.ensure_token()
         if spec.mode == "sign":
             key = generate_key(spec.key_type, spec.key_bits)
             csr = build_csr(key, spec.common_name, spec.alt_names, spec.ip_sans)
@@ -256,7 +276,8 @@ class Rotator:
         for cluster_name, cluster_actions in by_cluster.items():
             changes.extend(self._rotate_cluster(cluster_name, cluster_actions, result))
         if changes:
-            followup_errors = self.hooks.after_installs(changes)
+            self.hooks.installed(changes)
+            followup_errors = self.run_followups(changes)
             for change in changes:
                 error = followup_errors.get((change.cluster, change.name))
                 result.outcomes.append(
@@ -271,6 +292,13 @@ class Rotator:
                 )
             self.hooks.completed([c for c in changes if (c.cluster, c.name) not in followup_errors])
         return result
+
+    def run_followups(self, changes: Sequence[Change]) -> dict[tuple[str, str], str]:
+        """Follow-ups for the proxy and syncer changes among ``changes`` (all clusters at once)."""
+        needed = [c.cert_change for c in changes if CertName(c.name).needs_followup]
+        if not needed or self.followups is None:
+            return {}
+        return self.followups.run(needed)
 
     def _rotate_cluster(
         self, cluster_name: str, actions: Sequence[Action], result: PassResult
