@@ -92,12 +92,11 @@ def run(ctx: Context, once: bool) -> None:
     if not once:
         from vault_bridge.agent import run_agent
 
-        sys.exit(run_agent(settings))
-    from vault_bridge.app import build
+        sys.exit(run_agent(settings, config_path=ctx.config_path))
+    from vault_bridge.agent import rotate_once
 
-    with build(settings) as app:
-        result = app.rotator.run_once()
-    _finish(result)
+    # Under the state directory's lock; a running agent is handed the pass instead.
+    _finish(rotate_once(settings))
 
 
 def _finish(result: Any) -> None:
@@ -144,11 +143,10 @@ def issue(ctx: Context, names: tuple[str, ...], cluster_name: str | None, all_: 
     if names and not targets:
         raise ConfigError(f"no cluster has {', '.join(names)} configured")
     _configure_from(ctx, settings)
-    from vault_bridge.app import build
+    from vault_bridge.agent import rotate_once
 
-    with build(settings) as app:
-        result = app.rotator.run_once(force=targets, only=targets)
-    _finish(result)
+    # Under the state directory's lock; a running agent is handed the request instead.
+    _finish(rotate_once(settings, force=targets, only=targets))
 
 
 @cli.command()
@@ -219,6 +217,34 @@ def validate(ctx: Context, connect: bool) -> None:
     if problems:
         sys.exit(1)
     click.echo("connection checks OK: Vault login, PKI roles, clusters and install permission")
+
+
+@cli.command()
+@pass_ctx
+def policy(ctx: Context) -> None:
+    """Print the least-privilege Vault policy for this configuration (HCL)."""
+    from vault_bridge.policy import render_policy
+
+    settings = ctx.settings()
+    click.echo(render_policy(settings, str(settings.path or "")), nl=False)
+
+
+@cli.command("vault-setup")
+@click.option("--check", is_flag=True, help="Only report what would change.")
+@pass_ctx
+def vault_setup(ctx: Context, check: bool) -> None:
+    """Create or fix the PKI roles the configuration names (needs an admin token)."""
+    from vault_bridge.app import vault_client
+    from vault_bridge.setup import setup_roles
+
+    settings = ctx.settings()
+    with vault_client(settings) as vault:
+        vault.ensure_token()
+        report = setup_roles(vault, settings, apply=not check)
+    for line in report.lines:
+        click.echo(line)
+    if check and report.changes:
+        sys.exit(2)
 
 
 @cli.command()

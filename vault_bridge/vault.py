@@ -20,7 +20,7 @@ import hashlib
 import logging
 import os
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -523,6 +523,16 @@ class VaultClient:
             not_found=f"PKI role {path} does not exist",
         )
         return PkiRole.from_vault(mount, role, _data(resp, path))
+
+    def write_role(self, mount: str, role: str, params: Mapping[str, Any]) -> None:
+        """POST: /{mount}/roles/{role} (an admin operation: `vault-bridge vault-setup`)"""
+        path = f"{mount}/roles/{role}"
+        self._call(
+            "POST",
+            path,
+            lambda: self._hvac.write_data(path, data=dict(params)),
+            capability="update",
+        )
 
     def ca_chain(self, mount: str) -> list[str]:
         """GET: /{mount}/cert/ca_chain

@@ -6,7 +6,8 @@ read and tested on their own.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -88,6 +89,8 @@ class PkiRole:
     allow_any_name: bool
     allow_ip_sans: bool
     no_store: bool
+    # every field as Vault returned it, so an update can keep what vault-bridge does not manage
+    data: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_vault(cls, mount: str, name: str, data: dict[str, Any]) -> PkiRole:
@@ -109,6 +112,7 @@ class PkiRole:
             allow_any_name=bool(data.get("allow_any_name", False)),
             allow_ip_sans=bool(data.get("allow_ip_sans", True)),
             no_store=bool(data.get("no_store", False)),
+            data=dict(data),
         )
 
 
