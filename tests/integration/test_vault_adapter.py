@@ -923,3 +923,72 @@ def test_namespace_is_sent(
     with pytest.raises(VaultError) as err:
         outside.read_role("pki", "redis")
     assert err.value.status == 404
+
+
+# -- a whole rotation with each login method ------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["approle", "cert"])
+def test_full_rotation_with_login_method(
+    approle: Callable[..., AppRole],
+    root: Any,
+    policy: str,
+    pki: PkiSetup,
+    openbao: OpenBaoServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    method: str,
+) -> None:
+    from vault_bridge.app import build
+    from vault_bridge.config import parse_config
+    from vault_bridge.testing.lab import (
+        ADMIN_PASSWORD,
+        PASSWORD_ENV,
+        ROTATED,
+        cluster_table,
+        lab_config,
+    )
+    from vault_bridge.testing.simulator import SimulatedCluster
+
+    monkeypatch.delenv("VAULT_TOKEN", raising=False)
+    monkeypatch.setenv(PASSWORD_ENV, ADMIN_PASSWORD)
+    auth: dict[str, Any]
+    if method == "approle":
+        role = approle()
+        secret_file = _write(tmp_path / "secret-id", role.new_secret_id())
+        auth = {
+            "method": "approle",
+            "role_id": role.role_id,
+            "secret_id_file": str(secret_file),
+            "mount": role.mount,
+        }
+    else:
+        client_ca = MiniCA.make("vault-bridge clients")
+        mount = f"cert-{uuid.uuid4().hex[:8]}"
+        root.sys.enable_auth_method("cert", path=mount)
+        root.write_data(
+            f"auth/{mount}/certs/agent",
+            data={"certificate": client_ca.pem, "token_policies": [policy]},
+        )
+        cert_pem, key_pem = client_ca.leaf("vault-bridge-agent", server=False)
+        auth = {
+            "method": "cert",
+            "cert_file": str(_write(tmp_path / "c.pem", cert_pem)),
+            "key_file": str(_write(tmp_path / "c.key", key_pem)),
+            "name": "agent",
+            "mount": mount,
+        }
+    with SimulatedCluster("east") as sim:
+        doc = lab_config(
+            openbao,
+            pki,
+            [cluster_table(sim, tmp_path, role="redis")],
+            state_dir=tmp_path / "state",
+            defaults={"key_type": "ec", "key_bits": 256},
+            auth=auth,
+        )
+        with build(parse_config(doc), sleep=lambda s: None) as app:
+            result = app.rotator.run_once()
+            assert result.ok, result.summary()
+            assert sorted(o.name for o in result.outcomes) == sorted(ROTATED)
+            assert {s.state for s in app.rotator.status().statuses} == {"ok"}
