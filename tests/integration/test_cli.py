@@ -13,7 +13,13 @@ import pytest
 from click.testing import CliRunner, Result
 
 from vault_bridge.cli import cli
-from vault_bridge.testing.lab import ADMIN_PASSWORD, PASSWORD_ENV, cluster_table, lab_config, to_toml
+from vault_bridge.testing.lab import (
+    ADMIN_PASSWORD,
+    PASSWORD_ENV,
+    cluster_table,
+    lab_config,
+    to_toml,
+)
 from vault_bridge.testing.openbao import OpenBaoServer, PkiSetup
 from vault_bridge.testing.simulator import SimulatedCluster
 
@@ -30,7 +36,9 @@ def sim() -> Iterator[SimulatedCluster]:
         yield cluster
 
 
-def write_config(openbao: OpenBaoServer, pki: PkiSetup, sims: list[SimulatedCluster], tmp_path: Path, **kw: Any) -> Path:
+def write_config(
+    openbao: OpenBaoServer, pki: PkiSetup, sims: list[SimulatedCluster], tmp_path: Path, **kw: Any
+) -> Path:
     names = kw.pop("names", ("cm", "api", "proxy", "syncer", "metrics_exporter"))
     role = kw.pop("role", "redis")
     doc = lab_config(
@@ -52,7 +60,9 @@ def invoke(*args: str) -> Result:
     return result
 
 
-def test_run_once_status_plan_issue(openbao: OpenBaoServer, pki: PkiSetup, sim: SimulatedCluster, tmp_path: Path) -> None:
+def test_run_once_status_plan_issue(
+    openbao: OpenBaoServer, pki: PkiSetup, sim: SimulatedCluster, tmp_path: Path
+) -> None:
     config = str(write_config(openbao, pki, [sim], tmp_path))
 
     planned = invoke("--config", config, "plan", "--detailed-exitcode")
@@ -77,7 +87,17 @@ def test_run_once_status_plan_issue(openbao: OpenBaoServer, pki: PkiSetup, sim: 
     proxy_serial = next(r["serial"] for r in rows if r["name"] == "proxy")
 
     table = invoke("--config", config, "status")
-    assert table.stdout.splitlines()[0].split() == ["CLUSTER", "NAME", "STATE", "SERIAL", "ISSUER", "NOT", "AFTER", "RENEW", "AT"]
+    assert table.stdout.splitlines()[0].split() == [
+        "CLUSTER",
+        "NAME",
+        "STATE",
+        "SERIAL",
+        "ISSUER",
+        "NOT",
+        "AFTER",
+        "RENEW",
+        "AT",
+    ]
 
     planned = invoke("--config", config, "plan", "--detailed-exitcode")
     assert planned.exit_code == 0
@@ -99,7 +119,9 @@ def test_run_once_status_plan_issue(openbao: OpenBaoServer, pki: PkiSetup, sim: 
     assert sim.install_count == installs + 6
 
 
-def test_issue_errors(openbao: OpenBaoServer, pki: PkiSetup, sim: SimulatedCluster, tmp_path: Path) -> None:
+def test_issue_errors(
+    openbao: OpenBaoServer, pki: PkiSetup, sim: SimulatedCluster, tmp_path: Path
+) -> None:
     config = str(write_config(openbao, pki, [sim], tmp_path, names=("proxy",)))
     unknown = invoke("--config", config, "issue", "cm")
     assert unknown.exit_code == 2
@@ -111,16 +133,26 @@ def test_issue_errors(openbao: OpenBaoServer, pki: PkiSetup, sim: SimulatedClust
     assert "unknown cluster 'eats' (did you mean 'east'?)" in bad_cluster.output
 
 
-def test_run_once_exit_1_when_one_fails(openbao: OpenBaoServer, pki: PkiSetup, sim: SimulatedCluster, tmp_path: Path) -> None:
+def test_run_once_exit_1_when_one_fails(
+    openbao: OpenBaoServer, pki: PkiSetup, sim: SimulatedCluster, tmp_path: Path
+) -> None:
     config = str(write_config(openbao, pki, [sim], tmp_path, names=("proxy", "cm")))
-    sim.inject_fault("PUT", "/v1/cluster/certificates", 400, times=3, body={"error_code": "x", "description": "bad"})
+    sim.inject_fault(
+        "PUT",
+        "/v1/cluster/certificates",
+        400,
+        times=3,
+        body={"error_code": "x", "description": "bad"},
+    )
     result = invoke("--config", config, "run", "--once")
     assert result.exit_code == 1
     assert "certificates failed" in result.output
     assert "Traceback" not in result.output
 
 
-def test_validate_and_connect(openbao: OpenBaoServer, pki: PkiSetup, sim: SimulatedCluster, tmp_path: Path) -> None:
+def test_validate_and_connect(
+    openbao: OpenBaoServer, pki: PkiSetup, sim: SimulatedCluster, tmp_path: Path
+) -> None:
     config = str(write_config(openbao, pki, [sim], tmp_path))
     offline = invoke("--config", config, "validate")
     assert offline.exit_code == 0
@@ -134,12 +166,20 @@ def test_validate_connect_catches_role_without_client_flag(
     openbao: OpenBaoServer, pki: PkiSetup, sim: SimulatedCluster, tmp_path: Path
 ) -> None:
     client = openbao.client()
-    client.write(f"{pki.issuing_mount}/roles/no-client", allow_any_name=True, server_flag=True, client_flag=False, key_type="any")
+    client.write(
+        f"{pki.issuing_mount}/roles/no-client",
+        allow_any_name=True,
+        server_flag=True,
+        client_flag=False,
+        key_type="any",
+    )
     config = str(write_config(openbao, pki, [sim], tmp_path, role="no-client", names=("proxy",)))
     result = invoke("--config", config, "validate", "--connect")
     assert result.exit_code == 1
     assert "client_flag false" in result.output
-    missing = str(write_config(openbao, pki, [sim], tmp_path, role="does-not-exist", names=("proxy",)))
+    missing = str(
+        write_config(openbao, pki, [sim], tmp_path, role="does-not-exist", names=("proxy",))
+    )
     result = invoke("--config", missing, "validate", "--connect")
     assert result.exit_code == 1
     assert "does-not-exist" in result.output
@@ -148,11 +188,15 @@ def test_validate_connect_catches_role_without_client_flag(
 
 def test_bad_config_exit_2_one_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
-    path.write_text('[vault]\naddress = "https://v:8200"\n[[clusters]]\nname = "e"\nurl = "https://e:9443"\nusername = "u"\npassword_env = "X"\n[clusters.certificates.prxy]\nrole = "r"\ncommon_name = "c"\n')
+    path.write_text(
+        '[vault]\naddress = "https://v:8200"\n[[clusters]]\nname = "e"\nurl = "https://e:9443"\nusername = "u"\npassword_env = "X"\n[clusters.certificates.prxy]\nrole = "r"\ncommon_name = "c"\n'
+    )
     result = invoke("--config", str(path), "validate")
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
-    assert lines == ["error: clusters[0].certificates.prxy: unknown certificate name (did you mean 'proxy'?); expected one of cm, api, proxy, syncer, metrics_exporter, ldap_client, ccs_internode_encryption, data_internode_encryption"]
+    assert lines == [
+        "error: clusters[0].certificates.prxy: unknown certificate name (did you mean 'proxy'?); expected one of cm, api, proxy, syncer, metrics_exporter, ldap_client, ccs_internode_encryption, data_internode_encryption"
+    ]
 
 
 def test_config_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -163,7 +207,9 @@ def test_config_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def test_python_m_help() -> None:
-    done = subprocess.run([sys.executable, "-m", "vault_bridge", "--help"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "vault_bridge", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0
     for command in ("run", "issue", "status", "plan", "validate", "demo"):
         assert command in done.stdout

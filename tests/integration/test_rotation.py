@@ -371,9 +371,11 @@ def test_pinned_ca_file_wins_over_requests_ca_bundle(
         settings = app.settings.clusters[0]
     from dataclasses import replace
 
-    with ClusterClient(replace(settings, ca_file=str(unrelated)), sleep=lambda s: None) as client:
-        with pytest.raises(ClusterError, match="TLS verification"):
-            client.nodes()
+    with (
+        ClusterClient(replace(settings, ca_file=str(unrelated)), sleep=lambda s: None) as client,
+        pytest.raises(ClusterError, match="TLS verification"),
+    ):
+        client.nodes()
 
 
 def test_one_failure_does_not_stop_the_others(

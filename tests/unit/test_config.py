@@ -89,23 +89,63 @@ _DELETE = object()
             {"role": "r", "common_name": "c"},
             "clusters[0].certificates.prxy: unknown certificate name (did you mean 'proxy'?)",
         ),
-        ("clusters.0.certificates.proxy.role", _DELETE, "clusters[0].certificates.proxy.role: missing"),
+        (
+            "clusters.0.certificates.proxy.role",
+            _DELETE,
+            "clusters[0].certificates.proxy.role: missing",
+        ),
         ("clusters.0.certificates.proxy.rolee", "x", "(did you mean 'role'?)"),
-        ("clusters.0.certificates.proxy.ttl", "abc", "clusters[0].certificates.proxy.ttl: expected a duration"),
-        ("clusters.0.certificates.proxy.renew_at", 1.5, "clusters[0].certificates.proxy.renew_at: Input should be less than 1"),
-        ("clusters.0.certificates.proxy.key_bits", 1024, "key_bits: expected one of 2048, 3072, 4096"),
-        ("clusters.0.certificates.proxy.key_type", "dsa", "key_type: Input should be 'rsa' or 'ec'"),
-        ("clusters.0.password_file", "/nonexistent/pw", "clusters[0].password_file: cannot read '/nonexistent/pw'"),
+        (
+            "clusters.0.certificates.proxy.ttl",
+            "abc",
+            "clusters[0].certificates.proxy.ttl: expected a duration",
+        ),
+        (
+            "clusters.0.certificates.proxy.renew_at",
+            1.5,
+            "clusters[0].certificates.proxy.renew_at: Input should be less than 1",
+        ),
+        (
+            "clusters.0.certificates.proxy.key_bits",
+            1024,
+            "key_bits: expected one of 2048, 3072, 4096",
+        ),
+        (
+            "clusters.0.certificates.proxy.key_type",
+            "dsa",
+            "key_type: Input should be 'rsa' or 'ec'",
+        ),
+        (
+            "clusters.0.password_file",
+            "/nonexistent/pw",
+            "clusters[0].password_file: cannot read '/nonexistent/pw'",
+        ),
         ("clusters.0.url", "http://re:9443", "clusters[0].url: expected an https:// URL"),
         ("clusters.0.crdb_update", "ssh", "clusters[0].crdb_update: Input should be"),
-        ("clusters.0.verify_endpoints", {"cm": "nohost"}, "verify_endpoints.cm: expected host:port"),
+        (
+            "clusters.0.verify_endpoints",
+            {"cm": "nohost"},
+            "verify_endpoints.cm: expected host:port",
+        ),
         ("vault.adress", "x", "vault.adress: unknown key (did you mean 'address'?)"),
-        ("vault.auth", {"method": "approle"}, "vault.auth: missing key 'role_id': required for method 'approle'"),
-        ("vault.auth", {"method": "token", "role_id": "x"}, "key 'role_id' does not apply to method 'token'"),
+        (
+            "vault.auth",
+            {"method": "approle"},
+            "vault.auth: missing key 'role_id': required for method 'approle'",
+        ),
+        (
+            "vault.auth",
+            {"method": "token", "role_id": "x"},
+            "key 'role_id' does not apply to method 'token'",
+        ),
         ("vault.auth", {"method": "tokn"}, "vault.auth.method: Input should be"),
         ("agent.max_issues_per_hour", 0, "agent.max_issues_per_hour"),
         ("agent.resync_interval", "soon", "agent.resync_interval: expected a duration"),
-        ("clusters.0.ca_fingerprint", "abc", "clusters[0].ca_fingerprint: expected a SHA-256 fingerprint"),
+        (
+            "clusters.0.ca_fingerprint",
+            "abc",
+            "clusters[0].ca_fingerprint: expected a SHA-256 fingerprint",
+        ),
     ],
 )
 def test_bad_configuration_is_one_clear_line(
@@ -131,7 +171,10 @@ def test_duplicate_cluster_names(password_file: Path) -> None:
 def test_internode_needs_rsa(password_file: Path) -> None:
     data = doc(password_file)
     data["defaults"] = {"key_type": "ec", "key_bits": 256}
-    data["clusters"][0]["certificates"]["ccs_internode_encryption"] = {"role": "r", "common_name": "c"}
+    data["clusters"][0]["certificates"]["ccs_internode_encryption"] = {
+        "role": "r",
+        "common_name": "c",
+    }
     with pytest.raises(ConfigError, match="ccs_internode_encryption takes RSA keys only"):
         parse_config(data)
 
@@ -151,7 +194,7 @@ def test_vault_address_from_env(monkeypatch: pytest.MonkeyPatch, password_file: 
     data = doc(password_file)
     del data["vault"]["address"]
     monkeypatch.delenv("VAULT_ADDR", raising=False)
-    with pytest.raises(ConfigError, match="vault.address: missing"):
+    with pytest.raises(ConfigError, match=r"vault\.address: missing"):
         parse_config(data)
     monkeypatch.setenv("VAULT_ADDR", "https://v:8200/")
     monkeypatch.setenv("VAULT_NAMESPACE", "team-a")
@@ -184,4 +227,10 @@ def test_readme_example_parses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     for cluster in data["clusters"]:
         cluster.pop("ca_file", None)
     settings = parse_config(data)
-    assert {s.name.value for s in settings.specs()} >= {"cm", "api", "proxy", "syncer", "metrics_exporter"}
+    assert {s.name.value for s in settings.specs()} >= {
+        "cm",
+        "api",
+        "proxy",
+        "syncer",
+        "metrics_exporter",
+    }

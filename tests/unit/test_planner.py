@@ -19,7 +19,9 @@ from vault_bridge.planner import (
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def spec(name: str = "proxy", renew_at: float | None = 0.667, renew_before: timedelta | None = None) -> CertSpec:
+def spec(
+    name: str = "proxy", renew_at: float | None = 0.667, renew_before: timedelta | None = None
+) -> CertSpec:
     return CertSpec(
         cluster="east",
         name=CertName(name),
@@ -96,7 +98,9 @@ def test_plan_force_and_replace_foreign(test_ca: OfflineCA) -> None:
     actions = plan([ok, foreign, missing])
     assert [(a.name, a.reason) for a in actions] == [("cm", "foreign"), ("api", "missing")]
     assert [a.name for a in plan([ok, foreign], replace_foreign=False)] == []
-    assert [(a.name, a.reason) for a in plan([ok], force=[("east", "proxy")])] == [("proxy", "forced")]
+    assert [(a.name, a.reason) for a in plan([ok], force=[("east", "proxy")])] == [
+        ("proxy", "forced")
+    ]
     assert next_deadline([ok, foreign]) == ok.renew_at
 
 
@@ -113,5 +117,7 @@ def test_plan_force_and_replace_foreign(test_ca: OfflineCA) -> None:
         ((7, 22, 0, 99), ["api"], [("update_cert", ("api",))]),
     ],
 )
-def test_install_batches(version: tuple[int, ...], names: list[str], expected: list[tuple[str, tuple[str, ...]]]) -> None:
+def test_install_batches(
+    version: tuple[int, ...], names: list[str], expected: list[tuple[str, tuple[str, ...]]]
+) -> None:
     assert [(b.endpoint, b.names) for b in install_batches(names, version)] == expected

@@ -25,7 +25,9 @@ def example_settings(monkeypatch: pytest.MonkeyPatch, **agent: object):  # type:
 
 def test_policy_file_matches_generator(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = example_settings(monkeypatch)
-    assert (ROOT / "policies" / "vault-bridge.hcl").read_text() == render_policy(settings, "examples/config.toml")
+    assert (ROOT / "policies" / "vault-bridge.hcl").read_text() == render_policy(
+        settings, "examples/config.toml"
+    )
 
 
 def test_revoke_only_when_enabled(monkeypatch: pytest.MonkeyPatch) -> None:
