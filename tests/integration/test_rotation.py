@@ -201,6 +201,7 @@ def _old_state(sim: SimulatedCluster) -> dict[str, str]:
             "expired",
         ),
         ({"status": 500, "times": 10}, "internal error on the cluster"),
+        ({"status": 503, "times": 10}, "not answering or not in the cluster"),
     ],
 )
 def test_rejections_leave_old_certificate(

@@ -1,0 +1,78 @@
+"""The REST adapter's transport: retries with backoff, trust never taken from the environment."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from pydantic import SecretStr
+
+from vault_bridge.cluster import ClusterClient, parse_version
+from vault_bridge.config import ClusterSettings
+from vault_bridge.errors import ClusterError
+
+
+def settings(url: str, **kw: object) -> ClusterSettings:
+    base: dict[str, object] = {
+        "name": "east",
+        "url": url,
+        "username": "admin@example.com",
+        "password": SecretStr("pw"),
+        "ca_file": None,
+        "ca_fingerprint": None,
+        "insecure_skip_verify": False,
+        "timeout": 2.0,
+        "crdb_update": "rest",
+        "crdb_cli_path": "crdb-cli",
+        "docker_container": None,
+        "docker_host": None,
+        "verify_endpoints": {},
+        "certificates": (),
+    }
+    base.update(kw)
+    return ClusterSettings(**base)  # type: ignore[arg-type]
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_connection_errors_are_retried_with_backoff() -> None:
+    slept: list[float] = []
+    with ClusterClient(
+        settings(f"https://127.0.0.1:{closed_port()}"), sleep=slept.append
+    ) as client, pytest.raises(ClusterError, match="cannot reach the cluster") as info:
+        client.nodes()
+    assert slept == [0.5, 1.0, 2.0]
+    assert info.value.retryable
+    assert "pw" not in str(info.value)
+
+
+def test_session_ignores_environment_trust(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/nonexistent.pem")
+    with ClusterClient(settings("https://127.0.0.1:1"), sleep=lambda s: None) as client:
+        assert client._session.trust_env is False
+        assert client.verify is True
+
+
+def test_insecure_skip_verify_warns(caplog: pytest.LogCaptureFixture) -> None:
+    with ClusterClient(
+        settings("https://127.0.0.1:1", insecure_skip_verify=True), sleep=lambda s: None
+    ) as client:
+        assert client.verify is False
+    assert "TLS verification of the REST API is OFF" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("7.22.2-14", (7, 22, 2, 14)),
+        ("7.8.4-18", (7, 8, 4, 18)),
+        ("6.2.18", (6, 2, 18)),
+        ("7.22.0-beta1", (7, 22, 0, 1)),
+    ],
+)
+def test_parse_version(text: str, expected: tuple[int, ...]) -> None:
+    assert parse_version(text) == expected
