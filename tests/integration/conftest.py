@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from tests.conftest import register_secret
-
 from vault_bridge.testing.openbao import (
     DEFAULT_ROLE,
     OpenBaoError,
