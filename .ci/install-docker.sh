@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Make sure a Docker daemon answers on this machine.
 #
-# Idempotent: when `docker info` already works it does nothing. Otherwise it
-# installs what is missing of docker.io and debootstrap from the Debian mirror
+# Idempotent: installs what is missing of docker.io, debootstrap and
+# docker-compose (v1, for the compose example's check) from the Debian mirror
 # (one `apt-get update`, only when something is missing), starts `dockerd` in
-# the background and waits (bounded) until `docker info` answers.
+# the background unless a daemon already answers, and waits (bounded) until `docker info` answers.
 #
 # Called by .ci/run in CI (root, non-interactive); a developer can run it too
 # (it uses sudo when not root).
@@ -17,7 +17,7 @@ set -euo pipefail
 
 log_file="${DOCKERD_LOG:-/var/log/dockerd-ci.log}"
 wait_seconds="${DOCKERD_WAIT_SECONDS:-60}"
-packages=(docker.io debootstrap)
+packages=(docker.io debootstrap docker-compose)
 
 say() { printf 'install-docker: %s\n' "$*" >&2; }
 
@@ -33,11 +33,6 @@ docker_answers() {
     # The client may be newer than the daemon; it negotiates the API version.
     timeout 10 docker info >/dev/null 2>&1
 }
-
-if command -v docker >/dev/null 2>&1 && docker_answers; then
-    say "docker daemon already answers; nothing to do"
-    exit 0
-fi
 
 # --- packages -----------------------------------------------------------------
 missing=()
@@ -59,6 +54,11 @@ else
 fi
 
 # --- daemon -------------------------------------------------------------------
+if docker_answers; then
+    say "docker daemon already answers"
+    exit 0
+fi
+
 dockerd_pid() {
     local pid
     pid="$(cat /var/run/docker.pid 2>/dev/null || true)"
