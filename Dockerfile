@@ -117,7 +117,7 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["/opt/vault-bridge/bin/python", "-c", "import os, urllib.request as u; u.build_opener(u.ProxyHandler({})).open(os.environ.get('VAULT_BRIDGE_HEALTH_URL', 'http://127.0.0.1:9109/healthz'), timeout=4)"]
 
 ENTRYPOINT ["vault-bridge"]
-CMD ["run", "--log-format", "json"]
+CMD ["--log-format", "json", "run"]
 
 # Last, so a new version or revision does not rebuild any layer above.
 ARG VERSION=0.0.0+unknown

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from vault_bridge.cluster import ClusterClient
 from vault_bridge.config import Settings
-from vault_bridge.rotation import RotationHooks, Rotator
+from vault_bridge.rotation import FollowUpRunner, RotationHooks, Rotator
 from vault_bridge.vault import (
     AppRoleAuth,
     AuthMethod,
@@ -82,11 +82,41 @@ def build(
     clock: Callable[[], datetime] = utc_now,
     hooks: RotationHooks | None = None,
     sleep: Callable[[float], None] | None = None,
+    followups: FollowUpRunner | None = None,
+    rotator_cls: type[Rotator] = Rotator,
 ) -> App:
+    """The adapters and the executor for ``settings``.
+
+    ``hooks`` is the agent's state journal; ``rotator_cls`` lets the agent use a subclass
+    of :class:`Rotator`.
+    """
     import time
 
     real_sleep = sleep or time.sleep
     vault = vault_client(settings, clock)
     clusters = {c.name: ClusterClient(c, sleep=real_sleep) for c in settings.clusters}
-    rotator = Rotator(settings, vault, clusters, clock=clock, hooks=hooks, sleep=real_sleep)
+    followups = _bind_followups(settings, clusters, followups)
+    rotator = rotator_cls(
+        settings,
+        vault,
+        clusters,
+        clock=clock,
+        hooks=hooks,
+        followups=followups,
+        sleep=real_sleep,
+    )
     return App(settings, vault, clusters, rotator)
+
+
+def _bind_followups(
+    settings: Settings, clusters: dict[str, ClusterClient], followups: FollowUpRunner | None
+) -> FollowUpRunner:
+    """The Active-Active / Replica Of follow-ups, on the same cluster clients as the executor
+    (they trust what it trusts). Their task polling waits in real time, whatever ``sleep``."""
+    from vault_bridge.followup import FollowUps
+
+    if followups is None:
+        return FollowUps(settings, clusters)
+    if isinstance(followups, FollowUps):
+        followups.bind(clusters)
+    return followups

@@ -247,6 +247,46 @@ def vault_setup(ctx: Context, check: bool) -> None:
         sys.exit(2)
 
 
+@cli.command("follow-up")
+@click.option(
+    "--cluster",
+    "cluster_names",
+    multiple=True,
+    help="Only the CRDBs with an instance on this cluster (repeatable; default: every cluster).",
+)
+@pass_ctx
+def follow_up(ctx: Context, cluster_names: tuple[str, ...]) -> None:
+    """Run step 2 of the Active-Active follow-up now: `crdb update --force` of every CRDB with
+    an instance on the cluster(s), for a certificate installed some other way."""
+    from vault_bridge.followup import FollowUps
+
+    settings = ctx.settings()
+    for name in cluster_names:
+        settings.cluster(name)  # an unknown name is a usage error (exit 2)
+    _configure_from(ctx, settings)
+    followups = FollowUps.from_settings(settings)
+    try:
+        report = followups.run_crdb_updates(list(cluster_names) or None)
+    finally:
+        followups.close()
+    for step in report.steps:
+        error = report.errors.get(step.guid)
+        state = f"failed: {error}" if error else "updated"
+        click.echo(f"{step.guid} {step.name} (through {step.via}): {state}")
+    for name, error in report.errors.items():
+        if all(step.guid != name for step in report.steps):
+            click.echo(f"error: {error}", err=True)
+    if not report.steps and not report.errors:
+        click.echo("no Active-Active database has an instance on the cluster(s)")
+    if report.errors:
+        updated = sum(1 for step in report.steps if step.guid not in report.errors)
+        click.echo(
+            f"error: {len(report.errors)} follow-up(s) failed; {updated} CRDB(s) updated",
+            err=True,
+        )
+        sys.exit(1)
+
+
 @cli.command()
 def demo() -> None:
     """Start OpenBao and a simulated cluster on loopback, rotate everything, show the result."""

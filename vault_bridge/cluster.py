@@ -47,6 +47,18 @@ ERROR_CODE_MESSAGES: Mapping[str, str] = {
     "key_values_mismatch": "the private key does not match the certificate",
     "certificate_expired": "the certificate has expired",
     "invalid_certificate": "the certificate is invalid",
+    "duplicated_certs": "the same certificate is listed twice",
+}
+# PUT /v1/bdbs/<uid> and the CRDB endpoints (the follow-ups).
+DATABASE_STATUS_MESSAGES: Mapping[int, str] = {
+    400: "the cluster rejected the request as invalid",
+    401: "authentication failed: wrong username or password",
+    403: "forbidden: the user lacks the permission",
+    404: "no such database, CRDB or task",
+    406: "the database rejected the configuration",
+    409: "the database is busy with another change",
+    500: "internal error on the cluster",
+    503: "the node is not answering or not in the cluster",
 }
 
 
@@ -133,6 +145,36 @@ class CrdbTask:
         )
 
 
+REPLICA_READ_ONLY = frozenset({"status", "last_error", "lag"})
+
+
+@dataclass(frozen=True)
+class ReplicaSource:
+    """One ``replica_sources`` entry of a destination database, every field kept as read
+    (``uri`` holds a password and ``client_key`` a private key: never in ``repr`` or logs)."""
+
+    fields: Mapping[str, Any] = field(repr=False)
+
+    @property
+    def uid(self) -> str:
+        return str(self.fields.get("uid", ""))
+
+    @property
+    def server_cert(self) -> str:
+        return str(self.fields.get("server_cert") or "")
+
+    @property
+    def status(self) -> str:
+        """``in-sync`` | ``syncing`` | ``out-of-sync`` (read-only)."""
+        return str(self.fields.get("status") or "")
+
+    def as_json(self, **changes: Any) -> dict[str, Any]:
+        """The entry for a PUT: every writable field as read, ``changes`` applied."""
+        out = {k: v for k, v in self.fields.items() if k not in REPLICA_READ_ONLY}
+        out.update(changes)
+        return out
+
+
 @dataclass(frozen=True)
 class Bdb:
     """A database; ``replica_sources`` entries are kept whole so updates keep every field."""
@@ -141,8 +183,9 @@ class Bdb:
     name: str
     crdt: bool
     crdt_guid: str | None
-    replica_sources: tuple[Mapping[str, Any], ...]
-    authentication_ssl_client_certs: tuple[str, ...]
+    replica_sources: tuple[ReplicaSource, ...] = field(repr=False)
+    authentication_ssl_client_certs: tuple[str, ...] = field(repr=False)
+    enforce_client_authentication: bool = False
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Bdb:
@@ -151,11 +194,14 @@ class Bdb:
             name=str(data.get("name", "")),
             crdt=bool(data.get("crdt", False)),
             crdt_guid=str(data["crdt_guid"]) if data.get("crdt_guid") else None,
-            replica_sources=tuple(dict(s) for s in data.get("replica_sources") or []),
+            replica_sources=tuple(
+                ReplicaSource(dict(s)) for s in data.get("replica_sources") or []
+            ),
             authentication_ssl_client_certs=tuple(
                 str(c.get("client_cert", ""))
                 for c in data.get("authentication_ssl_client_certs") or []
             ),
+            enforce_client_authentication=data.get("enforce_client_authentication") == "enabled",
         )
 
 
@@ -191,6 +237,7 @@ class ClusterClient:
         self._backoff = backoff
         self._bundle_dir: tempfile.TemporaryDirectory[str] | None = None
         self._verify: str | bool = True
+        self._pool_size = 10  # requests' default pool_maxsize
         self._session = self._new_session()
         self._pin_session: requests.Session | None = None
         if settings.insecure_skip_verify:
@@ -402,33 +449,69 @@ class ClusterClient:
             raise
         return True
 
+    # -- databases and Active-Active (the follow-ups) ------------------------------------
+
+    def reserve_connections(self, count: int) -> None:
+        """Keep up to ``count`` connections to the cluster, for as many concurrent requests
+        (the follow-ups' step 2 runs one request per CRDB at once)."""
+        if count <= self._pool_size:
+            return
+        self._pool_size = count
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=count)
+        self._session.mount("https://", adapter)
+
     def crdbs(self) -> list[Crdb]:
         """GET /v1/crdbs"""
-        return [Crdb.from_json(c) for c in self.request("GET", "/v1/crdbs")]
+        data = self.request("GET", "/v1/crdbs", messages=DATABASE_STATUS_MESSAGES)
+        return [Crdb.from_json(c) for c in data]
+
+    def crdb(self, guid: str) -> Crdb:
+        """GET /v1/crdbs/<guid>"""
+        return Crdb.from_json(
+            self.request("GET", f"/v1/crdbs/{guid}", messages=DATABASE_STATUS_MESSAGES)
+        )
 
     def crdb_tasks(self) -> list[CrdbTask]:
         """GET /v1/crdb_tasks"""
-        data = self.request("GET", "/v1/crdb_tasks")
+        data = self.request("GET", "/v1/crdb_tasks", messages=DATABASE_STATUS_MESSAGES)
         items = data.get("tasks", []) if isinstance(data, dict) else data
         return [CrdbTask.from_json(t) for t in items]
 
     def crdb_task(self, task_id: str) -> CrdbTask:
         """GET /v1/crdb_tasks/<id>"""
-        return CrdbTask.from_json(self.request("GET", f"/v1/crdb_tasks/{task_id}"))
+        return CrdbTask.from_json(
+            self.request("GET", f"/v1/crdb_tasks/{task_id}", messages=DATABASE_STATUS_MESSAGES)
+        )
 
     def crdb_update(self, guid: str) -> CrdbTask:
-        """POST /v1/crdbs/<guid>/updates with ``{"force_update": true}``."""
+        """POST /v1/crdbs/<guid>/updates with ``{"force_update": true}`` (never resent: a
+        second POST would start a second task)."""
         return CrdbTask.from_json(
-            self.request("POST", f"/v1/crdbs/{guid}/updates", {"force_update": True})
+            self.request(
+                "POST",
+                f"/v1/crdbs/{guid}/updates",
+                {"force_update": True},
+                messages=DATABASE_STATUS_MESSAGES,
+                retry=False,
+            )
         )
 
     def bdbs(self) -> list[Bdb]:
         """GET /v1/bdbs"""
-        return [Bdb.from_json(b) for b in self.request("GET", "/v1/bdbs")]
+        data = self.request("GET", "/v1/bdbs", messages=DATABASE_STATUS_MESSAGES)
+        return [Bdb.from_json(b) for b in data]
+
+    def bdb(self, uid: int) -> Bdb:
+        """GET /v1/bdbs/<uid>"""
+        return Bdb.from_json(
+            self.request("GET", f"/v1/bdbs/{uid}", messages=DATABASE_STATUS_MESSAGES)
+        )
 
     def update_bdb(self, uid: int, changes: Mapping[str, Any]) -> Bdb:
-        """PUT /v1/bdbs/<uid> (409 busy is retried)."""
-        return Bdb.from_json(self.request("PUT", f"/v1/bdbs/{uid}", dict(changes)))
+        """PUT /v1/bdbs/<uid> (409 busy is retried with backoff)."""
+        return Bdb.from_json(
+            self.request("PUT", f"/v1/bdbs/{uid}", dict(changes), messages=DATABASE_STATUS_MESSAGES)
+        )
 
 
 def _short(exc: BaseException) -> str:

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from cryptography import x509
 
@@ -122,6 +122,28 @@ class FollowUpRunner(Protocol):
 
     def run(self, changes: Sequence[CertChange]) -> dict[tuple[str, str], str]:
         """Returns an error message by (cluster, name) for each follow-up that failed."""
+        ...
+
+
+@runtime_checkable
+class PreparingFollowUps(FollowUpRunner, Protocol):
+    """A follow-up runner that also wants the moments around step 1 (the install), to keep the
+    window between step 1 and step 2 short: :class:`vault_bridge.followup.FollowUps`."""
+
+    def prepare(
+        self, clusters: Sequence[str], changes: Sequence[CertChange] = ()
+    ) -> dict[str, str]:
+        """Right before installing ``changes`` (proxy/syncer) on ``clusters`` (discovery,
+        tasks in flight, the lock, step 2 armed); returns, by cluster, why its proxy/syncer
+        install must not go ahead."""
+        ...
+
+    def installed(self, cluster: str, names: Sequence[str]) -> None:
+        """The install request on ``cluster`` answered 200 for ``names`` (proxy/syncer)."""
+        ...
+
+    def release(self) -> None:
+        """The pass is over (releases what ``prepare`` took, whether ``run`` ran or not)."""
         ...
 
 
@@ -273,25 +295,65 @@ class Rotator:
         for action in actions:
             by_cluster.setdefault(action.cluster, []).append(action)
         changes: list[Change] = []
-        for cluster_name, cluster_actions in by_cluster.items():
-            changes.extend(self._rotate_cluster(cluster_name, cluster_actions, result))
-        if changes:
-            self.hooks.installed(changes)
-            followup_errors = self.run_followups(changes)
-            for change in changes:
-                error = followup_errors.get((change.cluster, change.name))
-                result.outcomes.append(
-                    Outcome(
-                        change.cluster,
-                        change.name,
-                        "failed" if error else "installed",
-                        change.issued.serial,
-                        change.issued.not_after,
-                        f"follow-up failed: {error}" if error else None,
+        # Every certificate is obtained before any is installed, so that the installs on
+        # several clusters follow each other closely and step 2 of the follow-ups (once per
+        # CRDB, after every install) starts as soon as possible after each step 1.
+        ready = {
+            name: self._obtain_cluster(name, cluster_actions, result)
+            for name, cluster_actions in by_cluster.items()
+        }
+        prepared = self._prepare_followups(ready, result)
+        try:
+            for cluster_name, cluster_ready in ready.items():
+                changes.extend(self._install_cluster(cluster_name, cluster_ready, result))
+            if changes:
+                self.hooks.installed(changes)
+                followup_errors = self.run_followups(changes)
+                for change in changes:
+                    error = followup_errors.get((change.cluster, change.name))
+                    result.outcomes.append(
+                        Outcome(
+                            change.cluster,
+                            change.name,
+                            "failed" if error else "installed",
+                            change.issued.serial,
+                            change.issued.not_after,
+                            f"follow-up failed: {error}" if error else None,
+                        )
                     )
+                self.hooks.completed(
+                    [c for c in changes if (c.cluster, c.name) not in followup_errors]
                 )
-            self.hooks.completed([c for c in changes if (c.cluster, c.name) not in followup_errors])
+        finally:
+            if prepared is not None:
+                prepared.release()
         return result
+
+    def _prepare_followups(
+        self, ready: Mapping[str, dict[str, Change]], result: PassResult
+    ) -> PreparingFollowUps | None:
+        """Let the follow-ups prepare for the proxy/syncer installs about to happen; a cluster
+        they are not ready for keeps its current proxy/syncer this pass."""
+        followups = self.followups
+        if not isinstance(followups, PreparingFollowUps):
+            return None
+        clusters = [c for c, r in ready.items() if any(CertName(n).needs_followup for n in r)]
+        if not clusters:
+            return None
+        changes = [
+            change.cert_change
+            for cluster in clusters
+            for change in ready[cluster].values()
+            if CertName(change.name).needs_followup
+        ]
+        for cluster, error in followups.prepare(clusters, changes).items():
+            for name in [n for n in ready[cluster] if CertName(n).needs_followup]:
+                del ready[cluster][name]
+                logger.error("%s on %s: not installed: %s", name, cluster, error)
+                result.outcomes.append(
+                    Outcome(cluster, name, "failed", error=f"not installed: {error}")
+                )
+        return followups
 
     def run_followups(self, changes: Sequence[Change]) -> dict[tuple[str, str], str]:
         """Follow-ups for the proxy and syncer changes among ``changes`` (all clusters at once)."""
@@ -303,6 +365,14 @@ class Rotator:
     def _rotate_cluster(
         self, cluster_name: str, actions: Sequence[Action], result: PassResult
     ) -> list[Change]:
+        return self._install_cluster(
+            cluster_name, self._obtain_cluster(cluster_name, actions, result), result
+        )
+
+    def _obtain_cluster(
+        self, cluster_name: str, actions: Sequence[Action], result: PassResult
+    ) -> dict[str, Change]:
+        """Certificates from Vault for ``actions``, with what each replaces (by name)."""
         settings = self.settings.cluster(cluster_name)
         client = self.clusters[cluster_name]
         previous = client.certificates()
@@ -319,8 +389,16 @@ class Rotator:
             ready[action.name] = Change(
                 cluster_name, action.name, issued, previous.get(action.name)
             )
+        return ready
+
+    def _install_cluster(
+        self, cluster_name: str, ready: Mapping[str, Change], result: PassResult
+    ) -> list[Change]:
+        """Install ``ready`` on one cluster, then read each back and check what is served."""
         if not ready:
             return []
+        settings = self.settings.cluster(cluster_name)
+        client = self.clusters[cluster_name]
         try:
             version = client.lowest_version()
         except VaultBridgeError as exc:
@@ -328,6 +406,10 @@ class Rotator:
                 result.outcomes.append(Outcome(cluster_name, name, "failed", error=str(exc)))
             return []
         errors = self._install(client, list(ready.values()), version)
+        if isinstance(self.followups, PreparingFollowUps):
+            done = [n for n in ready if CertName(n).needs_followup and n not in errors]
+            if done:
+                self.followups.installed(cluster_name, done)
         installed: list[Change] = []
         for name, change in ready.items():
             error = errors.get(name)

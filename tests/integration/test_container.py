@@ -12,15 +12,30 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 import tomllib
+import urllib.request
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from vault_bridge.models import CertificateInfo
+from vault_bridge.testing.lab import (
+    ADMIN_PASSWORD,
+    PASSWORD_ENV,
+    ROTATED,
+    cluster_table,
+    lab_config,
+    to_toml,
+)
+from vault_bridge.testing.openbao import OpenBaoServer, PkiSetup
+from vault_bridge.testing.simulator import SimulatedCluster
+from vault_bridge.tlsprobe import verify_chain
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 
@@ -156,7 +171,7 @@ def test_image_exists_with_its_runtime_contract(image: str) -> None:
     assert config["Labels"]["org.opencontainers.image.licenses"] == "Apache-2.0"
     assert config["User"] == f"{UID}:{GID}"
     assert config["Entrypoint"] == ["vault-bridge"]
-    assert config["Cmd"] == ["run", "--log-format", "json"]
+    assert config["Cmd"] == ["--log-format", "json", "run"]
     assert set(config["Volumes"]) == {"/var/lib/vault-bridge", "/tmp"}
     assert "9109/tcp" in config["ExposedPorts"]
     assert "VAULT_BRIDGE_CONFIG=/etc/vault-bridge/config.toml" in config["Env"]
@@ -260,12 +275,7 @@ def test_healthcheck_command_asks_healthz(image: str) -> None:
 
 
 # ---------------------------------------------------------------------------
-# Sidecar (next): `vault-bridge run` in the container with a config against OpenBao and a
-# simulated cluster, all on the host network. The pieces to use:
-#   - the `openbao` and `pki` fixtures of tests/integration/conftest.py,
-#   - vault_bridge.testing.simulator.SimulatedCluster and vault_bridge.testing.lab,
-#   - docker_run("--network", "host", "--read-only", "-v", f"{cfg}:/etc/vault-bridge/config.toml:ro",
-#     image, "run", "--once", ...) or `docker run -d` + the HEALTHCHECK for the long-running agent.
+# Sidecar: the image runs `vault-bridge run` beside a cluster (host network), as in the README.
 
 
 @pytest.fixture
@@ -275,3 +285,106 @@ def host_network_container(image: str) -> Iterator[list[str]]:
     yield names
     for name in names:
         docker("rm", "-f", name, check=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait(
+    condition: Callable[[], bool], timeout: float, what: str, logs: Callable[[], str]
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.5)
+    pytest.fail(f"timed out waiting for {what}; container logs:\n{logs()[-3000:]}", pytrace=False)
+
+
+def test_sidecar_rotates_reports_healthy_and_stops_cleanly(
+    image: str,
+    host_network_container: list[str],
+    openbao: OpenBaoServer,
+    pki: PkiSetup,
+    tmp_path: Path,
+) -> None:
+    port = _free_port()
+    with SimulatedCluster("east") as sim:
+        conf_dir = tmp_path / "conf"
+        conf_dir.mkdir()
+        doc = lab_config(
+            openbao,
+            pki,
+            [cluster_table(sim, conf_dir, role="redis")],
+            state_dir=Path("/var/lib/vault-bridge"),
+            defaults={"key_type": "ec", "key_bits": 256, "ttl": "720h"},
+            agent={"listen": f"127.0.0.1:{port}", "log_format": "json"},
+        )
+        (conf_dir / "config.toml").write_text(to_toml(doc))
+        for path in conf_dir.iterdir():
+            path.chmod(0o644)  # readable by the container's non-root user
+        conf_dir.chmod(0o755)
+        tmp_path.chmod(0o755)
+        assert openbao.ca_cert
+        name = f"vault-bridge-sidecar-{uuid.uuid4().hex[:8]}"
+        host_network_container.append(name)
+        # Secrets reach the container through the environment of this docker CLI process:
+        # `-e NAME` without a value, so they are never on a command line.
+        env = dict(os.environ, VAULT_TOKEN=openbao.root_token, **{PASSWORD_ENV: ADMIN_PASSWORD})
+        run = subprocess.run(
+            [
+                "docker", "run", "-d", "--name", name,
+                "--network", "host", "--read-only",
+                "-v", f"{conf_dir}:{conf_dir}:ro",
+                "-v", f"{openbao.ca_cert}:{openbao.ca_cert}:ro",
+                "-e", f"VAULT_BRIDGE_CONFIG={conf_dir}/config.toml",
+                "-e", "VAULT_TOKEN", "-e", PASSWORD_ENV,
+                "-e", f"VAULT_BRIDGE_HEALTH_URL=http://127.0.0.1:{port}/healthz",
+                "--health-interval", "2s", "--health-start-period", "1s",
+                image,
+            ],
+            env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+
+        def logs() -> str:
+            out = docker("logs", name, check=False)
+            return out.stdout + out.stderr
+
+        vault_issuer = CertificateInfo.from_pem(pki.intermediate_pem or "").subject
+
+        def rotated() -> bool:
+            return all(
+                CertificateInfo.from_pem(sim.installed_pem(n)).issuer == vault_issuer
+                for n in ROTATED
+            )
+
+        try:
+            _wait(rotated, 60, "the five certificates to be installed", logs)
+            for n in ("api", "cm", "metrics_exporter", "proxy"):
+                verify_chain(sim.endpoint(n), pki.root_pem)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
+                assert resp.status == 200
+
+            def healthy() -> bool:
+                state = json.loads(docker("inspect", name).stdout)[0]["State"]
+                return bool(state.get("Health", {}).get("Status") == "healthy")
+
+            _wait(healthy, 60, "docker health to turn healthy", logs)
+            status = docker("exec", name, "cat", "/proc/1/status").stdout
+            uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+            assert uid_line.split()[1:] == [UID] * 4  # real, effective, saved, fs: not root
+            started = time.monotonic()
+            docker("stop", "-t", "30", name, timeout=60)
+            stop_seconds = time.monotonic() - started
+            state = json.loads(docker("inspect", name).stdout)[0]["State"]
+            assert state["ExitCode"] == 0, logs()[-3000:]
+            assert stop_seconds < 25
+            print(f"sidecar: docker stop took {stop_seconds:.1f} s, exit code 0")
+        finally:
+            _log(f"{name}.log", logs())
+        lines = [line for line in logs().splitlines() if line.startswith("{")]
+        assert lines and all(json.loads(line)["level"] for line in lines)  # JSON logs

@@ -6,15 +6,17 @@ It serves what vault_bridge talks to and checks, with real TLS:
   ``GET|PUT /v1/cluster/certificates`` (bulk install, 7.22.2+) and ``PUT /v1/cluster/update_cert``;
 - the Cluster Manager UI (``cm`` certificate): a tiny HTTPS page;
 - the Prometheus exporter (``metrics_exporter`` certificate): ``node_cert_expiration_seconds``;
-- one database endpoint (``proxy`` certificate): TLS, then ``+PONG`` to anything.
+- one database endpoint (``proxy`` certificate): TLS, then ``+PONG`` to anything;
+- databases and Active-Active: ``GET /v1/crdbs[/<guid>]``, ``POST /v1/crdbs/<guid>/updates``,
+  ``GET /v1/crdb_tasks[/<id>]``, ``GET /v1/bdbs[/<uid>]``, ``PUT /v1/bdbs/<uid>``, with the sync
+  health model of :mod:`vault_bridge.testing.databases` (shared by clusters given one ``world``).
 
 It is strict where the contract is (``/work/shared/redis-enterprise-api.md``): Basic auth on
 every call, the documented status codes and ``{"error_code", "description"}`` bodies, atomic
 bulk installs, the certificate requirements. Each listener builds its TLS context from the
 certificate installed at that moment, so a new connection sees a new certificate.
 
-Routes live in one table (:class:`Router`); a later change adds CRDBs, bdbs and their tasks
-as more ``router.add(...)`` lines and handler methods on :class:`_RestApi`.
+Routes live in one table (:class:`Router`); handlers are methods on :class:`_RestApi`.
 
 Run it standalone with ``python -m vault_bridge.testing.simulator --help``.
 """
@@ -63,6 +65,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from vault_bridge.models import CertificateInfo, CertName, split_pem_chain
+from vault_bridge.testing.databases import DatabaseError, DatabaseWorld, Outage
 
 logger = logging.getLogger(__name__)
 
@@ -516,11 +519,14 @@ class _RestApi:
         add("GET", "/v1/cluster/certificates", self.get_certificates)
         add("PUT", "/v1/cluster/certificates", self.put_certificates, min_version=BULK_MIN_VERSION)
         add("PUT", "/v1/cluster/update_cert", self.put_update_cert)
-        # Extension point: CRDBs, bdbs and tasks go here in the same style, e.g.
-        # add("GET", "/v1/crdbs", self.get_crdbs)
-        # add("POST", "/v1/crdbs/<guid>/updates", self.post_crdb_update)
-        # add("GET", "/v1/crdb_tasks/<task_id>", self.get_crdb_task)
-        # add("GET", "/v1/bdbs/<uid>", self.get_bdb); add("PUT", "/v1/bdbs/<uid>", self.put_bdb)
+        add("GET", "/v1/crdbs", self.get_crdbs)
+        add("GET", "/v1/crdbs/<guid>", self.get_crdb)
+        add("POST", "/v1/crdbs/<guid>/updates", self.post_crdb_update)
+        add("GET", "/v1/crdb_tasks", self.get_crdb_tasks)
+        add("GET", "/v1/crdb_tasks/<task_id>", self.get_crdb_task)
+        add("GET", "/v1/bdbs", self.get_bdbs)
+        add("GET", "/v1/bdbs/<uid>", self.get_bdb)
+        add("PUT", "/v1/bdbs/<uid>", self.put_bdb)
 
     def handle(
         self,
@@ -656,6 +662,66 @@ class _RestApi:
         installed = _validate_certificate(item, now=self._cluster._now(), bad_cert_status=404)
         self._cluster._apply([installed])
         return ApiResponse(200, {}, close=item.name == "api")
+
+    # ---- databases (the model is in vault_bridge.testing.databases)
+
+    def _world(self, call: Callable[[], Any]) -> ApiResponse:
+        try:
+            return ApiResponse(200, call())
+        except DatabaseError as err:
+            raise _ApiError(err.status, err.error_code, err.description) from err
+
+    def get_crdbs(self, req: ApiRequest) -> ApiResponse:
+        """GET: /v1/crdbs"""
+        return self._world(lambda: self._cluster.world.crdbs_json(self._cluster.name))
+
+    def get_crdb(self, req: ApiRequest) -> ApiResponse:
+        """GET: /v1/crdbs/<guid>"""
+        guid = req.params["guid"]
+        return self._world(lambda: self._cluster.world.crdb_json(self._cluster.name, guid))
+
+    def post_crdb_update(self, req: ApiRequest) -> ApiResponse:
+        """POST: /v1/crdbs/<guid>/updates (``{"force_update": true}``): a task object."""
+        body = req.json()
+        guid = req.params["guid"]
+        return self._world(
+            lambda: self._cluster.world.create_update(self._cluster.name, guid, body)
+        )
+
+    def get_crdb_tasks(self, req: ApiRequest) -> ApiResponse:
+        """GET: /v1/crdb_tasks"""
+        return self._world(lambda: self._cluster.world.tasks_json(self._cluster.name))
+
+    def get_crdb_task(self, req: ApiRequest) -> ApiResponse:
+        """GET: /v1/crdb_tasks/<task_id>"""
+        task_id = req.params["task_id"]
+        return self._world(lambda: self._cluster.world.task_json(self._cluster.name, task_id))
+
+    def get_bdbs(self, req: ApiRequest) -> ApiResponse:
+        """GET: /v1/bdbs"""
+        return self._world(lambda: self._cluster.world.bdbs_json(self._cluster.name))
+
+    def get_bdb(self, req: ApiRequest) -> ApiResponse:
+        """GET: /v1/bdbs/<uid>"""
+        uid = self._uid(req)
+        return self._world(lambda: self._cluster.world.bdb_json(self._cluster.name, uid))
+
+    def put_bdb(self, req: ApiRequest) -> ApiResponse:
+        """PUT: /v1/bdbs/<uid>: 404 unknown, 406 invalid_certificate / certificate_expired /
+        duplicated_certs; 409 (busy) by ``inject_fault``."""
+        uid = self._uid(req)
+        body = req.json()
+        now = self._cluster._now()
+        return self._world(
+            lambda: self._cluster.world.update_bdb(self._cluster.name, uid, body, now)
+        )
+
+    @staticmethod
+    def _uid(req: ApiRequest) -> int:
+        raw = req.params["uid"]
+        if not raw.isdigit():
+            raise _ApiError(404, "db_not_exist", f"no database {raw}")
+        return int(raw)
 
 
 # --------------------------------------------------------------------------- TLS listeners
@@ -893,7 +959,10 @@ class SimulatedCluster:
         host: str = "127.0.0.1",
         ports: dict[str, int] | None = None,
         clock: Callable[[], datetime] | None = None,
+        world: DatabaseWorld | None = None,
     ) -> None:
+        """``world``: the databases, CRDBs and tasks, shared with the other clusters given the
+        same one (an Active-Active database spanning them); a world of its own by default."""
         unknown = sorted(set(ports or {}) - set(LISTENERS))
         if unknown:
             raise ValueError(f"unknown listener(s) {unknown}; known: {', '.join(LISTENERS)}")
@@ -919,6 +988,8 @@ class SimulatedCluster:
         self._stopping = threading.Event()
         self._rest = _RestApi(self)
         self.set_software_version(software_version, node_versions)
+        self.world = world if world is not None else DatabaseWorld()
+        self.world.attach(self)
 
     # ---- lifecycle
 
@@ -1062,6 +1133,49 @@ class SimulatedCluster:
         with self._lock:
             self._faults.append(_Fault(method.upper(), path, status, times, delay, body))
 
+    def add_crdb(
+        self,
+        name: str,
+        *,
+        participants: list[SimulatedCluster] | None = None,
+        guid: str | None = None,
+    ) -> str:
+        """An Active-Active database with an instance on each participant (default: this
+        cluster only; others must share this cluster's ``world``). Returns its GUID."""
+        members = participants if participants is not None else [self]
+        for other in members:
+            if other.world is not self.world:
+                raise ValueError(f"cluster {other.name} does not share {self.name}'s world")
+        return self.world.add_crdb(name, members, guid=guid)
+
+    def add_bdb(
+        self,
+        name: str,
+        *,
+        replica_of: list[tuple[SimulatedCluster, int]] | None = None,
+        enforce_client_authentication: bool = True,
+        client_certs: list[str] | None = None,
+        source_fields: dict[str, Any] | None = None,
+    ) -> int:
+        """A database on this cluster; ``replica_of``: a Replica Of destination of each
+        ``(source cluster, source uid)`` (see :meth:`DatabaseWorld.add_bdb`). Returns its uid."""
+        return self.world.add_bdb(
+            self,
+            name,
+            replica_of=replica_of or [],
+            enforce_client_authentication=enforce_client_authentication,
+            client_certs=client_certs or [],
+            source_fields=source_fields,
+        )
+
+    def bdb(self, uid: int) -> dict[str, Any]:
+        """A database as ``GET /v1/bdbs/<uid>`` returns it."""
+        return self.world.bdb_json(self.name, uid)
+
+    def outages(self) -> list[Outage]:
+        """Every sync outage of the world this cluster belongs to (see :class:`Outage`)."""
+        return self.world.outages()
+
     def set_software_version(self, version: str, node_versions: list[str] | None = None) -> None:
         """Set every node to ``version`` (or each to ``node_versions``), as an upgrade would.
 
@@ -1146,6 +1260,7 @@ class SimulatedCluster:
 
     def _apply(self, installed: list[_Installed]) -> None:
         """Install validated certificates all at once; new connections see them."""
+        self.world.advance()  # tasks that started before this install saw the old certificates
         contexts: dict[str, ssl.SSLContext] = {}
         for item in installed:
             if item.name in LISTENERS and self._tls_dir is not None:
@@ -1161,6 +1276,7 @@ class SimulatedCluster:
             if self._servers:
                 self._contexts.update(contexts)
             self.install_count += len(installed)
+        self.world.certificates_changed(self.name)
         for item in installed:
             info = CertificateInfo.from_cert(item.leaf)
             logger.info(
