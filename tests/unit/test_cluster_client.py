@@ -41,9 +41,10 @@ def closed_port() -> int:
 
 def test_connection_errors_are_retried_with_backoff() -> None:
     slept: list[float] = []
-    with ClusterClient(
-        settings(f"https://127.0.0.1:{closed_port()}"), sleep=slept.append
-    ) as client, pytest.raises(ClusterError, match="cannot reach the cluster") as info:
+    with (
+        ClusterClient(settings(f"https://127.0.0.1:{closed_port()}"), sleep=slept.append) as client,
+        pytest.raises(ClusterError, match="cannot reach the cluster") as info,
+    ):
         client.nodes()
     assert slept == [0.5, 1.0, 2.0]
     assert info.value.retryable
