@@ -80,6 +80,11 @@ class VerificationError(VaultBridgeError):
     """An installed certificate is not what the cluster reads back or serves."""
 
 
+class DeferredError(VaultBridgeError):
+    """A hook skipped a certificate this pass on purpose (stopping, journal pending): the
+    pass reports it, but it is logged at INFO, not as a failure of the certificate."""
+
+
 class FollowUpError(VaultBridgeError):
     """An Active-Active or Replica Of follow-up failed."""
 

@@ -34,7 +34,28 @@ logger = logging.getLogger(__name__)
 
 Condition = Literal["True", "False", "Unknown"]
 CONDITIONS: tuple[Condition, ...] = ("True", "False", "Unknown")
-FOLLOWUP_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+# The window is milliseconds when all goes well (step 2 sent) and seconds to minutes for the
+# tasks to finish: buckets cover both.
+FOLLOWUP_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+    300,
+    600,
+    1800,
+    3600,
+)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from cryptography import x509
 from vault_bridge.cluster import CertUpload, ClusterClient
 from vault_bridge.config import CertSpec, ClusterSettings, Settings
 from vault_bridge.durations import parse_duration
-from vault_bridge.errors import ClusterError, VaultBridgeError, VerificationError
+from vault_bridge.errors import ClusterError, DeferredError, VaultBridgeError, VerificationError
 from vault_bridge.models import (
     CertChange,
     CertificateInfo,
@@ -362,26 +362,31 @@ class Rotator:
             return {}
         return self.followups.run(needed)
 
-    def _rotate_cluster(
-        self, cluster_name: str, actions: Sequence[Action], result: PassResult
-    ) -> list[Change]:
-        return self._install_cluster(
-            cluster_name, self._obtain_cluster(cluster_name, actions, result), result
-        )
-
     def _obtain_cluster(
         self, cluster_name: str, actions: Sequence[Action], result: PassResult
     ) -> dict[str, Change]:
         """Certificates from Vault for ``actions``, with what each replaces (by name)."""
         settings = self.settings.cluster(cluster_name)
         client = self.clusters[cluster_name]
-        previous = client.certificates()
+        try:
+            previous = client.certificates()
+        except VaultBridgeError as exc:
+            # The cluster stopped answering since the plan: its certificates fail this pass,
+            # the other clusters go on.
+            logger.error("cluster %s: %s", cluster_name, exc)
+            for action in actions:
+                result.outcomes.append(Outcome(cluster_name, action.name, "failed", error=str(exc)))
+            return {}
         ready: dict[str, Change] = {}
         for action in actions:
             spec = settings.spec(action.name)
             assert spec is not None
             try:
                 issued = self.obtain(spec)
+            except DeferredError as exc:
+                logger.info("%s on %s: deferred: %s", action.name, cluster_name, exc)
+                result.outcomes.append(Outcome(cluster_name, action.name, "failed", error=str(exc)))
+                continue
             except VaultBridgeError as exc:
                 logger.error("%s on %s: %s", action.name, cluster_name, exc)
                 result.outcomes.append(Outcome(cluster_name, action.name, "failed", error=str(exc)))

@@ -232,7 +232,13 @@ class VaultClient:
             detail = _vault_errors(exc)
             if status == 403:
                 self._token_suspect = True
-                if capability:
+                if path.startswith("auth/token/") and path.endswith("-self"):
+                    # usually a bad token (the default policy grants these paths to any token)
+                    message = (
+                        f"the Vault token was rejected on {path}: expired or revoked, or its "
+                        f"policy lacks {capability!r} there"
+                    )
+                elif capability:
                     message = f"permission denied: the policy needs {capability!r} on {path}"
                 else:
                     message = f"permission denied for {path}"
