@@ -213,3 +213,25 @@ def test_python_m_help() -> None:
     assert done.returncode == 0
     for command in ("run", "issue", "status", "plan", "validate", "demo"):
         assert command in done.stdout
+
+
+def test_demo_runs_and_leaves_nothing_running() -> None:
+    """`vault-bridge demo`, as the README's first command runs it."""
+
+    def bao_processes() -> set[str]:
+        out = subprocess.run(
+            ["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=True
+        )
+        return {line.split()[0] for line in out.stdout.splitlines() if "bao server -dev" in line}
+
+    before = bao_processes()
+    done = subprocess.run(
+        [sys.executable, "-m", "vault_bridge", "demo"], capture_output=True, text=True, timeout=120
+    )
+    print(done.stdout, done.stderr)  # for the secret scan
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Demo passed" in done.stdout
+    assert done.stdout.count(" verified, serial ") == 4
+    after_table = done.stdout.split("After one pass:")[1]
+    assert after_table.count(" ok ") == 5
+    assert bao_processes() <= before
