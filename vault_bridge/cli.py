@@ -93,7 +93,7 @@ def run(ctx: Context, once: bool) -> None:
         from vault_bridge.agent import run_agent
 
         sys.exit(run_agent(settings, config_path=ctx.config_path))
-    from vault_bridge.agent import rotate_once
+    from vault_bridge.oneshot import rotate_once
 
     # Under the state directory's lock; a running agent is handed the pass instead.
     _finish(rotate_once(settings))
@@ -143,7 +143,7 @@ def issue(ctx: Context, names: tuple[str, ...], cluster_name: str | None, all_: 
     if names and not targets:
         raise ConfigError(f"no cluster has {', '.join(names)} configured")
     _configure_from(ctx, settings)
-    from vault_bridge.agent import rotate_once
+    from vault_bridge.oneshot import rotate_once
 
     # Under the state directory's lock; a running agent is handed the request instead.
     _finish(rotate_once(settings, force=targets, only=targets))

@@ -21,22 +21,12 @@ import pytest
 from tests.conftest import OfflineCA
 from vault_bridge.config import CertSpec, Settings, parse_config
 from vault_bridge.errors import ClusterError, StateError
+from vault_bridge.journal import JournalPendingError, Keeper, RunawayGuardError, StoppingError
 from vault_bridge.models import CertChange, CertificateInfo, InstalledCertificate, IssuedCertificate
 from vault_bridge.rotation import Change
 from vault_bridge.schedule import Backoff
-from vault_bridge.state import (
-    CertRecord,
-    Intent,
-    JournalPendingError,
-    Keeper,
-    LockHeld,
-    RunawayGuardError,
-    State,
-    StateDir,
-    StoppingError,
-    Superseded,
-    write_atomic,
-)
+from vault_bridge.state import CertRecord, Intent, State, Superseded
+from vault_bridge.statedir import LockHeld, StateDir, write_atomic
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
