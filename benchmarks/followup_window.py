@@ -50,8 +50,7 @@ PASSWORD_ENV = "FOLLOWUP_BENCH_PASSWORD"
 
 def serve(queued: float, run: float) -> int:
     """Child process: one simulated cluster; JSON commands on stdin, answers on stdout."""
-    from vault_bridge.testing.databases import DatabaseWorld
-    from vault_bridge.testing.simulator import SimulatedCluster
+    from vault_bridge.testing.simulator import DatabaseWorld, SimulatedCluster
 
     world = DatabaseWorld(queued_time=queued, run_time=run)
     with tempfile.TemporaryDirectory() as tmp, SimulatedCluster("east", world=world) as sim:

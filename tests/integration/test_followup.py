@@ -1,7 +1,7 @@
 """Active-Active and Replica Of follow-ups: real OpenBao, two simulated clusters sharing one
 database world, the real rotation path, the three step 2 runners and the agent after kill -9.
 
-The simulator's sync-health model (:mod:`vault_bridge.testing.databases`) makes the outage
+The simulator's sync-health model (:mod:`vault_bridge.testing.simulator.world`) makes the outage
 visible: each affected CRDB or replica rejects sync from the install until its follow-up is
 done, and the tests assert those outages, not only that requests were made.
 """
@@ -31,7 +31,6 @@ from vault_bridge.config import Settings, parse_config
 from vault_bridge.followup import FollowUps, Limits
 from vault_bridge.health import Metrics
 from vault_bridge.models import CertChange, CertificateInfo
-from vault_bridge.testing.databases import DatabaseWorld, Outage
 from vault_bridge.testing.lab import (
     ADMIN,
     ADMIN_PASSWORD,
@@ -41,7 +40,7 @@ from vault_bridge.testing.lab import (
     to_toml,
 )
 from vault_bridge.testing.openbao import OpenBaoServer, PkiSetup
-from vault_bridge.testing.simulator import SimulatedCluster
+from vault_bridge.testing.simulator import DatabaseWorld, Outage, SimulatedCluster
 
 pytestmark = pytest.mark.timeout(120)
 

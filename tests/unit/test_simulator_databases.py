@@ -11,8 +11,7 @@ import pytest
 import requests
 
 from tests.conftest import OfflineCA, make_ca
-from vault_bridge.testing.databases import DatabaseWorld
-from vault_bridge.testing.simulator import SimulatedCluster
+from vault_bridge.testing.simulator import DatabaseWorld, SimulatedCluster
 
 ADMIN = ("admin@example.com", "admin-password")
 

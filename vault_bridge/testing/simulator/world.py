@@ -27,115 +27,29 @@ time order whenever the world is read or changed, so no thread is needed.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
-from vault_bridge.models import split_pem_chain
+from vault_bridge.testing.simulator.databases import (
+    Bdb,
+    Crdb,
+    DatabaseError,
+    Outage,
+    OutageKind,
+    Task,
+    check_client_certs,
+    check_sources,
+    leaf_fingerprint,
+    link_key,
+)
 
 if TYPE_CHECKING:
-    from vault_bridge.testing.simulator import SimulatedCluster
-
-TaskStatus = Literal["queued", "started", "finished", "failed"]
-OutageKind = Literal["crdb", "replica"]
-
-
-class DatabaseError(Exception):
-    """A documented REST error raised by the world; the REST layer turns it into a response."""
-
-    def __init__(self, status: int, error_code: str, description: str) -> None:
-        super().__init__(f"{status} {error_code}: {description}")
-        self.status = status
-        self.error_code = error_code
-        self.description = description
-
-
-def leaf_fingerprint(pem: str) -> str | None:
-    """SHA-256 of the first certificate of a PEM bundle; None when it does not parse."""
-    blocks = split_pem_chain(pem or "")
-    if not blocks:
-        return None
-    try:
-        cert = x509.load_pem_x509_certificate(blocks[0].encode())
-    except ValueError:
-        return None
-    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
-
-
-@dataclass(frozen=True)
-class Outage:
-    """A time a CRDB or a Replica Of link rejected sync; ``end`` None: still rejecting."""
-
-    kind: OutageKind
-    key: str  # a CRDB's GUID, or "<dst cluster>/<dst uid>#<entry uid>" for a replica link
-    name: str  # the database name
-    reason: str
-    start: float
-    end: float | None = None
-
-    @property
-    def length(self) -> float | None:
-        return None if self.end is None else self.end - self.start
-
-
-@dataclass
-class _Task:
-    id: str
-    crdb_guid: str
-    created: float
-    queued_time: float
-    run_time: float
-    force: bool
-    fail: tuple[str, str] | None  # (error_code, description) when injected
-    cluster_name: str  # where it was submitted
-    started_applied: bool = False
-    done_applied: bool = False
-    failed: bool = False
-    errors: list[dict[str, str]] = field(default_factory=list)
-    snapshot: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
-
-    @property
-    def starts_at(self) -> float:
-        return self.created + self.queued_time
-
-    @property
-    def ends_at(self) -> float:
-        return self.starts_at + self.run_time
-
-    def status(self, now: float) -> TaskStatus:
-        if now < self.starts_at:
-            return "queued"
-        if now < self.ends_at:
-            return "started"
-        return "failed" if self.fail is not None else "finished"
-
-
-@dataclass
-class _Crdb:
-    guid: str
-    name: str
-    participants: list[str]  # cluster names
-    db_uids: dict[str, int]  # cluster name -> bdb uid
-    known: dict[str, tuple[str | None, str | None]]  # cluster -> (proxy fp, syncer fp)
-    outage: Outage | None = None
-
-
-@dataclass
-class _Bdb:
-    cluster: str
-    uid: int
-    name: str
-    port: int
-    fields: dict[str, Any]  # everything else GET returns (replica_sources, tls, crdt...)
+    from vault_bridge.testing.simulator.cluster import SimulatedCluster
 
 
 class DatabaseWorld:
@@ -155,9 +69,9 @@ class DatabaseWorld:
         self._clock = clock
         self._lock = threading.RLock()
         self._clusters: dict[str, SimulatedCluster] = {}
-        self._crdbs: dict[str, _Crdb] = {}
-        self._bdbs: dict[tuple[str, int], _Bdb] = {}
-        self._tasks: dict[str, _Task] = {}
+        self._crdbs: dict[str, Crdb] = {}
+        self._bdbs: dict[tuple[str, int], Bdb] = {}
+        self._tasks: dict[str, Task] = {}
         self._failures: dict[str | None, list[tuple[str, str]]] = {}
         self._link_outages: dict[str, Outage] = {}
         self._healthy_since: dict[str, float] = {}
@@ -203,7 +117,7 @@ class DatabaseWorld:
                     sim.name, name, {"crdt": True, "crdt_guid": guid, "tls_mode": "enabled"}
                 ).uid
             names = [sim.name for sim in participants]
-            self._crdbs[guid] = _Crdb(guid, name, names, uids, {c: self._certs(c) for c in names})
+            self._crdbs[guid] = Crdb(guid, name, names, uids, {c: self._certs(c) for c in names})
             return guid
 
     def add_bdb(
@@ -260,13 +174,13 @@ class DatabaseWorld:
             self._evaluate(self._clock())
             return bdb.uid
 
-    def _new_bdb(self, cluster: str, name: str, fields: dict[str, Any]) -> _Bdb:
+    def _new_bdb(self, cluster: str, name: str, fields: dict[str, Any]) -> Bdb:
         uid = next(self._uids[cluster])
-        bdb = _Bdb(cluster, uid, name, next(self._ports), {"crdt": False, **fields})
+        bdb = Bdb(cluster, uid, name, next(self._ports), {"crdt": False, **fields})
         self._bdbs[(cluster, uid)] = bdb
         return bdb
 
-    def _bdb(self, cluster: str, uid: int) -> _Bdb:
+    def _bdb(self, cluster: str, uid: int) -> Bdb:
         try:
             return self._bdbs[(cluster, uid)]
         except KeyError:
@@ -340,7 +254,7 @@ class DatabaseWorld:
                 raise DatabaseError(404, "crdb_not_found", f"no CRDB {guid}")
             return self._crdb_json(crdb, cluster)
 
-    def _crdb_json(self, crdb: _Crdb, cluster: str) -> dict[str, Any]:
+    def _crdb_json(self, crdb: Crdb, cluster: str) -> dict[str, Any]:
         instances = []
         for index, name in enumerate(crdb.participants, start=1):
             sim = self._clusters[name]
@@ -380,7 +294,7 @@ class DatabaseWorld:
         self._advance(now)
         queue = self._failures.get(guid) or self._failures.get(None) or []
         fail = queue.pop(0) if queue else None
-        task = _Task(str(uuid.uuid4()), guid, now, self.queued_time, run_time, force, fail, cluster)
+        task = Task(str(uuid.uuid4()), guid, now, self.queued_time, run_time, force, fail, cluster)
         self._tasks[task.id] = task
         return self._task_json(task, now)
 
@@ -404,7 +318,7 @@ class DatabaseWorld:
                 raise DatabaseError(404, "task_not_found", f"no CRDB task {task_id}")
             return self._task_json(task, now)
 
-    def _task_json(self, task: _Task, now: float) -> dict[str, Any]:
+    def _task_json(self, task: Task, now: float) -> dict[str, Any]:
         status = task.status(now)
         out: dict[str, Any] = {
             "id": task.id,
@@ -422,7 +336,7 @@ class DatabaseWorld:
             self._advance(now)
             return [self._bdb_json(b, now) for b in self._bdbs.values() if b.cluster == cluster]
 
-    def _bdb_json(self, bdb: _Bdb, now: float) -> dict[str, Any]:
+    def _bdb_json(self, bdb: Bdb, now: float) -> dict[str, Any]:
         out: dict[str, Any] = {"uid": bdb.uid, "name": bdb.name, "port": bdb.port}
         for key, value in bdb.fields.items():
             if key == "replica_sources":
@@ -432,8 +346,8 @@ class DatabaseWorld:
             out[key] = value
         return out
 
-    def _entry_json(self, bdb: _Bdb, entry: Mapping[str, Any], now: float) -> dict[str, Any]:
-        key = _link_key(bdb, entry)
+    def _entry_json(self, bdb: Bdb, entry: Mapping[str, Any], now: float) -> dict[str, Any]:
+        key = link_key(bdb, entry)
         problem = self._link_problem(bdb, entry)
         out = dict(entry)
         if problem is not None:
@@ -458,9 +372,9 @@ class DatabaseWorld:
                 if key in ("uid", "port"):
                     continue
                 if key == "replica_sources":
-                    updates[key] = _check_sources(value, now_utc)
+                    updates[key] = check_sources(value, now_utc)
                 elif key == "authentication_ssl_client_certs":
-                    updates[key] = _check_client_certs(value, now_utc)
+                    updates[key] = check_client_certs(value, now_utc)
                 else:
                     updates[key] = value
             bdb.fields.update(updates)
@@ -484,7 +398,7 @@ class DatabaseWorld:
 
     def _advance(self, now: float) -> None:
         """Apply task transitions that happened up to ``now``, in time order."""
-        events: list[tuple[float, int, _Task]] = []
+        events: list[tuple[float, int, Task]] = []
         for task in self._tasks.values():
             if not task.started_applied and task.starts_at <= now:
                 events.append((task.starts_at, 0, task))
@@ -527,7 +441,7 @@ class DatabaseWorld:
             self._set(crdb, stale, at)
         for bdb in list(self._bdbs.values()):
             for entry in bdb.fields.get("replica_sources") or []:
-                key = _link_key(bdb, entry)
+                key = link_key(bdb, entry)
                 problem = self._link_problem(bdb, entry)
                 outage = self._link_outages.get(key)
                 if problem is not None and outage is None:
@@ -542,7 +456,7 @@ class DatabaseWorld:
                         self._healthy_since[key] = at
                     self._healthy_since.setdefault(key, -1e18)
 
-    def _set(self, crdb: _Crdb, stale: list[str], at: float) -> None:
+    def _set(self, crdb: Crdb, stale: list[str], at: float) -> None:
         if stale and crdb.outage is None:
             reason = "certificates changed on " + ", ".join(stale)
             crdb.outage = Outage("crdb", crdb.guid, crdb.name, reason, at)
@@ -556,7 +470,7 @@ class DatabaseWorld:
         ended = Outage(outage.kind, outage.key, outage.name, outage.reason, outage.start, at)
         self._outages[index] = ended
 
-    def _link_problem(self, bdb: _Bdb, entry: Mapping[str, Any]) -> str | None:
+    def _link_problem(self, bdb: Bdb, entry: Mapping[str, Any]) -> str | None:
         source = self._source_of(entry)
         if source is None:
             return None  # a source outside this world: nothing to model
@@ -573,7 +487,7 @@ class DatabaseWorld:
                 return "the source rejects the replica's syncer certificate"
         return None
 
-    def _source_of(self, entry: Mapping[str, Any]) -> _Bdb | None:
+    def _source_of(self, entry: Mapping[str, Any]) -> Bdb | None:
         uri = str(entry.get("uri") or "")
         host_port = uri.rpartition("@")[2]
         host, _, port = host_port.rpartition(":")
@@ -582,61 +496,3 @@ class DatabaseWorld:
             if bdb.cluster == cluster and str(bdb.port) == port:
                 return bdb
         return None
-
-
-def _link_key(bdb: _Bdb, entry: Mapping[str, Any]) -> str:
-    return f"{bdb.cluster}/{bdb.uid}#{entry.get('uid')}"
-
-
-def _check_pem(value: Any, what: str, now_utc: datetime) -> None:
-    if not isinstance(value, str):
-        raise DatabaseError(406, "invalid_certificate", f"{what}: expected a PEM string")
-    blocks = split_pem_chain(value)
-    if not blocks:
-        raise DatabaseError(406, "invalid_certificate", f"{what}: not a PEM certificate")
-    for block in blocks:
-        try:
-            cert = x509.load_pem_x509_certificate(block.encode())
-        except ValueError as exc:
-            raise DatabaseError(
-                406, "invalid_certificate", f"{what}: not a PEM certificate: {exc}"
-            ) from exc
-        if cert.not_valid_after_utc <= now_utc:
-            raise DatabaseError(
-                406, "certificate_expired", f"{what}: expired {cert.not_valid_after_utc}"
-            )
-
-
-def _check_sources(value: Any, now_utc: datetime) -> list[dict[str, Any]]:
-    if not isinstance(value, list) or not all(isinstance(e, dict) for e in value):
-        raise DatabaseError(400, "invalid_request", "'replica_sources' must be a list of objects")
-    out = []
-    for index, entry in enumerate(value):
-        entry = {k: v for k, v in entry.items() if k not in ("status", "last_error", "lag")}
-        if not entry.get("uri"):
-            raise DatabaseError(400, "invalid_request", f"replica_sources[{index}]: 'uri' missing")
-        if entry.get("server_cert"):
-            _check_pem(entry["server_cert"], f"replica_sources[{index}].server_cert", now_utc)
-        out.append(entry)
-    return out
-
-
-def _check_client_certs(value: Any, now_utc: datetime) -> list[dict[str, str]]:
-    if not isinstance(value, list) or not all(
-        isinstance(e, dict) and set(e) == {"client_cert"} for e in value
-    ):
-        raise DatabaseError(
-            400,
-            "invalid_request",
-            "'authentication_ssl_client_certs' must be a list of {\"client_cert\": PEM}",
-        )
-    seen: set[str | None] = set()
-    for index, entry in enumerate(value):
-        _check_pem(entry["client_cert"], f"authentication_ssl_client_certs[{index}]", now_utc)
-        fp = leaf_fingerprint(entry["client_cert"])
-        if fp in seen:
-            raise DatabaseError(
-                406, "duplicated_certs", f"authentication_ssl_client_certs[{index}] is a duplicate"
-            )
-        seen.add(fp)
-    return [dict(e) for e in value]
