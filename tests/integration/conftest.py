@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import register_secret
+from vault_bridge.testing.lab import ADMIN_PASSWORD, PASSWORD_ENV
 from vault_bridge.testing.openbao import (
     DEFAULT_ROLE,
     OpenBaoError,
@@ -18,6 +19,7 @@ from vault_bridge.testing.openbao import (
     find_bao,
     setup_pki,
 )
+from vault_bridge.testing.simulator import SimulatedCluster
 
 # Roles every PKI fixture has on its issuing mount. ``redis`` is the default role of
 # setup_pki (key type "any": sign only); Vault cannot issue with "any", so issue mode needs a
@@ -56,3 +58,17 @@ def pki(openbao: OpenBaoServer, request: pytest.FixtureRequest) -> PkiSetup:
         int_mount=f"pki-{suffix}",
         roles=PKI_ROLES,
     )
+
+
+@pytest.fixture
+def lab_env(openbao: OpenBaoServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lab's secrets, through the environment only: the Vault token and the cluster password."""
+    monkeypatch.setenv("VAULT_TOKEN", openbao.root_token)
+    monkeypatch.setenv(PASSWORD_ENV, ADMIN_PASSWORD)
+
+
+@pytest.fixture
+def sim() -> Iterator[SimulatedCluster]:
+    """A fresh simulated cluster "east" (7.22.2) on loopback."""
+    with SimulatedCluster("east") as cluster:
+        yield cluster

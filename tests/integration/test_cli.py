@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,6 @@ from click.testing import CliRunner, Result
 
 from vault_bridge.cli import cli
 from vault_bridge.testing.lab import (
-    ADMIN_PASSWORD,
-    PASSWORD_ENV,
     cluster_table,
     lab_config,
     to_toml,
@@ -23,17 +20,7 @@ from vault_bridge.testing.lab import (
 from vault_bridge.testing.openbao import OpenBaoServer, PkiSetup
 from vault_bridge.testing.simulator import SimulatedCluster
 
-
-@pytest.fixture(autouse=True)
-def lab_env(openbao: OpenBaoServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VAULT_TOKEN", openbao.root_token)
-    monkeypatch.setenv(PASSWORD_ENV, ADMIN_PASSWORD)
-
-
-@pytest.fixture
-def sim() -> Iterator[SimulatedCluster]:
-    with SimulatedCluster("east") as cluster:
-        yield cluster
+pytestmark = pytest.mark.usefixtures("lab_env")
 
 
 def write_config(

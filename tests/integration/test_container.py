@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -24,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from tests.integration.docker_helpers import BASE_IMAGE, ensure_base_image, require_dockerd
 from vault_bridge.models import CertificateInfo
 from vault_bridge.testing.lab import (
     ADMIN_PASSWORD,
@@ -41,9 +41,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = "vault-bridge:test"
-BASE_IMAGE = "vault-bridge-base:bookworm"
 UID = GID = "10001"
-NO_DOCKER = "dockerd not running: run .ci/install-docker.sh"
 # Local CA certificates (Debian's place for them). Here they include the egress proxy's CA
 # that signs pypi.org as pip sees it; pip in the builder stage must trust it too.
 LOCAL_CA_DIR = Path("/usr/local/share/ca-certificates")
@@ -75,19 +73,6 @@ def docker_run(
 ) -> subprocess.CompletedProcess[str]:
     """``docker run --rm`` of the test image; ``args`` are run options, then the command."""
     return docker("run", "--rm", *args, timeout=timeout, check=check)
-
-
-def _ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
-
-
-def _docker_answers() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode == 0
-    except subprocess.TimeoutExpired:
-        return False
 
 
 def _build_args() -> list[str]:
@@ -124,26 +109,15 @@ def _log(name: str, text: str) -> None:
 
 @pytest.fixture(scope="session")
 def dockerd() -> None:
-    if not _docker_answers():
-        if _ci():
-            pytest.fail(f"{NO_DOCKER} (CI=true: the container tests must run)", pytrace=False)
-        pytest.skip(NO_DOCKER)
+    require_dockerd()
 
 
 @pytest.fixture(scope="session")
 def image(dockerd: None) -> str:
     """The base image (made once, then cached) and vault-bridge:test built from the Dockerfile."""
     start = time.monotonic()
-    base = subprocess.run(
-        [str(REPO / "scripts" / "base-image.sh")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    if base.returncode != 0:
-        pytest.fail(f"scripts/base-image.sh failed:\n{base.stderr[-3000:]}", pytrace=False)
-    print(f"base image: {time.monotonic() - start:.1f} s ({base.stderr.strip().splitlines()[-1]})")
+    ensure_base_image()
+    print(f"base image: {time.monotonic() - start:.1f} s")
 
     start = time.monotonic()
     build = docker(

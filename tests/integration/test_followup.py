@@ -56,10 +56,7 @@ def updates_path(guid: str) -> str:
     return f"/v1/crdbs/{guid}/updates"
 
 
-@pytest.fixture(autouse=True)
-def lab_env(openbao: OpenBaoServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VAULT_TOKEN", openbao.root_token)
-    monkeypatch.setenv(PASSWORD_ENV, ADMIN_PASSWORD)
+pytestmark = pytest.mark.usefixtures("lab_env")
 
 
 @pytest.fixture

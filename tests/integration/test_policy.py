@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +26,6 @@ from vault_bridge.testing.lab import (
 )
 from vault_bridge.testing.openbao import OpenBaoServer, PkiSetup
 from vault_bridge.testing.simulator import SimulatedCluster
-
-
-@pytest.fixture
-def sim() -> Iterator[SimulatedCluster]:
-    with SimulatedCluster("east") as cluster:
-        yield cluster
 
 
 def settings_for(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,6 @@ from vault_bridge.config import parse_config
 from vault_bridge.errors import ClusterError
 from vault_bridge.models import CertificateInfo
 from vault_bridge.testing.lab import (
-    ADMIN_PASSWORD,
     PASSWORD_ENV,
     ROTATED,
     cluster_table,
@@ -30,16 +28,7 @@ BULK = "/v1/cluster/certificates"
 UPDATE = "/v1/cluster/update_cert"
 
 
-@pytest.fixture(autouse=True)
-def lab_env(openbao: OpenBaoServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VAULT_TOKEN", openbao.root_token)
-    monkeypatch.setenv(PASSWORD_ENV, ADMIN_PASSWORD)
-
-
-@pytest.fixture
-def sim() -> Iterator[SimulatedCluster]:
-    with SimulatedCluster("east") as cluster:
-        yield cluster
+pytestmark = pytest.mark.usefixtures("lab_env")
 
 
 def make_app(
