@@ -26,13 +26,13 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from vault_bridge.app import App, build, utc_now
 from vault_bridge.config import Settings, load_config
 from vault_bridge.durations import parse_duration
 from vault_bridge.errors import StateError, VaultBridgeError, VaultUnavailableError
-from vault_bridge.followup import FollowUps, HasWindow
+from vault_bridge.followup import FollowUps
 from vault_bridge.health import Metrics, Snapshot, serving
 from vault_bridge.journal import Keeper
 from vault_bridge.oneshot import result_json
@@ -236,11 +236,8 @@ class Agent:
                 self.settings,
                 clock=self.clock,
                 hooks=self.keeper,
-                # observes the follow-up window into the agent's registry (HasWindow declares
-                # a settable attribute, which makes mypy compare the types invariantly)
-                followups=FollowUps.from_settings(
-                    self.settings, metrics=cast(HasWindow, self.metrics)
-                ),
+                # observes the follow-up window into the agent's registry
+                followups=FollowUps.from_settings(self.settings, metrics=self.metrics),
                 rotator_cls=AgentRotator,
             )
         return self.app

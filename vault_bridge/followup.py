@@ -69,7 +69,8 @@ class WindowHistogram(Protocol):
 class HasWindow(Protocol):
     """What :class:`vault_bridge.health.Metrics` offers the follow-ups."""
 
-    followup_window: WindowHistogram
+    @property
+    def followup_window(self) -> WindowHistogram: ...
 
 
 @dataclass(frozen=True)
