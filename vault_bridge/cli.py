@@ -10,7 +10,7 @@ import logging
 import sys
 import traceback
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -18,6 +18,9 @@ from vault_bridge import __version__
 from vault_bridge.config import Settings, load_config
 from vault_bridge.errors import ConfigError, VaultBridgeError
 from vault_bridge.logs import configure
+
+if TYPE_CHECKING:
+    from vault_bridge.rotation import PassResult
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +102,7 @@ def run(ctx: Context, once: bool) -> None:
     _finish(rotate_once(settings))
 
 
-def _finish(result: Any) -> None:
+def _finish(result: PassResult) -> None:
     from vault_bridge.report import pass_lines
 
     for line in pass_lines(result):
