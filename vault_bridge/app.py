@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from vault_bridge.cluster import ClusterClient
-from vault_bridge.config import Settings
+from vault_bridge.config import ClusterSettings, Settings
 from vault_bridge.rotation import FollowUpRunner, RotationHooks, Rotator
 from vault_bridge.vault import (
     AppRoleAuth,
@@ -42,6 +42,14 @@ def auth_from_settings(settings: Settings) -> AuthMethod:
             Path(auth.cert_file), Path(auth.key_file), auth.name or "", auth.mount or "cert"
         )
     return TokenAuth(Path(auth.token_file) if auth.token_file else None)
+
+
+def _vault_password(vault: VaultClient, cluster: ClusterSettings) -> Callable[[], str] | None:
+    """Reads the cluster's password from Vault's KV engine when it is kept there."""
+    ref = cluster.password_vault
+    if ref is None:
+        return None
+    return lambda: vault.read_kv(ref.mount, ref.path, ref.key)
 
 
 def vault_client(settings: Settings, clock: Callable[[], datetime] = utc_now) -> VaultClient:
@@ -94,7 +102,10 @@ def build(
 
     real_sleep = sleep or time.sleep
     vault = vault_client(settings, clock)
-    clusters = {c.name: ClusterClient(c, sleep=real_sleep) for c in settings.clusters}
+    clusters = {
+        c.name: ClusterClient(c, sleep=real_sleep, password=_vault_password(vault, c))
+        for c in settings.clusters
+    }
     followups = _bind_followups(settings, clusters, followups)
     rotator = rotator_cls(
         settings,

@@ -229,7 +229,13 @@ class ClusterClient:
         sleep: Callable[[float], None] | None = None,
         retries: int = 3,
         backoff: float = 0.5,
+        password: Callable[[], str] | None = None,
     ) -> None:
+        """``password`` reads the password (from Vault) when ``settings`` has none; it is
+        called once, on the first request."""
+        if settings.password is None and password is None:
+            raise ValueError(f"cluster {settings.name}: no password and no way to read one")
+        self._password_source = password
         self.settings = settings
         self.name = settings.name
         self._sleep = sleep or _real_sleep
@@ -257,7 +263,8 @@ class ClusterClient:
         # Never let REQUESTS_CA_BUNDLE & co. replace the trust chosen here; verify= is also
         # passed with every request.
         session.trust_env = False
-        session.auth = (self.settings.username, self.settings.password.get_secret_value())
+        if self.settings.password is not None:
+            session.auth = (self.settings.username, self.settings.password.get_secret_value())
         session.headers["Accept"] = "application/json"
         return session
 
@@ -298,7 +305,17 @@ class ClusterClient:
 
     # -- transport -----------------------------------------------------------------------
 
+    def _ensure_auth(self) -> None:
+        """Read the password from its source on first use (never logged, never stored)."""
+        if self._session.auth is not None or self._password_source is None:
+            return
+        credentials = (self.settings.username, self._password_source())
+        self._session.auth = credentials
+        if self._pin_session is not None:
+            self._pin_session.auth = credentials
+
     def _send(self, method: str, path: str, body: Any | None) -> requests.Response:
+        self._ensure_auth()
         url = f"{self.settings.url}{path}"
         data = json.dumps(body) if body is not None else None
         headers = {"Content-Type": "application/json"} if body is not None else {}

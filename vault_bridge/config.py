@@ -116,6 +116,7 @@ class ClusterConfig(_Strict):
     username: str
     password_file: str | None = None
     password_env: str | None = None
+    password_vault: str | None = None
     ca_file: str | None = None
     ca_fingerprint: str | None = None
     insecure_skip_verify: bool = False
@@ -147,10 +148,20 @@ class ClusterConfig(_Strict):
             raise ValueError("expected a SHA-256 fingerprint (64 hex digits, colons allowed)")
         return cleaned
 
+    @field_validator("password_vault")
+    @classmethod
+    def _vault_ref(cls, value: str | None) -> str | None:
+        if value is not None:
+            VaultSecretRef.parse(value)
+        return value
+
     @model_validator(mode="after")
     def _password_source(self) -> ClusterConfig:
-        if bool(self.password_file) == bool(self.password_env):
-            raise ValueError("expected exactly one of 'password_file' or 'password_env'")
+        sources = [self.password_file, self.password_env, self.password_vault]
+        if sum(1 for source in sources if source) != 1:
+            raise ValueError(
+                "expected exactly one of 'password_file', 'password_env' or 'password_vault'"
+            )
         if self.crdb_update == "docker" and not self.docker_container:
             raise ValueError("missing key 'docker_container': required when crdb_update = 'docker'")
         return self
@@ -208,11 +219,36 @@ class CertSpec:
 
 
 @dataclass(frozen=True)
+class VaultSecretRef:
+    """A value in Vault's KV version 2 engine: ``<mount>/<path>#<key>``."""
+
+    mount: str
+    path: str
+    key: str
+
+    @classmethod
+    def parse(cls, text: str) -> VaultSecretRef:
+        location, sep, key = text.partition("#")
+        mount, slash, path = location.strip("/").partition("/")
+        if not sep or not key or not slash or not mount or not path:
+            raise ValueError(
+                f"expected '<kv-v2 mount>/<path>#<key>' such as 'secret/redis/re-east#password', "
+                f"got {text!r}"
+            )
+        return cls(mount, path, key)
+
+    @property
+    def api_path(self) -> str:
+        """The KV v2 read path: ``<mount>/data/<path>``."""
+        return f"{self.mount}/data/{self.path}"
+
+
+@dataclass(frozen=True)
 class ClusterSettings:
     name: str
     url: str
     username: str
-    password: SecretStr
+    password: SecretStr | None  # None when it is read from Vault (password_vault)
     ca_file: str | None
     ca_fingerprint: str | None
     insecure_skip_verify: bool
@@ -223,6 +259,7 @@ class ClusterSettings:
     docker_host: str | None
     verify_endpoints: Mapping[str, str]
     certificates: tuple[CertSpec, ...]
+    password_vault: VaultSecretRef | None = None
 
     @property
     def host(self) -> str:
@@ -344,8 +381,10 @@ def _one_line(error: Any) -> str:
     return f"{path}: {msg}" if path else msg
 
 
-def _read_password(cluster: ClusterConfig, where: str) -> SecretStr:
+def _read_password(cluster: ClusterConfig, where: str) -> SecretStr | None:
     # The password is kept in a SecretStr: it is never printed, logged or written anywhere.
+    if cluster.password_vault:
+        return None  # read from Vault when the cluster is first contacted
     if cluster.password_file:
         try:
             text = Path(cluster.password_file).read_text(encoding="utf-8").strip()
@@ -464,6 +503,9 @@ def _resolve(parsed: FileConfig, path: Path | None) -> Settings:
                 docker_host=cluster.docker_host,
                 verify_endpoints=dict(cluster.verify_endpoints),
                 certificates=tuple(specs),
+                password_vault=(
+                    VaultSecretRef.parse(cluster.password_vault) if cluster.password_vault else None
+                ),
             )
         )
     vault = parsed.vault

@@ -59,6 +59,13 @@ def policy_rules(settings: Settings) -> list[PolicyRule]:
                 ("update",),
                 "revoke superseded certificates after the grace period ([agent] revoke_superseded)",
             )
+    for cluster in settings.clusters:
+        if cluster.password_vault is not None:
+            add(
+                cluster.password_vault.api_path,
+                ("read",),
+                f"the REST API password of cluster {cluster.name} (password_vault)",
+            )
     add("auth/token/renew-self", ("update",), "keep the agent's own token alive")
     add("auth/token/lookup-self", ("read",), "read the agent's own token TTL")
     return rules

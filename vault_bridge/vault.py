@@ -562,6 +562,28 @@ class VaultClient:
             raise VaultError(f"{path} returned no certificates", method="GET", url=self._url(path))
         return pems
 
+    def read_kv(self, mount: str, path: str, key: str) -> str:
+        """GET: /{mount}/data/{path} (KV version 2); returns the value of ``key``.
+
+        Used for a cluster password kept in Vault; the value is never logged.
+        """
+        api_path = f"{mount}/data/{path}"
+        self.ensure_token()
+        resp = self._call(
+            "GET",
+            api_path,
+            lambda: self._hvac.secrets.kv.v2.read_secret_version(
+                path=path, mount_point=mount, raise_on_deleted_version=True
+            ),
+            capability="read",
+            not_found=f"no secret at {api_path}",
+        )
+        data = _data(resp, api_path).get("data") or {}
+        value = data.get(key) if isinstance(data, dict) else None
+        if not isinstance(value, str) or not value:
+            raise VaultError(f"the secret at {api_path} has no key {key!r}")
+        return value
+
     def revoke(
         self, mount: str, *, serial: str | None = None, certificate: str | None = None
     ) -> None:

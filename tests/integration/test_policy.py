@@ -15,6 +15,7 @@ from tests.conftest import register_secret
 from vault_bridge.app import build, vault_client
 from vault_bridge.cli import cli
 from vault_bridge.config import Settings, parse_config
+from vault_bridge.errors import VaultPermissionError
 from vault_bridge.policy import render_policy
 from vault_bridge.setup import setup_roles
 from vault_bridge.testing.lab import (
@@ -185,3 +186,39 @@ def test_policy_command_prints_hcl(
     assert result.exit_code == 0
     assert f'path "{pki.issuing_mount}/sign/redis" {{' in result.stdout
     assert "sys/" not in result.stdout.replace("Nothing under sys/", "")
+
+
+def test_cluster_password_from_vault_kv_with_only_the_policy(
+    openbao: OpenBaoServer,
+    pki: PkiSetup,
+    sim: SimulatedCluster,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """password_vault: the password is read from KV v2 with the policy's one read grant."""
+    root = openbao.client()
+    mount = f"kv-{uuid.uuid4().hex[:6]}"
+    root.sys.enable_secrets_engine("kv", path=mount, options={"version": "2"})
+    root.secrets.kv.v2.create_or_update_secret(
+        mount_point=mount, path="redis/east", secret={"password": ADMIN_PASSWORD}
+    )
+    root.secrets.kv.v2.create_or_update_secret(
+        mount_point=mount, path="redis/west", secret={"password": "other"}
+    )
+    monkeypatch.delenv(PASSWORD_ENV, raising=False)
+    doc = settings_for(openbao, pki, sim, tmp_path)
+    del doc["clusters"][0]["password_env"]
+    doc["clusters"][0]["password_vault"] = f"{mount}/redis/east#password"
+    settings = parse_config(doc)
+    assert f'path "{mount}/data/redis/east" {{' in render_policy(settings)
+    token = limited_token(openbao, settings)
+    monkeypatch.setenv("VAULT_TOKEN", token)
+    with build(settings, sleep=lambda s: None) as app:
+        result = app.rotator.run_once()
+        assert result.ok, result.summary()
+        with pytest.raises(VaultPermissionError, match=f"needs 'read' on {mount}/data/redis/west"):
+            app.vault.read_kv(mount, "redis/west", "password")
+    doc["clusters"][0]["password_vault"] = f"{mount}/redis/east#passwd"
+    with build(parse_config(doc), sleep=lambda s: None) as app:
+        errors = app.rotator.status().cluster_errors
+    assert errors["east"].endswith(f"the secret at {mount}/data/redis/east has no key 'passwd'")

@@ -190,6 +190,45 @@ def test_password_env(monkeypatch: pytest.MonkeyPatch, password_file: Path) -> N
     assert parse_config(data).clusters[0].password.get_secret_value() == "pw"
 
 
+def test_password_from_vault_kv(password_file: Path) -> None:
+    data = doc(password_file)
+    del data["clusters"][0]["password_file"]
+    data["clusters"][0]["password_vault"] = "secret/redis/re-east#password"
+    cluster = parse_config(data).clusters[0]
+    assert cluster.password is None
+    assert cluster.password_vault is not None
+    assert (
+        cluster.password_vault.mount,
+        cluster.password_vault.path,
+        cluster.password_vault.key,
+    ) == (
+        "secret",
+        "redis/re-east",
+        "password",
+    )
+    assert cluster.password_vault.api_path == "secret/data/redis/re-east"
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({"password_vault": "secret/redis"}, "expected '<kv-v2 mount>/<path>#<key>'"),
+        ({"password_vault": "secret#pw"}, "expected '<kv-v2 mount>/<path>#<key>'"),
+        (
+            {"password_env": "X"},
+            "expected exactly one of 'password_file', 'password_env' or 'password_vault'",
+        ),
+    ],
+)
+def test_password_vault_errors(password_file: Path, extra: dict[str, str], expected: str) -> None:
+    data = doc(password_file, **extra)
+    if "password_vault" in extra:
+        del data["clusters"][0]["password_file"]
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    assert expected in str(info.value)
+
+
 def test_vault_address_from_env(monkeypatch: pytest.MonkeyPatch, password_file: Path) -> None:
     data = doc(password_file)
     del data["vault"]["address"]
