@@ -250,13 +250,7 @@ class Keeper:
         if intent is None:
             return
         self.rotations[(*key, "success")] += 1
-        log_change(
-            "rotated",
-            cluster=key[0],
-            certificate=key[1],
-            serial=intent.serial,
-            not_after=intent.not_after,
-        )
+        _log_intent("rotated", intent)
 
     # -- replay ------------------------------------------------------------------------------
 
@@ -277,13 +271,7 @@ class Keeper:
         for key, intent in sorted(state.journal.items()):
             if intent.phase == "issued":
                 state.orphan(intent, now)
-                log_change(
-                    "issued but never installed (will be revoked)",
-                    cluster=key[0],
-                    certificate=key[1],
-                    serial=intent.serial,
-                    not_after=intent.not_after,
-                )
+                _log_intent("issued but never installed (will be revoked)", intent)
             elif intent.phase == "installing":
                 client = rotator.clusters.get(intent.cluster)
                 if client is None:
@@ -299,22 +287,10 @@ class Keeper:
                     served[intent.cluster] = {n: c.info.fingerprint for n, c in certs.items()}
                 if served[intent.cluster].get(intent.name) == intent.info.fingerprint:
                     state.journal_installed(key, now + self._grace())
-                    log_change(
-                        "the interrupted install did happen",
-                        cluster=key[0],
-                        certificate=key[1],
-                        serial=intent.serial,
-                        not_after=intent.not_after,
-                    )
+                    _log_intent("the interrupted install did happen", intent)
                 else:
                     state.orphan(intent, now)
-                    log_change(
-                        "the interrupted install did not happen (will be revoked)",
-                        cluster=key[0],
-                        certificate=key[1],
-                        serial=intent.serial,
-                        not_after=intent.not_after,
-                    )
+                    _log_intent("the interrupted install did not happen (will be revoked)", intent)
         pending = list(state.pending.values())
         needing = [i for i in pending if _needs_followup(i.name)]
         if needing and rotator.followups is not None:
@@ -335,6 +311,17 @@ class Keeper:
                 self._complete(intent.key)
         self.save_quietly()
         return errors
+
+
+def _log_intent(message: str, intent: Intent) -> None:
+    """One INFO line for a state change of the journaled certificate ``intent``."""
+    log_change(
+        message,
+        cluster=intent.cluster,
+        certificate=intent.name,
+        serial=intent.serial,
+        not_after=intent.not_after,
+    )
 
 
 def _needs_followup(name: str) -> bool:
