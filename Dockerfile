@@ -67,7 +67,8 @@ RUN /opt/build/bin/pip install -r /opt/build/requirements-build.txt \
         -r /opt/build/requirements.txt
 
 COPY . /src
-RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels/app /src
+RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels/app /src \
+    && /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels/lab /src/lab
 
 # ---------------------------------------------------------------------------
 # venv: the runtime virtualenv, installed from the wheels alone (no index, no
@@ -86,7 +87,8 @@ RUN /opt/vault-bridge/bin/python -m pip install --no-cache-dir --find-links /whe
     && /opt/vault-bridge/bin/python -m pip uninstall --yes pip setuptools
 
 # ---------------------------------------------------------------------------
-FROM ${BASE_IMAGE}
+# runtime: the agent image (the default target, see the last stage). No lab code.
+FROM ${BASE_IMAGE} AS runtime
 
 # Fixed IDs: volumes and Kubernetes securityContext can rely on them.
 RUN set -eu; \
@@ -129,3 +131,19 @@ LABEL org.opencontainers.image.title="vault-bridge" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}"
+
+# ---------------------------------------------------------------------------
+# lab (`--target lab`): the runtime plus the lab distribution (simulated cluster, crdb-cli
+# stand-in), for the compose example's simulated node. Never the agent's image. The venv has
+# no pip, so the pure-Python wheel is unpacked into site-packages (entry points included).
+FROM runtime AS lab
+COPY --from=builder /wheels/lab /wheels/lab
+USER 0:0
+RUN /opt/vault-bridge/bin/python -c 'import glob, site, zipfile; \
+[zipfile.ZipFile(w).extractall(site.getsitepackages()[0]) for w in glob.glob("/wheels/lab/*.whl")]' \
+    && rm -rf /wheels
+USER 10001:10001
+
+# ---------------------------------------------------------------------------
+# The default target: the runtime image.
+FROM runtime

@@ -50,7 +50,7 @@ PASSWORD_ENV = "FOLLOWUP_BENCH_PASSWORD"
 
 def serve(queued: float, run: float) -> int:
     """Child process: one simulated cluster; JSON commands on stdin, answers on stdout."""
-    from vault_bridge.testing.simulator import DatabaseWorld, SimulatedCluster
+    from vault_bridge_lab.simulator import DatabaseWorld, SimulatedCluster
 
     world = DatabaseWorld(queued_time=queued, run_time=run)
     with tempfile.TemporaryDirectory() as tmp, SimulatedCluster("east", world=world) as sim:
@@ -160,7 +160,7 @@ def proxy_cert(issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey]) -> t
 
 
 def settings_for(cluster: ClusterProcess, state_dir: str) -> Any:
-    from vault_bridge.config import parse_config
+    from vault_bridge.config.schema import parse_config
 
     return parse_config(
         {
@@ -185,8 +185,8 @@ Result = dict[str, float]
 def vault_bridge_run(
     followups: Any, client: Any, cluster: ClusterProcess, cert: tuple[str, str]
 ) -> Result:
-    from vault_bridge.cluster import CertUpload
-    from vault_bridge.models import CertChange
+    from vault_bridge.decisions.install import CertUpload
+    from vault_bridge.models.certificates import CertChange
 
     old = client.certificates()["proxy"].pem
     change = CertChange("east", "proxy", cert[0], old)
@@ -206,7 +206,7 @@ def vault_bridge_run(
 
 def sequential_run(runner: Any, client: Any, guids: Sequence[str], cert: tuple[str, str]) -> Result:
     """The baseline: after the 200, one ``crdb update`` at a time, each waited for."""
-    from vault_bridge.cluster import CertUpload
+    from vault_bridge.decisions.install import CertUpload
 
     client.put_certificates([CertUpload("proxy", cert[0], cert[1])])
     at_200 = time.monotonic()
@@ -221,9 +221,9 @@ def sequential_run(runner: Any, client: Any, guids: Sequence[str], cert: tuple[s
 def measure(
     size: int, runs: int, cluster: ClusterProcess, state_dir: str, issuer: Any
 ) -> dict[str, list[Result]]:
-    from vault_bridge.cluster import ClusterClient
-    from vault_bridge.crdb_runners import RestRunner
-    from vault_bridge.followup import FollowUps
+    from vault_bridge.adapters.crdb_runners import RestRunner
+    from vault_bridge.adapters.redis_enterprise import ClusterClient
+    from vault_bridge.rotation.followups import FollowUps
 
     settings = settings_for(cluster, state_dir)
     guids = cluster.ask(cmd="crdbs", count=size)["guids"]

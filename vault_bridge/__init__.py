@@ -1,3 +1,8 @@
 """vault_bridge: certificates from Vault PKI for Redis Enterprise Software clusters."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("vault-bridge")  # written once, in pyproject.toml
+except PackageNotFoundError:  # pragma: no cover - running from a source tree not installed
+    __version__ = "0+unknown"

@@ -1,4 +1,4 @@
-from vault_bridge.cli import main
+from vault_bridge.cli.main import main
 
 if __name__ == "__main__":
     main()

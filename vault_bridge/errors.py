@@ -91,3 +91,7 @@ class FollowUpError(VaultBridgeError):
 
 class StateError(VaultBridgeError):
     """The state directory cannot be read or written; issuing stops until it can."""
+
+
+class LabMissingError(VaultBridgeError):
+    """A command of the lab distribution (``vault-bridge-lab``) was asked for without it."""

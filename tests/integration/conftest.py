@@ -8,10 +8,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
-from tests.conftest import register_secret
-from vault_bridge.testing.lab import ADMIN_PASSWORD, PASSWORD_ENV
-from vault_bridge.testing.openbao import (
+from vault_bridge_lab.lab import ADMIN_PASSWORD, PASSWORD_ENV
+from vault_bridge_lab.openbao import (
     DEFAULT_ROLE,
     OpenBaoError,
     OpenBaoServer,
@@ -19,7 +17,9 @@ from vault_bridge.testing.openbao import (
     find_bao,
     setup_pki,
 )
-from vault_bridge.testing.simulator import SimulatedCluster
+from vault_bridge_lab.simulator import SimulatedCluster
+
+from tests.conftest import register_secret
 
 # Roles every PKI fixture has on its issuing mount. ``redis`` is the default role of
 # setup_pki (key type "any": sign only); Vault cannot issue with "any", so issue mode needs a

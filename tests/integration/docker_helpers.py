@@ -4,7 +4,7 @@ small crdb-cli image the docker runner executes in.
 No registry is reachable, so images are built ``FROM vault-bridge-base:bookworm``, which
 ``scripts/base-image.sh`` makes with debootstrap + ``docker import`` (``.ci/install-docker.sh``
 starts dockerd in CI). The crdb-cli image only adds the stand-in
-(``vault_bridge/testing/crdb_cli.py``, standard library only) as ``/opt/redislabs/bin/crdb-cli``,
+(``lab/vault_bridge_lab/crdb_cli.py``, standard library only) as ``/opt/redislabs/bin/crdb-cli``,
 where a Redis Enterprise node has the real one; it is built through the Docker Engine API.
 """
 
@@ -70,7 +70,7 @@ def _context() -> bytes:
         'LABEL org.opencontainers.image.title="vault-bridge crdb-cli stand-in (tests)"\n'
         'CMD ["sleep", "infinity"]\n'
     )
-    script = (REPO / "vault_bridge" / "testing" / "crdb_cli.py").read_bytes()
+    script = (REPO / "lab" / "vault_bridge_lab" / "crdb_cli.py").read_bytes()
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for name, data, mode in (

@@ -36,21 +36,21 @@ from typing import Any
 import hvac.exceptions
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-
-from tests.conftest import register_secret
-from tests.integration.conftest import PKI_ROLES
-from vault_bridge.models import CertificateInfo
-from vault_bridge.schedule import max_attempts
-from vault_bridge.testing.lab import (
+from vault_bridge_lab.lab import (
     ADMIN_PASSWORD,
     PASSWORD_ENV,
     cluster_table,
     lab_config,
     to_toml,
 )
-from vault_bridge.testing.openbao import OpenBaoServer, PkiSetup, setup_pki
-from vault_bridge.testing.simulator import SimulatedCluster
-from vault_bridge.tlsprobe import verify_chain
+from vault_bridge_lab.openbao import OpenBaoServer, PkiSetup, setup_pki
+from vault_bridge_lab.simulator import SimulatedCluster
+
+from tests.conftest import register_secret
+from tests.integration.conftest import PKI_ROLES
+from vault_bridge.adapters.tls_probe import verify_chain
+from vault_bridge.decisions.schedule import max_attempts
+from vault_bridge.models.certificates import CertificateInfo
 
 BULK = "/v1/cluster/certificates"
 LOG_DIR = Path(os.environ.get("VAULT_BRIDGE_TEST_LOG_DIR") or "/tmp")  # secret-scanned

@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-
-from vault_bridge.cli import cli
-from vault_bridge.testing.lab import (
+from vault_bridge_lab.lab import (
     cluster_table,
     lab_config,
     to_toml,
 )
-from vault_bridge.testing.openbao import OpenBaoServer, PkiSetup
-from vault_bridge.testing.simulator import SimulatedCluster
+from vault_bridge_lab.openbao import OpenBaoServer, PkiSetup
+from vault_bridge_lab.simulator import SimulatedCluster
+
+from vault_bridge.cli.main import cli
 
 pytestmark = pytest.mark.usefixtures("lab_env")
 

@@ -22,10 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.integration.docker_helpers import BASE_IMAGE, ensure_base_image, require_dockerd
-from vault_bridge.models import CertificateInfo
-from vault_bridge.testing.lab import (
+from vault_bridge_lab.lab import (
     ADMIN_PASSWORD,
     PASSWORD_ENV,
     ROTATED,
@@ -33,9 +30,12 @@ from vault_bridge.testing.lab import (
     lab_config,
     to_toml,
 )
-from vault_bridge.testing.openbao import OpenBaoServer, PkiSetup
-from vault_bridge.testing.simulator import SimulatedCluster
-from vault_bridge.tlsprobe import verify_chain
+from vault_bridge_lab.openbao import OpenBaoServer, PkiSetup
+from vault_bridge_lab.simulator import SimulatedCluster
+
+from tests.integration.docker_helpers import BASE_IMAGE, ensure_base_image, require_dockerd
+from vault_bridge.adapters.tls_probe import verify_chain
+from vault_bridge.models.certificates import CertificateInfo
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 

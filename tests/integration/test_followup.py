@@ -1,7 +1,7 @@
 """Active-Active and Replica Of follow-ups: real OpenBao, two simulated clusters sharing one
 database world, the real rotation path, the three step 2 runners and the agent after kill -9.
 
-The simulator's sync-health model (:mod:`vault_bridge.testing.simulator.world`) makes the outage
+The simulator's sync-health model (:mod:`vault_bridge_lab.simulator.world`) makes the outage
 visible: each affected CRDB or replica rejects sync from the install until its follow-up is
 done, and the tests assert those outages, not only that requests were made.
 """
@@ -21,17 +21,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-
-from tests.conftest import make_ca, register_secret
-from tests.integration import docker_helpers
-from vault_bridge.app import App, build
-from vault_bridge.cli import cli
-from vault_bridge.cluster import CertUpload, ClusterClient
-from vault_bridge.config import Settings, parse_config
-from vault_bridge.followup import FollowUps, Limits
-from vault_bridge.health import Metrics
-from vault_bridge.models import CertChange, CertificateInfo
-from vault_bridge.testing.lab import (
+from vault_bridge_lab.lab import (
     ADMIN,
     ADMIN_PASSWORD,
     PASSWORD_ENV,
@@ -39,13 +29,24 @@ from vault_bridge.testing.lab import (
     lab_config,
     to_toml,
 )
-from vault_bridge.testing.openbao import OpenBaoServer, PkiSetup
-from vault_bridge.testing.simulator import DatabaseWorld, Outage, SimulatedCluster
+from vault_bridge_lab.openbao import OpenBaoServer, PkiSetup
+from vault_bridge_lab.simulator import DatabaseWorld, Outage, SimulatedCluster
+
+from tests.conftest import make_ca, register_secret
+from tests.integration import docker_helpers
+from vault_bridge.adapters.redis_enterprise import ClusterClient
+from vault_bridge.agent.health import Metrics
+from vault_bridge.cli.main import cli
+from vault_bridge.config.schema import Settings, parse_config
+from vault_bridge.decisions.install import CertUpload
+from vault_bridge.models.certificates import CertChange, CertificateInfo
+from vault_bridge.rotation.app import App, build
+from vault_bridge.rotation.followups import FollowUps, Limits
 
 pytestmark = pytest.mark.timeout(120)
 
 REPO = Path(__file__).resolve().parents[2]
-CRDB_CLI = REPO / "vault_bridge" / "testing" / "crdb-cli"
+CRDB_CLI = REPO / "lab" / "vault_bridge_lab" / "crdb-cli"
 BULK = "/v1/cluster/certificates"
 FAST = Limits(retry_delay=0.05, in_flight_wait=5.0, in_sync_wait=5.0, task_timeout=10.0)
 AGENT = [sys.executable, "-m", "vault_bridge"]

@@ -10,23 +10,23 @@ import hvac
 import hvac.exceptions
 import pytest
 from click.testing import CliRunner
-
-from tests.conftest import register_secret
-from vault_bridge.app import build, vault_client
-from vault_bridge.cli import cli
-from vault_bridge.config import Settings, parse_config
-from vault_bridge.errors import VaultPermissionError
-from vault_bridge.policy import render_policy
-from vault_bridge.setup import setup_roles
-from vault_bridge.testing.lab import (
+from vault_bridge_lab.lab import (
     ADMIN_PASSWORD,
     PASSWORD_ENV,
     cluster_table,
     lab_config,
     to_toml,
 )
-from vault_bridge.testing.openbao import OpenBaoServer, PkiSetup
-from vault_bridge.testing.simulator import SimulatedCluster
+from vault_bridge_lab.openbao import OpenBaoServer, PkiSetup
+from vault_bridge_lab.simulator import SimulatedCluster
+
+from tests.conftest import register_secret
+from vault_bridge.cli.main import cli
+from vault_bridge.config.schema import Settings, parse_config
+from vault_bridge.decisions.policy import render_policy
+from vault_bridge.errors import VaultPermissionError
+from vault_bridge.rotation.app import build, vault_client
+from vault_bridge.rotation.vault_setup import setup_roles
 
 
 def settings_for(

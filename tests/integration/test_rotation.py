@@ -7,22 +7,23 @@ from typing import Any
 
 import pytest
 import requests
-
-from tests.conftest import make_ca
-from vault_bridge.app import App, build
-from vault_bridge.cluster import CertUpload, ClusterClient
-from vault_bridge.config import parse_config
-from vault_bridge.errors import ClusterError
-from vault_bridge.models import CertificateInfo
-from vault_bridge.testing.lab import (
+from vault_bridge_lab.lab import (
     PASSWORD_ENV,
     ROTATED,
     cluster_table,
     lab_config,
 )
-from vault_bridge.testing.openbao import OpenBaoServer, PkiSetup
-from vault_bridge.testing.simulator import SimulatedCluster
-from vault_bridge.tlsprobe import served_certificate, verify_chain
+from vault_bridge_lab.openbao import OpenBaoServer, PkiSetup
+from vault_bridge_lab.simulator import SimulatedCluster
+
+from tests.conftest import make_ca
+from vault_bridge.adapters.redis_enterprise import ClusterClient
+from vault_bridge.adapters.tls_probe import served_certificate, verify_chain
+from vault_bridge.config.schema import parse_config
+from vault_bridge.decisions.install import CertUpload
+from vault_bridge.errors import ClusterError
+from vault_bridge.models.certificates import CertificateInfo
+from vault_bridge.rotation.app import App, build
 
 BULK = "/v1/cluster/certificates"
 UPDATE = "/v1/cluster/update_cert"
@@ -131,7 +132,7 @@ def test_chain_is_sent_leaf_first_with_intermediate(
 ) -> None:
     with make_app(openbao, pki, [sim], tmp_path, names=("cm",)) as app:
         assert app.rotator.run_once().ok
-    from vault_bridge.models import split_pem_chain
+    from vault_bridge.models.certificates import split_pem_chain
 
     chain = split_pem_chain(sim.installed_pem("cm"))
     assert len(chain) == 2

@@ -27,11 +27,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from vault_bridge_lab.openbao import OpenBaoServer, PkiSetup
 
-from vault_bridge.errors import ConfigError, VaultError, VaultPermissionError, VaultUnavailableError
-from vault_bridge.models import IssuedCertificate
-from vault_bridge.testing.openbao import OpenBaoServer, PkiSetup
-from vault_bridge.vault import (
+from vault_bridge.adapters.vault.client import (
     AppRoleAuth,
     AuthMethod,
     CertAuth,
@@ -39,6 +37,8 @@ from vault_bridge.vault import (
     TokenAuth,
     VaultClient,
 )
+from vault_bridge.errors import ConfigError, VaultError, VaultPermissionError, VaultUnavailableError
+from vault_bridge.models.certificates import IssuedCertificate
 
 SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
@@ -939,16 +939,17 @@ def test_full_rotation_with_login_method(
     monkeypatch: pytest.MonkeyPatch,
     method: str,
 ) -> None:
-    from vault_bridge.app import build
-    from vault_bridge.config import parse_config
-    from vault_bridge.testing.lab import (
+    from vault_bridge_lab.lab import (
         ADMIN_PASSWORD,
         PASSWORD_ENV,
         ROTATED,
         cluster_table,
         lab_config,
     )
-    from vault_bridge.testing.simulator import SimulatedCluster
+    from vault_bridge_lab.simulator import SimulatedCluster
+
+    from vault_bridge.config.schema import parse_config
+    from vault_bridge.rotation.app import build
 
     monkeypatch.delenv("VAULT_TOKEN", raising=False)
     monkeypatch.setenv(PASSWORD_ENV, ADMIN_PASSWORD)

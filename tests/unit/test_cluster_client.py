@@ -7,9 +7,10 @@ import socket
 import pytest
 from pydantic import SecretStr
 
-from vault_bridge.cluster import ClusterClient, parse_version
-from vault_bridge.config import ClusterSettings
+from vault_bridge.adapters.redis_enterprise import ClusterClient
+from vault_bridge.config.schema import ClusterSettings
 from vault_bridge.errors import ClusterError
+from vault_bridge.models.cluster import parse_version
 
 
 def settings(url: str, **kw: object) -> ClusterSettings:

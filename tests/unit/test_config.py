@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from vault_bridge_lab.lab import to_toml
 
-from vault_bridge.config import load_config, parse_config
+from vault_bridge.config.schema import load_config, parse_config
 from vault_bridge.errors import ConfigError
-from vault_bridge.models import CertName
-from vault_bridge.testing.lab import to_toml
+from vault_bridge.models.certificates import CertName
 
 
 @pytest.fixture

@@ -28,10 +28,10 @@ from typing import Any
 import pytest
 import yaml
 
-from vault_bridge.config import Settings, parse_config, parse_hostport
-from vault_bridge.durations import parse_duration
-from vault_bridge.models import CertName
-from vault_bridge.policy import desired_role, policy_rules, render_policy, roles_in
+from vault_bridge.config.durations import parse_duration
+from vault_bridge.config.schema import Settings, parse_config, parse_hostport
+from vault_bridge.decisions.policy import desired_role, policy_rules, render_policy, roles_in
+from vault_bridge.models.certificates import CertName
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -227,7 +227,7 @@ def test_compose_cluster_service(compose: dict[str, Any], compose_settings: Sett
     cluster = compose["services"]["cluster"]
     context = COMPOSE_FILE.parent / cluster["build"]["context"]
     assert (context / "Dockerfile").is_file() and (context / "pyproject.toml").is_file()
-    assert cluster["entrypoint"][-1] == "vault_bridge.testing.simulator"
+    assert cluster["entrypoint"][-1] == "vault_bridge_lab.simulator"
     args = dict(arg.removeprefix("--").split("=", 1) for arg in cluster["command"])
     # Fixed ports, the ones compose/config.toml expects.
     sim = compose_settings.cluster("sim")
@@ -344,7 +344,11 @@ def test_docker_compose_config_accepts_the_file() -> None:
             "no compose CLI here (`docker compose` plugin or `docker-compose`); "
             "the structure is checked by the other compose tests"
         )
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENBAO_IMAGE", "VAULT_BRIDGE_IMAGE")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OPENBAO_IMAGE", "VAULT_BRIDGE_IMAGE", "VAULT_BRIDGE_LAB_IMAGE")
+    }
     proc = subprocess.run(
         [*cli, "-f", str(COMPOSE_FILE), "config", "-q"],
         capture_output=True,

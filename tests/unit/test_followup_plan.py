@@ -1,4 +1,4 @@
-"""The follow-up decisions (vault_bridge.followup_plan) and crdb-cli's output, offline."""
+"""The follow-up decisions (vault_bridge.decisions.followup_plan) and crdb-cli's output, offline."""
 
 from __future__ import annotations
 
@@ -7,11 +7,16 @@ from typing import Any
 import pytest
 
 from tests.conftest import OfflineCA, make_ca
-from vault_bridge.cluster import Bdb, Crdb
-from vault_bridge.crdb_runners import _cli_result, parse_crdb_cli_output
+from vault_bridge.adapters.crdb_runners import _cli_result, parse_crdb_cli_output
+from vault_bridge.decisions.followup_plan import (
+    ClusterView,
+    crdb_guids,
+    plan_crdb_updates,
+    plan_followups,
+)
 from vault_bridge.errors import FollowUpError
-from vault_bridge.followup_plan import ClusterView, crdb_guids, plan_crdb_updates, plan_followups
-from vault_bridge.models import CertChange
+from vault_bridge.models.certificates import CertChange
+from vault_bridge.models.cluster import Bdb, Crdb
 
 
 @pytest.fixture(scope="module")

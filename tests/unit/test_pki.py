@@ -7,8 +7,14 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from tests.conftest import OfflineCA
 from vault_bridge.errors import CertificateError
-from vault_bridge.models import CertName, IssuedCertificate, split_pem_chain
-from vault_bridge.pki import build_csr, check_before_install, generate_key, key_matches, key_to_pem
+from vault_bridge.models.certificates import CertName, IssuedCertificate, split_pem_chain
+from vault_bridge.rotation.keys import (
+    build_csr,
+    check_before_install,
+    generate_key,
+    key_matches,
+    key_to_pem,
+)
 
 NOW = datetime.now(UTC)
 TTL = timedelta(hours=720)

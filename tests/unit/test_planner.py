@@ -5,16 +5,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tests.conftest import OfflineCA, make_ca
-from vault_bridge.config import CertSpec
-from vault_bridge.models import CertName, InstalledCertificate
-from vault_bridge.planner import (
-    classify,
-    install_batches,
-    jitter,
-    next_deadline,
-    plan,
-    renewal_time,
-)
+from vault_bridge.config.schema import CertSpec
+from vault_bridge.decisions.install import install_batches
+from vault_bridge.decisions.renewal import classify, jitter, next_deadline, plan, renewal_time
+from vault_bridge.models.certificates import CertName, InstalledCertificate
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -8,10 +8,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tests.conftest import OfflineCA
-from vault_bridge.config import CertSpec
-from vault_bridge.models import CertificateInfo, CertName
-from vault_bridge.planner import renewal_time
-from vault_bridge.schedule import (
+from vault_bridge.config.schema import CertSpec
+from vault_bridge.decisions.renewal import renewal_time
+from vault_bridge.decisions.schedule import (
     Backoff,
     Tracked,
     after_failure,
@@ -25,6 +24,7 @@ from vault_bridge.schedule import (
     revocation_decision,
     runaway_until,
 )
+from vault_bridge.models.certificates import CertificateInfo, CertName
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 S = timedelta(seconds=1)

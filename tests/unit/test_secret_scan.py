@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from tests.conftest import find_secrets, make_ca, register_secret
-from vault_bridge.logs import ScrubFilter, scrub
+from vault_bridge.cli.logs import ScrubFilter, scrub
 
 
 def test_scan_finds_keys_and_tokens() -> None:

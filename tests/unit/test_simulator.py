@@ -28,9 +28,9 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from vault_bridge_lab.simulator import LISTENERS, RecordedRequest, SimulatedCluster
 
-from vault_bridge.models import split_pem_chain
-from vault_bridge.testing.simulator import LISTENERS, RecordedRequest, SimulatedCluster
+from vault_bridge.models.certificates import split_pem_chain
 
 ADMIN = ("admin@example.com", "admin-password")
 VIEWER = ("viewer@example.com", "viewer-password")
@@ -756,7 +756,7 @@ def test_standalone_runs_until_sigterm(tmp_path: Path) -> None:
     command = [
         sys.executable,
         "-m",
-        "vault_bridge.testing.simulator",
+        "vault_bridge_lab.simulator",
         "--name",
         "west",
         "--version",

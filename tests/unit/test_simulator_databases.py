@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 import requests
+from vault_bridge_lab.simulator import DatabaseWorld, SimulatedCluster
 
 from tests.conftest import OfflineCA, make_ca
-from vault_bridge.testing.simulator import DatabaseWorld, SimulatedCluster
 
 ADMIN = ("admin@example.com", "admin-password")
 

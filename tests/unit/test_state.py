@@ -19,14 +19,19 @@ from typing import Any
 import pytest
 
 from tests.conftest import OfflineCA
-from vault_bridge.config import CertSpec, Settings, parse_config
+from vault_bridge.config.schema import CertSpec, Settings, parse_config
+from vault_bridge.decisions.schedule import Backoff
 from vault_bridge.errors import ClusterError, StateError
-from vault_bridge.journal import JournalPendingError, Keeper, RunawayGuardError, StoppingError
-from vault_bridge.models import CertChange, CertificateInfo, InstalledCertificate, IssuedCertificate
-from vault_bridge.rotation import Change
-from vault_bridge.schedule import Backoff
-from vault_bridge.state import CertRecord, Intent, State, Superseded
-from vault_bridge.statedir import LockHeld, StateDir, write_atomic
+from vault_bridge.models.certificates import (
+    CertChange,
+    CertificateInfo,
+    InstalledCertificate,
+    IssuedCertificate,
+)
+from vault_bridge.rotation.executor import Change
+from vault_bridge.state.journal import JournalPendingError, Keeper, RunawayGuardError, StoppingError
+from vault_bridge.state.records import CertRecord, Intent, State, Superseded
+from vault_bridge.state.store import LockHeld, StateDir, write_atomic
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import requests
 
-from vault_bridge.vault import (
+from vault_bridge.adapters.vault.client import (
     PkiRole,
     TokenAuth,
     VaultClient,

@@ -1,0 +1,286 @@
+"""The REST API of a simulated cluster: users, injected faults, the request pipeline (fault,
+auth, route, role) and one handler per route."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
+
+from vault_bridge_lab.simulator.certs import parse_item, validate_certificate
+from vault_bridge_lab.simulator.databases import DatabaseError
+from vault_bridge_lab.simulator.names import BULK_MIN_VERSION, INTERNODE_NAMES
+from vault_bridge_lab.simulator.routing import (
+    ROLE_PERMISSIONS,
+    VIEW_CLUSTER_INFO,
+    ApiError,
+    ApiRequest,
+    ApiResponse,
+    Router,
+    invalid_request,
+)
+
+if TYPE_CHECKING:
+    from vault_bridge_lab.simulator.cluster import SimulatedCluster
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_USERS: Final[Mapping[str, tuple[str, str]]] = {
+    "admin@example.com": ("admin-password", "admin"),
+    "viewer@example.com": ("viewer-password", "db_viewer"),
+}
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One REST request as the cluster answered it; ``at`` is ``time.monotonic()`` on arrival."""
+
+    method: str
+    path: str  # without the query string
+    status: int
+    at: float
+    user: str | None  # the authenticated user, None when credentials were missing or wrong
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    password: str = field(repr=False)
+    role: str
+
+
+@dataclass(frozen=True)
+class Node:
+    uid: int
+    software_version: str
+
+
+@dataclass
+class Fault:
+    method: str
+    path: str
+    status: int
+    remaining: int
+    delay: float
+    body: Any
+
+
+class RestApi:
+    """The REST API of one simulated cluster: request pipeline, route table and handlers."""
+
+    def __init__(self, cluster: SimulatedCluster) -> None:
+        self._cluster = cluster
+        self.router = Router()
+        add = self.router.add
+        add("GET", "/v1/nodes", self.get_nodes)
+        add("GET", "/v1/nodes/<uid>", self.get_node)
+        add("GET", "/v1/cluster", self.get_cluster)
+        add("GET", "/v1/cluster/certificates", self.get_certificates)
+        add("PUT", "/v1/cluster/certificates", self.put_certificates, min_version=BULK_MIN_VERSION)
+        add("PUT", "/v1/cluster/update_cert", self.put_update_cert)
+        add("GET", "/v1/crdbs", self.get_crdbs)
+        add("GET", "/v1/crdbs/<guid>", self.get_crdb)
+        add("POST", "/v1/crdbs/<guid>/updates", self.post_crdb_update)
+        add("GET", "/v1/crdb_tasks", self.get_crdb_tasks)
+        add("GET", "/v1/crdb_tasks/<task_id>", self.get_crdb_task)
+        add("GET", "/v1/bdbs", self.get_bdbs)
+        add("GET", "/v1/bdbs/<uid>", self.get_bdb)
+        add("PUT", "/v1/bdbs/<uid>", self.put_bdb)
+
+    def handle(
+        self,
+        method: str,
+        target: str,
+        authorization: str | None,
+        read_body: Callable[[], bytes],
+    ) -> ApiResponse:
+        """Answer one request: body, injected fault, auth (401), route (404/405), role (403)."""
+        cluster = self._cluster
+        at = time.monotonic()
+        path = urlsplit(target).path
+        user = cluster._authenticate(authorization)
+        try:
+            raw_body = read_body()  # an OSError here: the client went away, nothing to answer
+        except ApiError as err:
+            response = err.response()
+        else:
+            try:
+                response = self._answer(method, path, user, raw_body)
+            except ApiError as err:
+                response = err.response()
+            except Exception:
+                logger.exception("cluster %s: %s %s failed", cluster.name, method, path)
+                response = ApiResponse(
+                    500, {"error_code": "internal_error", "description": "internal error"}
+                )
+        cluster._record(
+            RecordedRequest(method, path, response.status, at, user.name if user else None)
+        )
+        logger.debug("cluster %s: %s %s -> %s", cluster.name, method, path, response.status)
+        return response
+
+    def _answer(self, method: str, path: str, user: User | None, raw_body: bytes) -> ApiResponse:
+        cluster = self._cluster
+        fault = cluster._take_fault(method, path)
+        if fault is not None:
+            if fault.delay > 0:
+                cluster._sleep(fault.delay)
+            if fault.status:
+                return ApiResponse(fault.status, fault.body)
+        if user is None:
+            raise ApiError(
+                401,
+                "unauthorized",
+                "missing or wrong credentials",
+                headers={"WWW-Authenticate": 'Basic realm="Redis Enterprise"'},
+            )
+        route, params = self.router.resolve(method, path, cluster._lowest_version())
+        if route.permission not in ROLE_PERMISSIONS.get(user.role, frozenset({VIEW_CLUSTER_INFO})):
+            raise ApiError(
+                403,
+                "insufficient_permissions",
+                f"role {user.role!r} lacks the {route.permission} permission",
+            )
+        return route.handler(ApiRequest(method, path, params, user.name, raw_body))
+
+    # ---- handlers: one per route; the docstring names the verb and path
+
+    def get_nodes(self, req: ApiRequest) -> ApiResponse:
+        """GET: /v1/nodes"""
+        return ApiResponse(200, [self._node_json(node) for node in self._cluster._nodes_snapshot()])
+
+    def get_node(self, req: ApiRequest) -> ApiResponse:
+        """GET: /v1/nodes/<uid>"""
+        for node in self._cluster._nodes_snapshot():
+            if str(node.uid) == req.params["uid"]:
+                return ApiResponse(200, self._node_json(node))
+        raise ApiError(404, "node_not_found", f"no node {req.params['uid']}")
+
+    def _node_json(self, node: Node) -> dict[str, Any]:
+        return {
+            "uid": node.uid,
+            "software_version": node.software_version,
+            "status": "active",
+            "addr": self._cluster._connect_host,
+        }
+
+    def get_cluster(self, req: ApiRequest) -> ApiResponse:
+        """GET: /v1/cluster"""
+        certs = self._cluster._certs_snapshot()
+        return ApiResponse(
+            200,
+            {
+                "name": self._cluster.name,
+                "proxy_certificate": certs["proxy"].chain_pem,
+                "syncer_certificate": certs["syncer"].chain_pem,
+                "alert_settings": {
+                    "cluster_certs_about_to_expire": {"enabled": True, "threshold": "30"}
+                },
+            },
+        )
+
+    def get_certificates(self, req: ApiRequest) -> ApiResponse:
+        """GET: /v1/cluster/certificates"""
+        body: dict[str, str] = {}
+        for name, installed in sorted(self._cluster._certs_snapshot().items()):
+            body[f"{name}_cert"] = installed.chain_pem
+            if installed.key_pem is not None:
+                body[f"{name}_key"] = installed.key_pem
+        return ApiResponse(200, body)
+
+    def put_certificates(self, req: ApiRequest) -> ApiResponse:
+        """PUT: /v1/cluster/certificates (7.22.2+): validate every item, then apply them all."""
+        body = req.json()
+        if not isinstance(body, dict) or set(body) != {"certificates"}:
+            raise invalid_request('the body must be exactly {"certificates": [...]}')
+        raw_items = body["certificates"]
+        if not isinstance(raw_items, list) or not raw_items:
+            raise invalid_request("'certificates' must be a non-empty list")
+        items = [parse_item(raw, f"certificates[{i}]") for i, raw in enumerate(raw_items)]
+        names = [item.name for item in items]
+        for name in names:
+            self._cluster._check_name(name)
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise invalid_request(f"certificate name(s) given twice: {', '.join(duplicates)}")
+        internode = [name for name in names if name in INTERNODE_NAMES]
+        if internode and len(internode) != len(names):
+            raise invalid_request(
+                "internode certificates must be sent in a request of their own "
+                f"({', '.join(internode)} sent with {', '.join(sorted(set(names) - set(internode)))})"
+            )
+        now = self._cluster._now()
+        validated = [validate_certificate(item, now=now, bad_cert_status=400) for item in items]
+        self._cluster._apply(validated)
+        return ApiResponse(200, {}, close="api" in names)
+
+    def put_update_cert(self, req: ApiRequest) -> ApiResponse:
+        """PUT: /v1/cluster/update_cert (every version, deprecated on 7.22.2+)."""
+        item = parse_item(req.json(), "the body")
+        self._cluster._check_name(item.name)
+        installed = validate_certificate(item, now=self._cluster._now(), bad_cert_status=404)
+        self._cluster._apply([installed])
+        return ApiResponse(200, {}, close=item.name == "api")
+
+    # ---- databases (the model is in vault_bridge_lab.simulator.world)
+
+    def _world(self, call: Callable[[], Any]) -> ApiResponse:
+        try:
+            return ApiResponse(200, call())
+        except DatabaseError as err:
+            raise ApiError(err.status, err.error_code, err.description) from err
+
+    def get_crdbs(self, req: ApiRequest) -> ApiResponse:
+        """GET: /v1/crdbs"""
+        return self._world(lambda: self._cluster.world.crdbs_json(self._cluster.name))
+
+    def get_crdb(self, req: ApiRequest) -> ApiResponse:
+        """GET: /v1/crdbs/<guid>"""
+        guid = req.params["guid"]
+        return self._world(lambda: self._cluster.world.crdb_json(self._cluster.name, guid))
+
+    def post_crdb_update(self, req: ApiRequest) -> ApiResponse:
+        """POST: /v1/crdbs/<guid>/updates (``{"force_update": true}``): a task object."""
+        body = req.json()
+        guid = req.params["guid"]
+        return self._world(
+            lambda: self._cluster.world.create_update(self._cluster.name, guid, body)
+        )
+
+    def get_crdb_tasks(self, req: ApiRequest) -> ApiResponse:
+        """GET: /v1/crdb_tasks"""
+        return self._world(lambda: self._cluster.world.tasks_json(self._cluster.name))
+
+    def get_crdb_task(self, req: ApiRequest) -> ApiResponse:
+        """GET: /v1/crdb_tasks/<task_id>"""
+        task_id = req.params["task_id"]
+        return self._world(lambda: self._cluster.world.task_json(self._cluster.name, task_id))
+
+    def get_bdbs(self, req: ApiRequest) -> ApiResponse:
+        """GET: /v1/bdbs"""
+        return self._world(lambda: self._cluster.world.bdbs_json(self._cluster.name))
+
+    def get_bdb(self, req: ApiRequest) -> ApiResponse:
+        """GET: /v1/bdbs/<uid>"""
+        uid = self._uid(req)
+        return self._world(lambda: self._cluster.world.bdb_json(self._cluster.name, uid))
+
+    def put_bdb(self, req: ApiRequest) -> ApiResponse:
+        """PUT: /v1/bdbs/<uid>: 404 unknown, 406 invalid_certificate / certificate_expired /
+        duplicated_certs; 409 (busy) by ``inject_fault``."""
+        uid = self._uid(req)
+        body = req.json()
+        now = self._cluster._now()
+        return self._world(
+            lambda: self._cluster.world.update_bdb(self._cluster.name, uid, body, now)
+        )
+
+    @staticmethod
+    def _uid(req: ApiRequest) -> int:
+        raw = req.params["uid"]
+        if not raw.isdigit():
+            raise ApiError(404, "db_not_exist", f"no database {raw}")
+        return int(raw)

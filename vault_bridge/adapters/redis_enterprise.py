@@ -1,0 +1,399 @@
+"""The one adapter for a Redis Enterprise cluster's REST API (a ``requests.Session``).
+
+Each public method is one endpoint; its docstring names the verb and path. JSON answers become
+typed values here. Trust: the API's TLS certificate is always verified, against ``ca_file``
+and the Vault CA chain once vault_bridge manages the ``api`` certificate, or against a pinned
+SHA-256 fingerprint; ``insecure_skip_verify`` turns it off (with a warning at every start).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import tempfile
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+
+from vault_bridge.config.schema import ClusterSettings
+from vault_bridge.decisions.install import CertUpload
+from vault_bridge.errors import ClusterError
+from vault_bridge.models.certificates import InstalledCertificate
+from vault_bridge.models.cluster import Bdb, Crdb, CrdbTask, Node
+
+logger = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({409, 500, 503})
+
+# One table: HTTP status -> what it means for a certificate install.
+INSTALL_STATUS_MESSAGES: Mapping[int, str] = {
+    400: "the cluster rejected the certificate as invalid",
+    401: "authentication failed: wrong username or password",
+    403: "forbidden: unknown certificate name, or the user lacks the admin role (update_cluster)",
+    404: "the cluster rejected the certificate as invalid",
+    405: "method not allowed",
+    406: "the cluster rejected the certificate as expired",
+    409: "not all nodes have been updated",
+    500: "internal error on the cluster",
+    503: "the node is not answering or not in the cluster",
+}
+ERROR_CODE_MESSAGES: Mapping[str, str] = {
+    "key_values_mismatch": "the private key does not match the certificate",
+    "certificate_expired": "the certificate has expired",
+    "invalid_certificate": "the certificate is invalid",
+    "duplicated_certs": "the same certificate is listed twice",
+}
+# PUT /v1/bdbs/<uid> and the CRDB endpoints (the follow-ups).
+DATABASE_STATUS_MESSAGES: Mapping[int, str] = {
+    400: "the cluster rejected the request as invalid",
+    401: "authentication failed: wrong username or password",
+    403: "forbidden: the user lacks the permission",
+    404: "no such database, CRDB or task",
+    406: "the database rejected the configuration",
+    409: "the database is busy with another change",
+    500: "internal error on the cluster",
+    503: "the node is not answering or not in the cluster",
+}
+
+
+class _FingerprintAdapter(HTTPAdapter):
+    """Accepts exactly the server certificate with the pinned SHA-256 fingerprint."""
+
+    def __init__(self, fingerprint: str) -> None:
+        self._fingerprint = fingerprint
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["assert_fingerprint"] = self._fingerprint
+        kwargs["cert_reqs"] = ssl.CERT_NONE
+        super().init_poolmanager(*args, **kwargs)
+
+
+class ClusterClient:
+    """REST client of one cluster. ``sleep`` is injected so retries never block tests."""
+
+    def __init__(
+        self,
+        settings: ClusterSettings,
+        *,
+        extra_ca_pems: Sequence[str] = (),
+        sleep: Callable[[float], None] | None = None,
+        retries: int = 3,
+        backoff: float = 0.5,
+        password: Callable[[], str] | None = None,
+    ) -> None:
+        """``password`` reads the password (from Vault) when ``settings`` has none; it is
+        called once, on the first request."""
+        if settings.password is None and password is None:
+            raise ValueError(f"cluster {settings.name}: no password and no way to read one")
+        self._password_source = password
+        self.settings = settings
+        self.name = settings.name
+        self._sleep = sleep or _real_sleep
+        self._retries = retries
+        self._backoff = backoff
+        self._bundle_dir: tempfile.TemporaryDirectory[str] | None = None
+        self._verify: str | bool = True
+        self._pool_size = 10  # requests' default pool_maxsize
+        self._session = self._new_session()
+        self._pin_session: requests.Session | None = None
+        if settings.insecure_skip_verify:
+            logger.warning(
+                "cluster %s: TLS verification of the REST API is OFF (insecure_skip_verify)",
+                settings.name,
+            )
+            self._verify = False
+        else:
+            self.set_trust(extra_ca_pems)
+            if settings.ca_fingerprint:
+                self._pin_session = self._new_session()
+                self._pin_session.mount("https://", _FingerprintAdapter(settings.ca_fingerprint))
+
+    def _new_session(self) -> requests.Session:
+        session = requests.Session()
+        # Never let REQUESTS_CA_BUNDLE & co. replace the trust chosen here; verify= is also
+        # passed with every request.
+        session.trust_env = False
+        if self.settings.password is not None:
+            session.auth = (self.settings.username, self.settings.password.get_secret_value())
+        session.headers["Accept"] = "application/json"
+        return session
+
+    def set_trust(self, extra_ca_pems: Sequence[str]) -> None:
+        """Trust ``ca_file`` plus ``extra_ca_pems`` (the Vault CA chain for our own api cert)."""
+        if self.settings.insecure_skip_verify:
+            return
+        pems: list[str] = []
+        if self.settings.ca_file:
+            pems.append(Path(self.settings.ca_file).read_text(encoding="utf-8"))
+        pems.extend(extra_ca_pems)
+        if not pems:
+            self._verify = True  # the platform's CA store (certifi), never the environment's
+            return
+        if self._bundle_dir is None:
+            self._bundle_dir = tempfile.TemporaryDirectory(prefix="vault-bridge-trust-")
+        path = Path(self._bundle_dir.name) / "ca.pem"
+        path.write_text("\n".join(p.strip() for p in pems) + "\n", encoding="utf-8")
+        self._verify = str(path)
+
+    @property
+    def verify(self) -> str | bool:
+        return self._verify
+
+    def close(self) -> None:
+        self._session.close()
+        if self._pin_session is not None:
+            self._pin_session.close()
+        if self._bundle_dir is not None:
+            self._bundle_dir.cleanup()
+            self._bundle_dir = None
+
+    def __enter__(self) -> ClusterClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- transport -----------------------------------------------------------------------
+
+    def _ensure_auth(self) -> None:
+        """Read the password from its source on first use (never logged, never stored)."""
+        if self._session.auth is not None or self._password_source is None:
+            return
+        credentials = (self.settings.username, self._password_source())
+        self._session.auth = credentials
+        if self._pin_session is not None:
+            self._pin_session.auth = credentials
+
+    def _send(self, method: str, path: str, body: Any | None) -> requests.Response:
+        self._ensure_auth()
+        url = f"{self.settings.url}{path}"
+        data = json.dumps(body) if body is not None else None
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        kwargs: dict[str, Any] = {
+            "data": data,
+            "headers": headers,
+            "timeout": self.settings.timeout,
+        }
+        try:
+            if self._verify is False:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
+                    return self._session.request(method, url, verify=False, **kwargs)
+            try:
+                return self._session.request(method, url, verify=self._verify, **kwargs)
+            except requests.exceptions.SSLError:
+                if self._pin_session is None:
+                    raise
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
+                    return self._pin_session.request(method, url, verify=False, **kwargs)
+        except requests.exceptions.SSLError as exc:
+            raise ClusterError(
+                f"TLS verification of the REST API failed: {_short(exc)} (set ca_file or "
+                f"ca_fingerprint to the cluster's API certificate)",
+                cluster=self.name,
+                method=method,
+                url=url,
+            ) from exc
+        except requests.exceptions.RequestException as exc:
+            raise ClusterError(
+                f"cannot reach the cluster: {_short(exc)}",
+                cluster=self.name,
+                method=method,
+                url=url,
+                retryable=True,
+            ) from exc
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any | None = None,
+        *,
+        certificate: str | None = None,
+        messages: Mapping[int, str] = INSTALL_STATUS_MESSAGES,
+        retry: bool = True,
+    ) -> Any:
+        """Send one request, retrying 409/500/503 and connection errors with backoff."""
+        attempts = self._retries + 1 if retry else 1
+        for attempt in range(attempts):
+            try:
+                response = self._send(method, path, body)
+                if response.status_code < 400:
+                    return response.json() if response.content else {}
+                raise self._error(response, method, path, certificate, messages)
+            except ClusterError as exc:
+                if not exc.retryable or attempt == attempts - 1:
+                    raise
+                delay = self._backoff * (2**attempt)
+                logger.warning(
+                    "%s; retrying in %.1fs (%d/%d)", exc, delay, attempt + 1, attempts - 1
+                )
+                self._sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _error(
+        self,
+        response: requests.Response,
+        method: str,
+        path: str,
+        certificate: str | None,
+        messages: Mapping[int, str],
+    ) -> ClusterError:
+        status = response.status_code
+        code, description = "", ""
+        try:
+            payload = response.json()
+            if isinstance(payload, dict):
+                code = str(payload.get("error_code", ""))
+                description = str(payload.get("description", ""))
+        except ValueError:
+            description = response.text[:200]
+        text = ERROR_CODE_MESSAGES.get(code) or messages.get(status) or f"unexpected HTTP {status}"
+        if description and description not in text:
+            text = f"{text} ({code + ': ' if code else ''}{description})"
+        return ClusterError(
+            text,
+            cluster=self.name,
+            certificate=certificate,
+            method=method,
+            url=f"{self.settings.url}{path}",
+            status=status,
+            retryable=status in RETRY_STATUSES,
+        )
+
+    # -- endpoints -----------------------------------------------------------------------
+
+    def nodes(self) -> list[Node]:
+        """GET /v1/nodes"""
+        data = self.request("GET", "/v1/nodes")
+        return [Node(int(n["uid"]), str(n.get("software_version", "0"))) for n in data]
+
+    def lowest_version(self) -> tuple[int, ...]:
+        """The lowest ``software_version`` over the nodes (GET /v1/nodes)."""
+        nodes = self.nodes()
+        if not nodes:
+            raise ClusterError("the cluster reports no nodes", cluster=self.name)
+        return min(n.version for n in nodes)
+
+    def cluster_info(self) -> dict[str, Any]:
+        """GET /v1/cluster"""
+        return dict(self.request("GET", "/v1/cluster"))
+
+    def certificates(self) -> dict[str, InstalledCertificate]:
+        """GET /v1/cluster/certificates -> installed certificates by name (keys dropped)."""
+        data = self.request("GET", "/v1/cluster/certificates")
+        out: dict[str, InstalledCertificate] = {}
+        for key, value in data.items():
+            if key.endswith("_cert") and isinstance(value, str) and value.strip():
+                name = key.removesuffix("_cert")
+                out[name] = InstalledCertificate.from_pem(name, value)
+        return out
+
+    def put_certificates(self, items: Sequence[CertUpload]) -> None:
+        """PUT /v1/cluster/certificates (bulk, 7.22.2+); all items or none are applied."""
+        body = {"certificates": [item.as_json() for item in items]}
+        self.request(
+            "PUT", "/v1/cluster/certificates", body, certificate=",".join(i.name for i in items)
+        )
+
+    def update_cert(self, item: CertUpload) -> None:
+        """PUT /v1/cluster/update_cert (one certificate, every version)."""
+        self.request("PUT", "/v1/cluster/update_cert", item.as_json(), certificate=item.name)
+
+    def can_install(self) -> bool:
+        """PUT /v1/cluster/update_cert with an empty body: a permission probe that changes nothing.
+
+        An admin gets 400 (the body is invalid); a user without ``update_cluster`` gets 403.
+        """
+        try:
+            self.request("PUT", "/v1/cluster/update_cert", {}, retry=False)
+        except ClusterError as exc:
+            if exc.status == 403:
+                return False
+            if exc.status in (400, 404):
+                return True
+            raise
+        return True
+
+    # -- databases and Active-Active (the follow-ups) ------------------------------------
+
+    def reserve_connections(self, count: int) -> None:
+        """Keep up to ``count`` connections to the cluster, for as many concurrent requests
+        (the follow-ups' step 2 runs one request per CRDB at once)."""
+        if count <= self._pool_size:
+            return
+        self._pool_size = count
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=count)
+        self._session.mount("https://", adapter)
+
+    def crdbs(self) -> list[Crdb]:
+        """GET /v1/crdbs"""
+        data = self.request("GET", "/v1/crdbs", messages=DATABASE_STATUS_MESSAGES)
+        return [Crdb.from_json(c) for c in data]
+
+    def crdb(self, guid: str) -> Crdb:
+        """GET /v1/crdbs/<guid>"""
+        return Crdb.from_json(
+            self.request("GET", f"/v1/crdbs/{guid}", messages=DATABASE_STATUS_MESSAGES)
+        )
+
+    def crdb_tasks(self) -> list[CrdbTask]:
+        """GET /v1/crdb_tasks"""
+        data = self.request("GET", "/v1/crdb_tasks", messages=DATABASE_STATUS_MESSAGES)
+        items = data.get("tasks", []) if isinstance(data, dict) else data
+        return [CrdbTask.from_json(t) for t in items]
+
+    def crdb_task(self, task_id: str) -> CrdbTask:
+        """GET /v1/crdb_tasks/<id>"""
+        return CrdbTask.from_json(
+            self.request("GET", f"/v1/crdb_tasks/{task_id}", messages=DATABASE_STATUS_MESSAGES)
+        )
+
+    def crdb_update(self, guid: str) -> CrdbTask:
+        """POST /v1/crdbs/<guid>/updates with ``{"force_update": true}`` (never resent: a
+        second POST would start a second task)."""
+        return CrdbTask.from_json(
+            self.request(
+                "POST",
+                f"/v1/crdbs/{guid}/updates",
+                {"force_update": True},
+                messages=DATABASE_STATUS_MESSAGES,
+                retry=False,
+            )
+        )
+
+    def bdbs(self) -> list[Bdb]:
+        """GET /v1/bdbs"""
+        data = self.request("GET", "/v1/bdbs", messages=DATABASE_STATUS_MESSAGES)
+        return [Bdb.from_json(b) for b in data]
+
+    def bdb(self, uid: int) -> Bdb:
+        """GET /v1/bdbs/<uid>"""
+        return Bdb.from_json(
+            self.request("GET", f"/v1/bdbs/{uid}", messages=DATABASE_STATUS_MESSAGES)
+        )
+
+    def update_bdb(self, uid: int, changes: Mapping[str, Any]) -> Bdb:
+        """PUT /v1/bdbs/<uid> (409 busy is retried with backoff)."""
+        return Bdb.from_json(
+            self.request("PUT", f"/v1/bdbs/{uid}", dict(changes), messages=DATABASE_STATUS_MESSAGES)
+        )
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    return text if len(text) < 240 else text[:237] + "..."
+
+
+def _real_sleep(seconds: float) -> None:
+    import time
+
+    time.sleep(seconds)

@@ -1,0 +1,269 @@
+"""The agent's HTTP listener: ``/healthz``, ``/readyz`` and ``/metrics``.
+
+Metrics come from a private :class:`prometheus_client.CollectorRegistry` (never the global one)
+and are computed at scrape time from the last :class:`Snapshot` the agent published, the way
+``prometheus_client``'s process collector works. Names follow cert-manager's.
+
+The follow-up module records how long the Active-Active / Replica Of window stayed open in
+:attr:`Metrics.followup_window`, a histogram registered here on the same registry::
+
+    metrics.followup_window.labels(cluster="east", stage="request_sent").observe(seconds)
+
+(the agent hands its :class:`Metrics` to ``FollowUps.from_settings(settings, metrics=...)``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Literal
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from vault_bridge.config.schema import parse_hostport
+from vault_bridge.errors import VaultBridgeError
+
+logger = logging.getLogger(__name__)
+
+Condition = Literal["True", "False", "Unknown"]
+CONDITIONS: tuple[Condition, ...] = ("True", "False", "Unknown")
+# The window is milliseconds when all goes well (step 2 sent) and seconds to minutes for the
+# tasks to finish: buckets cover both.
+FOLLOWUP_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+    300,
+    600,
+    1800,
+    3600,
+)
+
+
+@dataclass(frozen=True)
+class CertSample:
+    """One configured certificate as the agent last saw it."""
+
+    cluster: str
+    name: str
+    not_after: datetime | None
+    renew_at: datetime | None
+    condition: Condition  # Ready: True (ours, valid), False (missing, foreign, expired), Unknown
+    expiring: bool
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the agent publishes after every step; read by scrapes and ``/readyz``."""
+
+    certificates: tuple[CertSample, ...] = ()
+    rotations: Mapping[tuple[str, str, str], int] = field(default_factory=dict)
+    token_expires_at: datetime | None = None
+    ready: bool = False
+    reasons: tuple[str, ...] = ("the agent is starting",)
+
+
+class Metrics:
+    """The private registry and the agent's published snapshot."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._lock = threading.Lock()
+        self._snapshot = Snapshot()
+        self.followup_window = Histogram(
+            "vault_bridge_followup_window_seconds",
+            "How long an Active-Active / Replica Of follow-up window stayed open, by stage.",
+            ["cluster", "stage"],
+            buckets=FOLLOWUP_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(_SnapshotCollector(self))
+
+    def publish(self, snapshot: Snapshot) -> None:
+        with self._lock:
+            self._snapshot = snapshot
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            return self._snapshot
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _SnapshotCollector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Any]:
+        snap = self._metrics.snapshot()
+        labels = ["cluster", "name"]
+        expiration = GaugeMetricFamily(
+            "vault_bridge_certificate_expiration_timestamp_seconds",
+            "The date after which the installed certificate expires (Unix time).",
+            labels=labels,
+        )
+        renewal = GaugeMetricFamily(
+            "vault_bridge_certificate_renewal_timestamp_seconds",
+            "The date at which the certificate is due for renewal (Unix time).",
+            labels=labels,
+        )
+        ready = GaugeMetricFamily(
+            "vault_bridge_certificate_ready_status",
+            "The ready condition of the certificate (1 for the current condition).",
+            labels=[*labels, "condition"],
+        )
+        expiring = GaugeMetricFamily(
+            "vault_bridge_certificate_expiring",
+            "1 when less than 10% of the certificate's lifetime is left, else 0.",
+            labels=labels,
+        )
+        for cert in snap.certificates:
+            key = [cert.cluster, cert.name]
+            if cert.not_after is not None:
+                expiration.add_metric(key, cert.not_after.timestamp())
+            if cert.renew_at is not None:
+                renewal.add_metric(key, cert.renew_at.timestamp())
+            for condition in CONDITIONS:
+                ready.add_metric([*key, condition], 1.0 if condition == cert.condition else 0.0)
+            expiring.add_metric(key, 1.0 if cert.expiring else 0.0)
+        rotations = CounterMetricFamily(
+            "vault_bridge_rotations",
+            "Certificate rotations by result: success, failure, blocked (runaway guard).",
+            labels=[*labels, "result"],
+        )
+        for (cluster, name, result), count in sorted(snap.rotations.items()):
+            rotations.add_metric([cluster, name, result], count)
+        token = GaugeMetricFamily(
+            "vault_bridge_vault_token_expiration_timestamp_seconds",
+            "When the agent's Vault token expires (Unix time); absent for a token that does not.",
+        )
+        if snap.token_expires_at is not None:
+            token.add_metric([], snap.token_expires_at.timestamp())
+        yield from (expiration, renewal, ready, expiring, rotations, token)
+
+
+# -- the listener ----------------------------------------------------------------------------
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "vault-bridge"
+    sys_version = ""
+
+    @property
+    def metrics(self) -> Metrics:
+        server: Any = self.server
+        metrics: Metrics = server.metrics
+        return metrics
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("health: " + format, *args)
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/healthz":
+            self._send(200, "text/plain; charset=utf-8", b"ok\n")
+        elif path == "/readyz":
+            snap = self.metrics.snapshot()
+            if snap.ready:
+                self._send(200, "text/plain; charset=utf-8", b"ready\n")
+            else:
+                text = "not ready: " + "; ".join(snap.reasons) + "\n"
+                self._send(503, "text/plain; charset=utf-8", text.encode())
+        elif path == "/metrics":
+            self._send(200, CONTENT_TYPE_LATEST, self.metrics.exposition())
+        else:
+            self._send(404, "text/plain; charset=utf-8", b"not found: /healthz /readyz /metrics\n")
+
+    def _send(self, status: int, content_type: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], metrics: Metrics) -> None:
+        self.metrics = metrics
+        super().__init__(address, _Handler)
+
+
+class HealthServer:
+    """The listener at ``[agent] listen`` in a background thread (start / close)."""
+
+    def __init__(self, listen: str, metrics: Metrics) -> None:
+        self.listen = listen
+        self.metrics = metrics
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> str | None:
+        if self._server is None:
+            return None
+        host, port = self._server.server_address[:2]
+        return f"{host!s}:{port}"
+
+    def start(self) -> None:
+        host, port = parse_hostport(self.listen, default_port=None)
+        try:
+            self._server = _Server((host, port), self.metrics)
+        except OSError as exc:
+            raise VaultBridgeError(
+                f"[agent] listen: cannot listen on {self.listen}: {exc.strerror or exc}"
+            ) from exc
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="vault-bridge-health",
+            daemon=True,
+        )
+        self._thread.start()
+        logger.info("health and metrics listening on http://%s", self.address)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(5)
+        self._server = self._thread = None
+
+    def __enter__(self) -> HealthServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def serving(listen: str, metrics: Metrics) -> Iterator[HealthServer | None]:
+    """The listener for the block, or nothing when ``listen`` is empty."""
+    if not listen:
+        yield None
+        return
+    with HealthServer(listen, metrics) as server:
+        yield server

@@ -1,0 +1,159 @@
+"""The locked one-shot pass of the CLI (`run --once`, `issue`) and its handoff to a running agent.
+
+:func:`rotate_once` takes the state directory's lock and does what an agent step does: the
+journal replay, one pass, due revocations. When a running agent holds the lock, the request is
+written to ``requests/`` in the state directory, the agent is woken with SIGUSR1, and its
+answer (:func:`result_json`, written by the agent) is read back with :func:`result_from_json`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import time
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from vault_bridge.agent.revocation import revoke_due
+from vault_bridge.config.durations import parse_duration
+from vault_bridge.config.schema import Settings
+from vault_bridge.errors import StateError
+from vault_bridge.rotation.app import build, utc_now
+from vault_bridge.rotation.executor import Outcome, PassResult
+from vault_bridge.state.journal import Clock, Keeper
+from vault_bridge.state.records import Key, iso, key_text
+from vault_bridge.state.store import LockHeld, StateDir
+
+logger = logging.getLogger(__name__)
+
+REQUEST_TIMEOUT = 900.0  # how long `issue` waits for a running agent's answer
+
+
+def result_json(result: PassResult) -> dict[str, Any]:
+    return {
+        "ok": result.ok,
+        "summary": result.summary(),
+        "outcomes": [
+            {
+                "cluster": o.cluster,
+                "name": o.name,
+                "result": o.result,
+                "serial": o.serial,
+                "not_after": iso(o.not_after) if o.not_after else None,
+                "error": o.error,
+                "reason": o.reason,
+            }
+            for o in result.outcomes
+        ],
+        "cluster_errors": dict(result.cluster_errors),
+    }
+
+
+def result_from_json(data: dict[str, Any]) -> PassResult:
+    result = PassResult()
+    for item in data.get("outcomes") or ():
+        not_after = item.get("not_after")
+        result.outcomes.append(
+            Outcome(
+                cluster=str(item["cluster"]),
+                name=str(item["name"]),
+                result=str(item["result"]),
+                serial=item.get("serial"),
+                not_after=datetime.fromisoformat(not_after) if not_after else None,
+                error=item.get("error"),
+                reason=str(item.get("reason") or ""),
+            )
+        )
+    result.cluster_errors.update(
+        {str(k): str(v) for k, v in (data.get("cluster_errors") or {}).items()}
+    )
+    return result
+
+
+def rotate_once(
+    settings: Settings,
+    *,
+    force: Iterable[Key] = (),
+    only: set[Key] | None = None,
+    lock_wait: float = 300.0,
+    answer_wait: float = REQUEST_TIMEOUT,
+    clock: Clock = utc_now,
+) -> PassResult:
+    """One pass under the state directory's lock (`run --once`, `issue`).
+
+    When a running agent holds the lock, the request is handed to it through the state
+    directory (``requests/``, then SIGUSR1) and its answer awaited; another one-shot pass
+    holding it is waited for. Raises :class:`StateError` when neither works out.
+    """
+    forced = set(force)
+    state_dir = StateDir(settings.agent.state_dir)
+    state_dir.ensure()
+    deadline = time.monotonic() + lock_wait
+    while True:
+        try:
+            with state_dir.locked("cli"):
+                return _rotate_locked(settings, state_dir, forced, only, clock)
+        except LockHeld as exc:
+            if exc.agent_pid is not None:
+                request = {
+                    "kind": "issue" if forced else "run",
+                    "targets": sorted(forced),
+                }
+                return _hand_over(state_dir, exc.agent_pid, request, answer_wait)
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _rotate_locked(
+    settings: Settings, state_dir: StateDir, force: set[Key], only: set[Key] | None, clock: Clock
+) -> PassResult:
+    keeper = Keeper(state_dir, settings, clock=clock)
+    keeper.load()
+    with build(settings, clock=clock, hooks=keeper) as app:
+        pending = keeper.replay(app.rotator)  # what a killed agent or pass left: first
+        if pending:
+            logger.warning("journal entries still pending: %s", ", ".join(map(key_text, pending)))
+        held = keeper.blocked_by_journal(clock())
+        if only is None and held:
+            only = {(s.cluster, s.name.value) for s in settings.specs()} - held
+        result = app.rotator.run_once(force=force, only=only)
+        keeper.replay(app.rotator)
+        revoke_due(
+            keeper,
+            app.vault,
+            enabled=settings.agent.revoke_superseded,
+            rng=random.Random(),
+            blocked_for=parse_duration(settings.agent.resync_interval),
+        )
+    return result
+
+
+def _hand_over(
+    state_dir: StateDir, pid: int, request: dict[str, Any], timeout: float
+) -> PassResult:
+    request_id = state_dir.submit(request)
+    logger.info("the agent (pid %s) runs: handing it the request and waiting for its answer", pid)
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except ProcessLookupError:
+        state_dir.withdraw(request_id)
+        raise StateError(f"the agent (pid {pid}) is gone; try again") from None
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = state_dir.read_result(request_id)
+        if answer is not None:
+            return result_from_json(answer)
+        alive = state_dir.agent_pid() == pid
+        if not alive or time.monotonic() >= deadline:
+            answer = state_dir.read_result(request_id)
+            if answer is not None:
+                return result_from_json(answer)
+            withdrawn = state_dir.withdraw(request_id)
+            what = "stopped before answering" if not alive else f"did not answer in {timeout:.0f}s"
+            note = "" if withdrawn else " (it may still carry the request out)"
+            raise StateError(f"the agent (pid {pid}) {what}{note}")
+        time.sleep(0.1)

@@ -1,0 +1,100 @@
+"""Revoking the certificates we replaced: superseded ones after the grace period, orphans at once.
+
+:func:`revoke_due` ends every agent step and every one-shot pass. The queue is
+``State.superseded`` (:mod:`vault_bridge.state.records`); whether an entry is due, waits or is dropped is
+decided by :func:`vault_bridge.decisions.schedule.revocation_decision`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import replace
+from datetime import timedelta
+
+from vault_bridge.adapters.vault.client import VaultClient
+from vault_bridge.decisions.schedule import after_failure, revocation_decision
+from vault_bridge.errors import VaultError, VaultPermissionError
+from vault_bridge.state.journal import Keeper
+from vault_bridge.state.records import iso, log_change
+
+logger = logging.getLogger(__name__)
+
+
+def revoke_due(
+    keeper: Keeper,
+    vault: VaultClient,
+    *,
+    enabled: bool,
+    rng: random.Random,
+    blocked_for: timedelta,
+) -> None:
+    """Revoke the superseded certificates whose grace period is over (``POST <mount>/revoke``
+    by serial, by PEM for a role that keeps no copy); drop the expired ones."""
+    state = keeper.state
+    if state is None or not state.superseded or not keeper.healthy:
+        return
+    changed = False
+    for entry in list(state.superseded):
+        now = keeper.clock()
+        decision = revocation_decision(
+            not_after=entry.not_after,
+            revoke_after=entry.revoke_after,
+            replacement_done=state.replacement_done(entry),
+            backoff=entry.backoff,
+            now=now,
+        )
+        if decision == "drop":
+            state.superseded.remove(entry)
+            changed = True
+            logger.debug("superseded %s expired: nothing to revoke", entry.serial)
+            continue
+        if decision == "wait" or not enabled:
+            continue
+        try:
+            vault.ensure_token()
+            try:
+                vault.revoke(entry.mount, serial=entry.serial)
+            except VaultError as exc:
+                if exc.status not in (400, 404) or not entry.pem:
+                    raise
+                vault.revoke(entry.mount, certificate=entry.pem)  # role with no_store
+        except VaultPermissionError as exc:
+            logger.error(
+                "cannot revoke %s of %s on %s: %s (configuration error; retried at the "
+                "next resync or reload)",
+                entry.serial,
+                entry.name,
+                entry.cluster,
+                exc,
+            )
+            retry = replace(entry, next_attempt=now + blocked_for)
+            state.superseded[state.superseded.index(entry)] = retry
+        except VaultError as exc:
+            if exc.status in (400, 404):
+                logger.warning("%s cannot be revoked, dropped: %s", entry.serial, exc)
+                state.superseded.remove(entry)
+            else:
+                backoff = after_failure(
+                    entry.backoff, now=now, not_after=entry.not_after, rng=rng, error=str(exc)
+                )
+                logger.warning(
+                    "revoking %s failed (%s); retrying at %s",
+                    entry.serial,
+                    exc,
+                    iso(backoff.next_attempt),
+                )
+                retry = replace(entry, failures=backoff.failures, next_attempt=backoff.next_attempt)
+                state.superseded[state.superseded.index(entry)] = retry
+        else:
+            state.superseded.remove(entry)
+            log_change(
+                f"revoked the {entry.reason} certificate",
+                cluster=entry.cluster,
+                certificate=entry.name,
+                serial=entry.serial,
+                not_after=entry.not_after,
+            )
+        changed = True
+    if changed:
+        keeper.save_quietly()

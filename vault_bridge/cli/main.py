@@ -1,0 +1,312 @@
+"""The `vault-bridge` command: parses, builds the objects, turns errors into exit codes.
+
+Exit codes: 0 success, 1 operational failure, 2 usage or configuration error
+(`plan --detailed-exitcode`: 0 nothing to do, 1 error, 2 changes pending).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from vault_bridge import __version__
+from vault_bridge.cli.logs import configure
+from vault_bridge.config.schema import Settings, load_config
+from vault_bridge.errors import ConfigError, LabMissingError, VaultBridgeError
+
+if TYPE_CHECKING:
+    from vault_bridge.rotation.executor import PassResult
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Context:
+    config_path: str | None
+    verbose: bool
+    log_format: str | None
+    _settings: Settings | None = None
+
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_config(self.config_path)
+        return self._settings
+
+
+class _Group(click.Group):
+    """Catches vault_bridge errors once: one line on stderr, a traceback only with -v."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except VaultBridgeError as exc:
+            obj = ctx.obj
+            if isinstance(obj, Context) and obj.verbose:
+                traceback.print_exc()
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "-c",
+    "config_path",
+    envvar="VAULT_BRIDGE_CONFIG",
+    type=click.Path(dir_okay=False),
+    help="Configuration file (TOML). Default: $VAULT_BRIDGE_CONFIG or /etc/vault-bridge/config.toml.",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Debug logs and tracebacks on errors.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    help="Log format (default: [agent] log_format, else text).",
+)
+@click.version_option(__version__, prog_name="vault-bridge")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, verbose: bool, log_format: str | None) -> None:
+    """Certificates from Vault PKI for Redis Enterprise clusters."""
+    ctx.obj = Context(config_path, verbose, log_format)
+    configure(log_format or "text", verbose)
+
+
+def _configure_from(ctx: Context, settings: Settings) -> None:
+    configure(ctx.log_format or settings.agent.log_format, ctx.verbose)
+
+
+@cli.command()
+@click.option(
+    "--once", is_flag=True, help="One reconcile pass, then exit (0 all valid, 1 any failed)."
+)
+@pass_ctx
+def run(ctx: Context, once: bool) -> None:
+    """Reconcile every cluster: issue and install what is missing, foreign or due."""
+    settings = ctx.settings()
+    _configure_from(ctx, settings)
+    if not once:
+        from vault_bridge.agent.daemon import run_agent
+
+        sys.exit(run_agent(settings, config_path=ctx.config_path))
+    from vault_bridge.agent.oneshot import rotate_once
+
+    # Under the state directory's lock; a running agent is handed the pass instead.
+    _finish(rotate_once(settings))
+
+
+def _finish(result: PassResult) -> None:
+    from vault_bridge.cli.render import pass_lines
+
+    for line in pass_lines(result):
+        click.echo(line)
+    for outcome in result.failed:
+        click.echo(f"failed {outcome.name} on {outcome.cluster}: {outcome.error}", err=True)
+    for cluster, error in result.cluster_errors.items():
+        click.echo(f"failed cluster {cluster}: {error}", err=True)
+    if not result.ok:
+        click.echo(f"error: {result.summary()}", err=True)
+        sys.exit(1)
+    if not result.outcomes:
+        click.echo("nothing to do: every certificate is valid and installed")
+
+
+@cli.command()
+@click.argument("names", nargs=-1)
+@click.option("--cluster", "cluster_name", help="Only this cluster (default: every cluster).")
+@click.option("--all", "all_", is_flag=True, help="Every configured certificate.")
+@pass_ctx
+def issue(ctx: Context, names: tuple[str, ...], cluster_name: str | None, all_: bool) -> None:
+    """Re-issue and install NAME... now, whatever their expiry."""
+    settings = ctx.settings()
+    if bool(names) == all_:
+        raise ConfigError("give certificate names or --all (not both)")
+    clusters = [settings.cluster(cluster_name)] if cluster_name else list(settings.clusters)
+    targets: set[tuple[str, str]] = set()
+    for cluster in clusters:
+        configured = [s.name.value for s in cluster.certificates]
+        for name in names:
+            if name not in configured and not cluster_name and len(clusters) > 1:
+                continue
+            if name not in configured:
+                raise ConfigError(
+                    f"certificate {name!r} is not configured on cluster {cluster.name!r}; "
+                    f"configured: {', '.join(configured) or 'none'}"
+                )
+            targets.add((cluster.name, name))
+        if all_:
+            targets.update((cluster.name, n) for n in configured)
+    if names and not targets:
+        raise ConfigError(f"no cluster has {', '.join(names)} configured")
+    _configure_from(ctx, settings)
+    from vault_bridge.agent.oneshot import rotate_once
+
+    # Under the state directory's lock; a running agent is handed the request instead.
+    _finish(rotate_once(settings, force=targets, only=targets))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="A JSON list of objects instead of a table.")
+@pass_ctx
+def status(ctx: Context, as_json: bool) -> None:
+    """Every certificate: serial, issuer, not_after, renew_at, state."""
+    from vault_bridge.cli.render import status_json, status_table
+    from vault_bridge.rotation.app import build
+
+    settings = ctx.settings()
+    with build(settings) as app:
+        result = app.rotator.status()
+    click.echo(status_json(result.statuses) if as_json else status_table(result.statuses))
+    for cluster, error in result.cluster_errors.items():
+        click.echo(f"error: cluster {cluster}: {error}", err=True)
+    if result.cluster_errors:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option(
+    "--detailed-exitcode",
+    is_flag=True,
+    help="Exit 0 when there is nothing to do, 1 on error, 2 when changes are pending.",
+)
+@pass_ctx
+def plan(ctx: Context, detailed_exitcode: bool) -> None:
+    """What `run --once` would do, without doing it."""
+    from vault_bridge.cli.render import plan_text
+    from vault_bridge.rotation.app import build
+
+    settings = ctx.settings()
+    with build(settings) as app:
+        actions, current = app.rotator.plan()
+    click.echo(plan_text(actions))
+    for cluster, error in current.cluster_errors.items():
+        click.echo(f"error: cluster {cluster}: {error}", err=True)
+    if current.cluster_errors:
+        sys.exit(1)
+    if detailed_exitcode and actions:
+        sys.exit(2)
+
+
+@cli.command()
+@click.option(
+    "--connect",
+    is_flag=True,
+    help="Also log in to Vault, read the PKI roles and probe each cluster.",
+)
+@pass_ctx
+def validate(ctx: Context, connect: bool) -> None:
+    """Check the configuration (and, with --connect, Vault and the clusters)."""
+    settings = ctx.settings()
+    specs = settings.specs()
+    click.echo(
+        f"configuration OK: {len(settings.clusters)} cluster(s), {len(specs)} certificate(s)"
+    )
+    if not connect:
+        return
+    from vault_bridge.rotation.app import build
+    from vault_bridge.rotation.connect_checks import connect_checks
+
+    with build(settings) as app:
+        problems = connect_checks(app)
+    for problem in problems:
+        click.echo(f"error: {problem}", err=True)
+    if problems:
+        sys.exit(1)
+    click.echo("connection checks OK: Vault login, PKI roles, clusters and install permission")
+
+
+@cli.command()
+@pass_ctx
+def policy(ctx: Context) -> None:
+    """Print the least-privilege Vault policy for this configuration (HCL)."""
+    from vault_bridge.decisions.policy import render_policy
+
+    settings = ctx.settings()
+    click.echo(render_policy(settings, str(settings.path or "")), nl=False)
+
+
+@cli.command("vault-setup")
+@click.option("--check", is_flag=True, help="Only report what would change.")
+@pass_ctx
+def vault_setup(ctx: Context, check: bool) -> None:
+    """Create or fix the PKI roles the configuration names (needs an admin token)."""
+    from vault_bridge.rotation.app import vault_client
+    from vault_bridge.rotation.vault_setup import setup_roles
+
+    settings = ctx.settings()
+    with vault_client(settings) as vault:
+        vault.ensure_token()
+        report = setup_roles(vault, settings, apply=not check)
+    for line in report.lines:
+        click.echo(line)
+    if check and report.changes:
+        sys.exit(2)
+
+
+@cli.command("follow-up")
+@click.option(
+    "--cluster",
+    "cluster_names",
+    multiple=True,
+    help="Only the CRDBs with an instance on this cluster (repeatable; default: every cluster).",
+)
+@pass_ctx
+def follow_up(ctx: Context, cluster_names: tuple[str, ...]) -> None:
+    """Run step 2 of the Active-Active follow-up now: `crdb update --force` of every CRDB with
+    an instance on the cluster(s), for a certificate installed some other way."""
+    from vault_bridge.rotation.followups import FollowUps
+
+    settings = ctx.settings()
+    for name in cluster_names:
+        settings.cluster(name)  # an unknown name is a usage error (exit 2)
+    _configure_from(ctx, settings)
+    followups = FollowUps.from_settings(settings)
+    try:
+        report = followups.run_crdb_updates(list(cluster_names) or None)
+    finally:
+        followups.close()
+    for step in report.steps:
+        error = report.errors.get(step.guid)
+        state = f"failed: {error}" if error else "updated"
+        click.echo(f"{step.guid} {step.name} (through {step.via}): {state}")
+    for name, error in report.errors.items():
+        if all(step.guid != name for step in report.steps):
+            click.echo(f"error: {error}", err=True)
+    if not report.steps and not report.errors:
+        click.echo("no Active-Active database has an instance on the cluster(s)")
+    if report.errors:
+        updated = sum(1 for step in report.steps if step.guid not in report.errors)
+        click.echo(
+            f"error: {len(report.errors)} follow-up(s) failed; {updated} CRDB(s) updated",
+            err=True,
+        )
+        sys.exit(1)
+
+
+@cli.command()
+def demo() -> None:
+    """Start OpenBao and a simulated cluster on loopback, rotate everything, show the result.
+
+    The demo comes from the lab distribution (``vault-bridge-lab``, in ``lab/``), found through
+    its ``vault_bridge.lab`` entry point; the runtime never imports it.
+    """
+    found = entry_points(group="vault_bridge.lab", name="demo")
+    if not found:
+        raise LabMissingError(
+            "vault-bridge demo needs the lab: pip install ./lab (or run: python3 dev.py demo)"
+        )
+    run_demo = next(iter(found)).load()
+    logging.getLogger().setLevel(logging.WARNING)  # the demo prints what happens itself
+    sys.exit(run_demo(click.echo))
+
+
+def main() -> None:
+    cli(prog_name="vault-bridge")

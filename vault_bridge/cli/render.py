@@ -1,0 +1,69 @@
+"""Text and JSON renderings of statuses, plans and pass results (pure functions)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+
+from vault_bridge.decisions.renewal import Action, CertStatus
+from vault_bridge.rotation.executor import PassResult
+
+
+def _time(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%SZ") if value else "-"
+
+
+def _short_issuer(issuer: str | None) -> str:
+    if not issuer:
+        return "-"
+    for part in issuer.split(","):
+        if part.startswith("CN="):
+            return part[3:]
+    return issuer
+
+
+def status_table(statuses: Sequence[CertStatus]) -> str:
+    headers = ("CLUSTER", "NAME", "STATE", "SERIAL", "ISSUER", "NOT AFTER", "RENEW AT")
+    rows = [
+        (
+            s.cluster,
+            s.name,
+            s.state,
+            (s.serial or "-")[:23] + ("..." if s.serial and len(s.serial) > 23 else ""),
+            _short_issuer(s.issuer),
+            _time(s.not_after),
+            _time(s.renew_at),
+        )
+        for s in statuses
+    ]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def status_json(statuses: Sequence[CertStatus]) -> str:
+    return json.dumps([s.as_json() for s in statuses], indent=2)
+
+
+def plan_text(actions: Sequence[Action]) -> str:
+    if not actions:
+        return "Nothing to do: every certificate is installed, ours and not due."
+    lines = [f"{len(actions)} certificate(s) would be issued and installed:"]
+    lines += [f"  + {a.name} on {a.cluster} ({a.reason})" for a in actions]
+    return "\n".join(lines)
+
+
+def pass_lines(result: PassResult) -> list[str]:
+    lines = []
+    for outcome in result.outcomes:
+        if outcome.result == "installed":
+            lines.append(
+                f"installed {outcome.name} on {outcome.cluster}: serial {outcome.serial}, "
+                f"not_after {_time(outcome.not_after)}"
+            )
+    return lines

@@ -1,0 +1,552 @@
+"""The configuration file (TOML): its schema, its validation and the resolved settings.
+
+pydantic validates the file; every error becomes one :class:`ConfigError` line naming the key
+path and what was expected, with the nearest valid key suggested for a typo.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from vault_bridge.config.durations import parse_duration
+from vault_bridge.errors import ConfigError
+from vault_bridge.models.certificates import CertName, KeyType, Mode
+
+CONFIG_ENV = "VAULT_BRIDGE_CONFIG"
+DEFAULT_CONFIG_PATH = Path("/etc/vault-bridge/config.toml")
+
+AuthMethodName = Literal["token", "approle", "kubernetes", "cert"]
+CrdbUpdate = Literal["rest", "crdb-cli", "docker", "none"]
+LogFormat = Literal["text", "json"]
+
+_AUTH_FIELDS: dict[str, tuple[set[str], set[str]]] = {
+    # method: (required, allowed)
+    "token": (set(), {"token_file"}),
+    "approle": ({"role_id", "secret_id_file"}, {"role_id", "secret_id_file", "mount"}),
+    "kubernetes": ({"role"}, {"role", "jwt_file", "mount"}),
+    "cert": ({"cert_file", "key_file"}, {"cert_file", "key_file", "name", "mount"}),
+}
+_AUTH_MOUNT_DEFAULT = {"approle": "approle", "kubernetes": "kubernetes", "cert": "cert"}
+# A certificate is renewed once this fraction of its lifetime has passed (certbot: 2/3).
+DEFAULT_RENEW_AT = 0.667
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_duration(value: str | None) -> str | None:
+    if value is not None:
+        parse_duration(value)
+    return value
+
+
+class AuthConfig(_Strict):
+    method: AuthMethodName = "token"
+    token_file: str | None = None
+    role_id: str | None = None
+    secret_id_file: str | None = None
+    role: str | None = None
+    jwt_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    name: str | None = None
+    mount: str | None = None
+
+    @model_validator(mode="after")
+    def _fields_for_method(self) -> AuthConfig:
+        required, allowed = _AUTH_FIELDS[self.method]
+        given = {k for k in self.model_fields_set if k != "method" and getattr(self, k)}
+        for key in sorted(required - given):
+            raise ValueError(f"missing key {key!r}: required for method {self.method!r}")
+        for key in sorted(given - allowed):
+            raise ValueError(f"key {key!r} does not apply to method {self.method!r}")
+        return self
+
+
+class VaultConfig(_Strict):
+    address: str | None = None
+    ca_cert: str | None = None
+    namespace: str | None = None
+    timeout: float = Field(default=10.0, gt=0)
+    auth: AuthConfig = AuthConfig()
+
+
+class CertSettings(_Strict):
+    """Keys allowed in [defaults] and, as overrides, in each certificate table."""
+
+    pki_mount: str | None = None
+    mode: Mode | None = None
+    key_type: KeyType | None = None
+    key_bits: int | None = None
+    ttl: str | None = None
+    renew_at: float | None = Field(default=None, gt=0, lt=1)
+    renew_before: str | None = None
+
+    _dur = field_validator("ttl", "renew_before")(_check_duration)
+
+
+class CertificateConfig(CertSettings):
+    role: str
+    common_name: str
+    alt_names: list[str] = []
+    ip_sans: list[str] = []
+
+
+class ClusterConfig(_Strict):
+    name: str = Field(min_length=1)
+    url: str
+    username: str
+    password_file: str | None = None
+    password_env: str | None = None
+    password_vault: str | None = None
+    ca_file: str | None = None
+    ca_fingerprint: str | None = None
+    insecure_skip_verify: bool = False
+    timeout: float = Field(default=30.0, gt=0)
+    crdb_update: CrdbUpdate = "rest"
+    crdb_cli_path: str = "/opt/redislabs/bin/crdb-cli"
+    docker_container: str | None = None
+    docker_host: str | None = None
+    verify_endpoints: dict[str, str] = {}
+    certificates: dict[str, CertificateConfig] = {}
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError(
+                f"expected an https:// URL such as https://cluster:9443, got {value!r}"
+            )
+        return value.rstrip("/")
+
+    @field_validator("ca_fingerprint")
+    @classmethod
+    def _fp(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        cleaned = value.replace(":", "").lower()
+        if len(cleaned) != 64 or any(c not in "0123456789abcdef" for c in cleaned):
+            raise ValueError("expected a SHA-256 fingerprint (64 hex digits, colons allowed)")
+        return cleaned
+
+    @field_validator("password_vault")
+    @classmethod
+    def _vault_ref(cls, value: str | None) -> str | None:
+        if value is not None:
+            VaultSecretRef.parse(value)
+        return value
+
+    @model_validator(mode="after")
+    def _password_source(self) -> ClusterConfig:
+        sources = [self.password_file, self.password_env, self.password_vault]
+        if sum(1 for source in sources if source) != 1:
+            raise ValueError(
+                "expected exactly one of 'password_file', 'password_env' or 'password_vault'"
+            )
+        if self.crdb_update == "docker" and not self.docker_container:
+            raise ValueError("missing key 'docker_container': required when crdb_update = 'docker'")
+        return self
+
+
+class AgentConfig(_Strict):
+    state_dir: str = "/var/lib/vault-bridge"
+    listen: str = "127.0.0.1:9109"
+    log_format: LogFormat = "text"
+    resync_interval: str = "10m"
+    max_issues_per_hour: int = Field(default=6, ge=1)
+    replace_foreign: bool = True
+    revoke_superseded: bool = True
+    revoke_grace: str = "1h"
+    stop_grace: str = "30s"
+
+    _dur = field_validator("resync_interval", "revoke_grace", "stop_grace")(_check_duration)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        if value:
+            parse_hostport(value, default_port=None)
+        return value
+
+
+class FileConfig(_Strict):
+    vault: VaultConfig = VaultConfig()
+    defaults: CertSettings = CertSettings()
+    agent: AgentConfig = AgentConfig()
+    clusters: list[ClusterConfig] = Field(min_length=1)
+
+
+# ---------------------------------------------------------------------------
+# Resolved settings: what the rest of the program uses.
+
+
+@dataclass(frozen=True)
+class CertSpec:
+    """One certificate of one cluster, every default applied."""
+
+    cluster: str
+    name: CertName
+    role: str
+    common_name: str
+    alt_names: tuple[str, ...]
+    ip_sans: tuple[str, ...]
+    pki_mount: str
+    mode: Mode
+    key_type: KeyType
+    key_bits: int
+    ttl: str
+    renew_at: float | None
+    renew_before: timedelta | None
+
+
+@dataclass(frozen=True)
+class VaultSecretRef:
+    """A value in Vault's KV version 2 engine: ``<mount>/<path>#<key>``."""
+
+    mount: str
+    path: str
+    key: str
+
+    @classmethod
+    def parse(cls, text: str) -> VaultSecretRef:
+        location, sep, key = text.partition("#")
+        mount, slash, path = location.strip("/").partition("/")
+        if not sep or not key or not slash or not mount or not path:
+            raise ValueError(
+                f"expected '<kv-v2 mount>/<path>#<key>' such as 'secret/redis/re-east#password', "
+                f"got {text!r}"
+            )
+        return cls(mount, path, key)
+
+    @property
+    def api_path(self) -> str:
+        """The KV v2 read path: ``<mount>/data/<path>``."""
+        return f"{self.mount}/data/{self.path}"
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    name: str
+    url: str
+    username: str
+    password: SecretStr | None  # None when it is read from Vault (password_vault)
+    ca_file: str | None
+    ca_fingerprint: str | None
+    insecure_skip_verify: bool
+    timeout: float
+    crdb_update: CrdbUpdate
+    crdb_cli_path: str
+    docker_container: str | None
+    docker_host: str | None
+    verify_endpoints: Mapping[str, str]
+    certificates: tuple[CertSpec, ...]
+    password_vault: VaultSecretRef | None = None
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    def endpoint_for(self, name: CertName) -> str | None:
+        """Where the certificate is served, for the TLS check after an install."""
+        if name.value in self.verify_endpoints:
+            return self.verify_endpoints[name.value]
+        port = urlsplit(self.url).port or 443
+        defaults = {CertName.API: port, CertName.CM: 8443, CertName.METRICS_EXPORTER: 8070}
+        if name in defaults:
+            return f"{self.host}:{defaults[name]}"
+        return None
+
+    def spec(self, name: CertName | str) -> CertSpec | None:
+        for spec in self.certificates:
+            if spec.name == name:
+                return spec
+        return None
+
+
+@dataclass(frozen=True)
+class Settings:
+    path: Path | None
+    vault: VaultConfig
+    agent: AgentConfig
+    clusters: tuple[ClusterSettings, ...]
+
+    def cluster(self, name: str) -> ClusterSettings:
+        for cluster in self.clusters:
+            if cluster.name == name:
+                return cluster
+        known = [c.name for c in self.clusters]
+        raise ConfigError(
+            f"unknown cluster {name!r}{_suggest(name, known)}; known: {', '.join(known)}"
+        )
+
+    def specs(self) -> list[CertSpec]:
+        return [spec for cluster in self.clusters for spec in cluster.certificates]
+
+
+def parse_hostport(value: str, default_port: int | None) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        if default_port is None:
+            raise ValueError(f"expected host:port, got {value!r}")
+        return value, default_port
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected host:port with a port 1-65535, got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _fields_of(model: type[BaseModel]) -> list[str]:
+    return list(model.model_fields)
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The pydantic model that owns the key at ``loc`` (for suggestions)."""
+    model: type[BaseModel] = FileConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            if model is ClusterConfig or part in CertName.__members__.values():
+                model = CertificateConfig
+                continue
+            return model if model is CertificateConfig else None
+        ann = field.annotation
+        target = _unwrap_model(ann)
+        if target is None:
+            if part == "certificates":
+                model = CertificateConfig
+                continue
+            return None
+        model = target
+    return model
+
+
+def _unwrap_model(ann: Any) -> type[BaseModel] | None:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in getattr(ann, "__args__", ()) or ():
+        found = _unwrap_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _one_line(error: Any) -> str:
+    loc = tuple(p for p in error["loc"] if p not in ("function-after[_fields_for_method()]",))
+    path = _format_loc(loc)
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        model = _model_at(loc)
+        hint = _suggest(str(loc[-1]), _fields_of(model)) if model else ""
+        return f"{path}: unknown key{hint}"
+    if kind == "missing":
+        return f"{path}: missing required key"
+    msg = str(error["msg"]).removeprefix("Value error, ")
+    if "input" in error and kind not in ("value_error",) and not isinstance(error["input"], dict):
+        return f"{path}: {msg}, got {error['input']!r}"
+    return f"{path}: {msg}" if path else msg
+
+
+def _read_password(cluster: ClusterConfig, where: str) -> SecretStr | None:
+    # The password is kept in a SecretStr: it is never printed, logged or written anywhere.
+    if cluster.password_vault:
+        return None  # read from Vault when the cluster is first contacted
+    if cluster.password_file:
+        try:
+            text = Path(cluster.password_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"{where}.password_file: cannot read {cluster.password_file!r}: {exc.strerror}"
+            ) from exc
+        if not text:
+            raise ConfigError(f"{where}.password_file: {cluster.password_file!r} is empty")
+        return SecretStr(text)
+    env = cluster.password_env or ""
+    value = os.environ.get(env, "")
+    if not value:
+        raise ConfigError(f"{where}.password_env: environment variable {env!r} is not set")
+    return SecretStr(value)
+
+
+def _resolve_spec(
+    cluster: str, name: CertName, cert: CertificateConfig, defaults: CertSettings, where: str
+) -> CertSpec:
+    def pick(key: str, fallback: Any) -> Any:
+        own = getattr(cert, key)
+        if own is not None:
+            return own
+        default = getattr(defaults, key)
+        return default if default is not None else fallback
+
+    key_type: KeyType = pick("key_type", "rsa")
+    key_bits: int = pick("key_bits", 2048 if key_type == "rsa" else 256)
+    allowed_bits = {"rsa": (2048, 3072, 4096), "ec": (256, 384)}[key_type]
+    if key_bits not in allowed_bits:
+        raise ConfigError(
+            f"{where}.key_bits: expected one of {', '.join(map(str, allowed_bits))} "
+            f"for key_type {key_type!r}, got {key_bits}"
+        )
+    if name.internode and key_type != "rsa":
+        raise ConfigError(f"{where}.key_type: {name.value} takes RSA keys only, got {key_type!r}")
+    renew_at = cert.renew_at
+    renew_before_s = cert.renew_before
+    if renew_at is None and renew_before_s is None:
+        renew_at, renew_before_s = defaults.renew_at, defaults.renew_before
+    if renew_at is not None and renew_before_s is not None:
+        raise ConfigError(f"{where}: set either 'renew_at' or 'renew_before', not both")
+    if renew_at is None and renew_before_s is None:
+        renew_at = DEFAULT_RENEW_AT
+    ttl = pick("ttl", "720h")
+    renew_before = parse_duration(renew_before_s) if renew_before_s else None
+    if renew_before is not None and renew_before >= parse_duration(ttl):
+        raise ConfigError(f"{where}.renew_before: expected less than ttl {ttl!r}")
+    return CertSpec(
+        cluster=cluster,
+        name=name,
+        role=cert.role,
+        common_name=cert.common_name,
+        alt_names=tuple(cert.alt_names),
+        ip_sans=tuple(cert.ip_sans),
+        pki_mount=str(pick("pki_mount", "pki")).strip("/"),
+        mode=pick("mode", "sign"),
+        key_type=key_type,
+        key_bits=key_bits,
+        ttl=ttl,
+        renew_at=renew_at,
+        renew_before=renew_before,
+    )
+
+
+def _resolve(parsed: FileConfig, path: Path | None) -> Settings:
+    seen: set[str] = set()
+    clusters: list[ClusterSettings] = []
+    names = [n.value for n in CertName]
+    for index, cluster in enumerate(parsed.clusters):
+        where = f"clusters[{index}]"
+        if cluster.name in seen:
+            raise ConfigError(f"{where}.name: duplicate cluster name {cluster.name!r}")
+        seen.add(cluster.name)
+        for key in cluster.verify_endpoints:
+            if key not in names:
+                raise ConfigError(
+                    f"{where}.verify_endpoints.{key}: unknown certificate name{_suggest(key, names)}"
+                )
+            try:
+                parse_hostport(cluster.verify_endpoints[key], default_port=None)
+            except ValueError as exc:
+                raise ConfigError(f"{where}.verify_endpoints.{key}: {exc}") from None
+        specs = []
+        for cert_name, cert in cluster.certificates.items():
+            if cert_name not in names:
+                raise ConfigError(
+                    f"{where}.certificates.{cert_name}: unknown certificate name"
+                    f"{_suggest(cert_name, names)}; expected one of {', '.join(names)}"
+                )
+            specs.append(
+                _resolve_spec(
+                    cluster.name,
+                    CertName(cert_name),
+                    cert,
+                    parsed.defaults,
+                    f"{where}.certificates.{cert_name}",
+                )
+            )
+        if cluster.ca_file and not Path(cluster.ca_file).is_file():
+            raise ConfigError(f"{where}.ca_file: no such file {cluster.ca_file!r}")
+        clusters.append(
+            ClusterSettings(
+                name=cluster.name,
+                url=cluster.url,
+                username=cluster.username,
+                password=_read_password(cluster, where),
+                ca_file=cluster.ca_file,
+                ca_fingerprint=cluster.ca_fingerprint,
+                insecure_skip_verify=cluster.insecure_skip_verify,
+                timeout=cluster.timeout,
+                crdb_update=cluster.crdb_update,
+                crdb_cli_path=cluster.crdb_cli_path,
+                docker_container=cluster.docker_container,
+                docker_host=cluster.docker_host,
+                verify_endpoints=dict(cluster.verify_endpoints),
+                certificates=tuple(specs),
+                password_vault=(
+                    VaultSecretRef.parse(cluster.password_vault) if cluster.password_vault else None
+                ),
+            )
+        )
+    vault = parsed.vault
+    address = vault.address or os.environ.get("VAULT_ADDR", "")
+    if not address:
+        raise ConfigError("vault.address: missing (set it or $VAULT_ADDR)")
+    if not address.startswith(("https://", "http://")):
+        raise ConfigError(f"vault.address: expected an http(s):// URL, got {address!r}")
+    ca_cert = vault.ca_cert or os.environ.get("VAULT_CACERT") or None
+    if ca_cert and not Path(ca_cert).is_file():
+        raise ConfigError(f"vault.ca_cert: no such file {ca_cert!r}")
+    namespace = vault.namespace or os.environ.get("VAULT_NAMESPACE") or None
+    resolved_vault = vault.model_copy(
+        update={"address": address.rstrip("/"), "ca_cert": ca_cert, "namespace": namespace}
+    )
+    return Settings(path=path, vault=resolved_vault, agent=parsed.agent, clusters=tuple(clusters))
+
+
+def parse_config(data: Mapping[str, Any], path: Path | None = None) -> Settings:
+    """Validate a parsed TOML document; raise :class:`ConfigError` with one line on error."""
+    try:
+        parsed = FileConfig.model_validate(dict(data))
+    except ValidationError as exc:
+        # An unknown key explains a "missing" one next to it (a typo): report it first.
+        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        first = _one_line(errors[0])
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ConfigError(f"{first}{more}") from None
+    return _resolve(parsed, path)
+
+
+def load_config(path: str | Path | None = None) -> Settings:
+    """Read the configuration from ``path``, ``$VAULT_BRIDGE_CONFIG`` or the default path."""
+    chosen = Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+    try:
+        raw = chosen.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration {str(chosen)!r}: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{chosen}: not valid TOML: {exc}") from exc
+    return parse_config(data, chosen)

@@ -1,0 +1,49 @@
+"""Pure: how an install request is built and sent to a cluster.
+
+The body of one item (:class:`CertUpload`), and which endpoint carries which certificates
+(:func:`install_batches`): ``PUT /v1/cluster/certificates`` (bulk, 7.22.2+) with internode
+certificates in a request of their own, or ``PUT /v1/cluster/update_cert`` one at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from vault_bridge.models.certificates import CertName, IssuedCertificate
+from vault_bridge.models.cluster import BULK_MIN_VERSION
+
+
+@dataclass(frozen=True)
+class CertUpload:
+    """One item of an install request. The key is never part of ``repr``."""
+
+    name: str
+    certificate: str
+    key: str = field(repr=False)
+
+    @classmethod
+    def of(cls, name: str, issued: IssuedCertificate) -> CertUpload:
+        """The item for ``issued``: the leaf with its intermediates, and the key."""
+        return cls(name, issued.chain_pem, issued.private_key)
+
+    def as_json(self) -> dict[str, str]:
+        return {"name": self.name, "certificate": self.certificate, "key": self.key}
+
+
+@dataclass(frozen=True)
+class InstallBatch:
+    """Certificates sent to a cluster together."""
+
+    endpoint: str  # "bulk" (PUT /v1/cluster/certificates) or "update_cert"
+    names: tuple[str, ...]
+
+
+def install_batches(names: Sequence[str], version: tuple[int, ...]) -> list[InstallBatch]:
+    """How to send ``names``: one bulk request for the ordinary certificates and one for the
+    internode ones on 7.22.2+, else one ``update_cert`` request per certificate."""
+    if version >= BULK_MIN_VERSION:
+        internode = tuple(n for n in names if CertName(n).internode)
+        ordinary = tuple(n for n in names if not CertName(n).internode)
+        return [InstallBatch("bulk", group) for group in (ordinary, internode) if group]
+    return [InstallBatch("update_cert", (n,)) for n in names]

@@ -1,0 +1,192 @@
+"""Least-privilege Vault policy and PKI role settings for a configuration (pure functions).
+
+`vault-bridge policy` prints :func:`render_policy`; `vault-bridge vault-setup` compares each
+role with :func:`desired_role` and writes what differs.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from vault_bridge.config.durations import format_duration, parse_duration
+from vault_bridge.config.schema import CertSpec, Settings
+from vault_bridge.models.vault import PkiRole
+
+
+@dataclass(frozen=True)
+class PolicyRule:
+    path: str
+    capabilities: tuple[str, ...]
+    comment: str
+
+
+def policy_rules(settings: Settings) -> list[PolicyRule]:
+    """Exactly the paths the agent uses for this configuration, and nothing else."""
+    rules: list[PolicyRule] = []
+    seen: set[str] = set()
+
+    def add(path: str, caps: tuple[str, ...], comment: str) -> None:
+        if path not in seen:
+            seen.add(path)
+            rules.append(PolicyRule(path, caps, comment))
+
+    specs = sorted(settings.specs(), key=lambda s: (s.pki_mount, s.mode, s.role))
+    for spec in specs:
+        users = ", ".join(
+            f"{s.cluster}/{s.name.value}"
+            for s in specs
+            if (s.pki_mount, s.mode, s.role) == (spec.pki_mount, spec.mode, spec.role)
+        )
+        verb = "sign a CSR made here" if spec.mode == "sign" else "issue a key and certificate"
+        add(
+            f"{spec.pki_mount}/{spec.mode}/{spec.role}",
+            ("update",),
+            f"{verb} for {users}",
+        )
+    for spec in specs:
+        add(
+            f"{spec.pki_mount}/roles/{spec.role}",
+            ("read",),
+            "validate --connect checks the role's flags before anything is issued",
+        )
+    if settings.agent.revoke_superseded:
+        for mount in sorted({s.pki_mount for s in specs}):
+            add(
+                f"{mount}/revoke",
+                ("update",),
+                "revoke superseded certificates after the grace period ([agent] revoke_superseded)",
+            )
+    for cluster in settings.clusters:
+        if cluster.password_vault is not None:
+            add(
+                cluster.password_vault.api_path,
+                ("read",),
+                f"the REST API password of cluster {cluster.name} (password_vault)",
+            )
+    add("auth/token/renew-self", ("update",), "keep the agent's own token alive")
+    add("auth/token/lookup-self", ("read",), "read the agent's own token TTL")
+    return rules
+
+
+def render_policy(settings: Settings, source: str = "") -> str:
+    """HCL text of the policy, commented line by line."""
+    where = f" for {source}" if source else ""
+    lines = [
+        f"# vault-bridge: least-privilege policy{where}.",
+        "# <mount>/cert/ca_chain needs no policy (an unauthenticated PKI path).",
+        "# Nothing under sys/, no other mount, role or secret.",
+        "",
+    ]
+    for rule in policy_rules(settings):
+        caps = ", ".join(f'"{c}"' for c in rule.capabilities)
+        lines.append(f"# {rule.comment}")
+        lines.append(f'path "{rule.path}" {{')
+        lines.append(f"  capabilities = [{caps}]")
+        lines.append("}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def desired_role(specs: Sequence[CertSpec]) -> dict[str, Any]:
+    """PKI role settings that let ``specs`` (all on one role) be issued, and no more.
+
+    - server_flag and client_flag: Redis Enterprise needs serverAuth and clientAuth;
+    - key_type "any" for sign mode (the CSR carries the key), the configured type for issue;
+    - allowed_domains: exactly the configured names (globs for wildcards);
+    - max_ttl: the longest configured TTL;
+    - generate_lease false: a leased certificate is revoked when the token that issued it
+      expires or is revoked, which would take the cluster's certificate down with the agent's
+      token; vault-bridge revokes superseded certificates itself.
+    """
+    names: set[str] = set()
+    ip = False
+    for spec in specs:
+        names.add(spec.common_name)
+        names.update(spec.alt_names)
+        ip = ip or bool(spec.ip_sans)
+    modes = {s.mode for s in specs}
+    key_types = {(s.key_type, s.key_bits) for s in specs}
+    if modes == {"sign"} or len(key_types) > 1:
+        key_type, key_bits = "any", 0
+    else:
+        key_type, key_bits = next(iter(key_types))
+    max_ttl = max(parse_duration(s.ttl) for s in specs)
+    return {
+        "server_flag": True,
+        "client_flag": True,
+        "key_type": key_type,
+        "key_bits": key_bits,
+        "allowed_domains": sorted(names),
+        "allow_bare_domains": True,
+        "allow_subdomains": False,
+        "allow_glob_domains": any("*" in n for n in names),
+        "allow_wildcard_certificates": any(n.startswith("*.") for n in names),
+        "allow_localhost": "localhost" in names,
+        "allow_ip_sans": ip,
+        "max_ttl": format_duration(max_ttl),
+        "generate_lease": False,
+        "key_usage": ["DigitalSignature", "KeyEncipherment"],
+    }
+
+
+def role_fixes(role: PkiRole, specs: Sequence[CertSpec]) -> dict[str, Any]:
+    """The settings an existing role must change so ``specs`` can be issued (empty: fine).
+
+    Only what is needed is changed: a role an administrator made broader stays as it is.
+    """
+    desired = desired_role(specs)
+    fixes: dict[str, Any] = {}
+    for flag in ("server_flag", "client_flag"):
+        if not getattr(role, flag):
+            fixes[flag] = True
+    if role.generate_lease:
+        fixes["generate_lease"] = False
+    issue_types = {s.key_type for s in specs if s.mode == "issue"}
+    if issue_types and role.key_type not in issue_types:
+        fixes["key_type"], fixes["key_bits"] = desired["key_type"], desired["key_bits"]
+    if any(s.mode == "sign" for s in specs) and role.key_type != "any" and not issue_types:
+        wanted = {s.key_type for s in specs}
+        if wanted != {role.key_type}:
+            fixes["key_type"], fixes["key_bits"] = "any", 0
+    longest = max(parse_duration(s.ttl) for s in specs).total_seconds()
+    if role.max_ttl_seconds and role.max_ttl_seconds < longest:
+        fixes["max_ttl"] = desired["max_ttl"]
+    if not role.allow_any_name:
+        names = [n for s in specs for n in (s.common_name, *s.alt_names)]
+        if any(not name_allowed(n, role) for n in names):
+            fixes["allowed_domains"] = sorted({*role.allowed_domains, *desired["allowed_domains"]})
+            fixes["allow_bare_domains"] = True
+            if desired["allow_glob_domains"]:
+                fixes["allow_glob_domains"] = True
+            if desired["allow_wildcard_certificates"]:
+                fixes["allow_wildcard_certificates"] = True
+            if desired["allow_localhost"]:
+                fixes["allow_localhost"] = True
+    if any(s.ip_sans for s in specs) and not role.allow_ip_sans:
+        fixes["allow_ip_sans"] = True
+    return fixes
+
+
+def name_allowed(name: str, role: PkiRole) -> bool:
+    """Roughly Vault's own rule: a listed name, a subdomain when allowed, or a glob."""
+    if name == "localhost" and role.data.get("allow_localhost", True):
+        return True
+    for domain in role.allowed_domains:
+        if name == domain:
+            return True
+        if role.allow_subdomains and name.endswith("." + domain):
+            return True
+        if role.allow_glob_domains and fnmatch.fnmatchcase(name, domain):
+            return True
+    return False
+
+
+def roles_in(settings: Settings) -> dict[tuple[str, str], list[CertSpec]]:
+    """The specs of every (mount, role) the configuration names."""
+    out: dict[tuple[str, str], list[CertSpec]] = {}
+    for spec in settings.specs():
+        out.setdefault((spec.pki_mount, spec.role), []).append(spec)
+    return out

@@ -1,0 +1,145 @@
+"""Typed values of the Redis Enterprise REST API: nodes, install items, databases, CRDBs, tasks.
+
+The adapter (:mod:`vault_bridge.adapters.redis_enterprise`) turns each JSON answer into these
+right where it is read; nothing past it handles raw dicts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+# The first version with the bulk install endpoint, PUT /v1/cluster/certificates.
+BULK_MIN_VERSION = (7, 22, 2)
+
+
+def parse_version(version: str) -> tuple[int, ...]:
+    """``"7.22.2-14"`` -> ``(7, 22, 2, 14)``; unparseable parts count as 0."""
+    out: list[int] = []
+    for part in version.replace("-", ".").split("."):
+        digits = "".join(ch for ch in part if ch.isdigit())
+        out.append(int(digits) if digits else 0)
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Node:
+    uid: int
+    software_version: str
+
+    @property
+    def version(self) -> tuple[int, ...]:
+        return parse_version(self.software_version)
+
+
+@dataclass(frozen=True)
+class CrdbInstance:
+    id: int
+    cluster_name: str
+    cluster_url: str
+    db_uid: str
+
+
+@dataclass(frozen=True)
+class Crdb:
+    guid: str
+    name: str
+    instances: tuple[CrdbInstance, ...]
+    local_bdb_uids: tuple[str, ...]
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Crdb:
+        instances = tuple(
+            CrdbInstance(
+                id=int(i.get("id", 0)),
+                cluster_name=str((i.get("cluster") or {}).get("name", "")),
+                cluster_url=str((i.get("cluster") or {}).get("url", "")),
+                db_uid=str(i.get("db_uid", "")),
+            )
+            for i in data.get("instances") or []
+        )
+        local = tuple(str(d.get("bdb_uid", "")) for d in data.get("local_databases") or [])
+        return cls(str(data["guid"]), str(data.get("name", "")), instances, local)
+
+
+@dataclass(frozen=True)
+class CrdbTask:
+    id: str
+    crdb_guid: str
+    status: str
+    errors: tuple[str, ...] = ()
+
+    @property
+    def done(self) -> bool:
+        return self.status in ("finished", "failed")
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> CrdbTask:
+        errors = tuple(
+            f"{e.get('cluster_name', '')}: {e.get('error_code', '')}: {e.get('description', '')}"
+            for e in data.get("errors") or []
+        )
+        return cls(
+            str(data["id"]), str(data.get("crdb_guid", "")), str(data.get("status", "")), errors
+        )
+
+
+REPLICA_READ_ONLY = frozenset({"status", "last_error", "lag"})
+
+
+@dataclass(frozen=True)
+class ReplicaSource:
+    """One ``replica_sources`` entry of a destination database, every field kept as read
+    (``uri`` holds a password and ``client_key`` a private key: never in ``repr`` or logs)."""
+
+    fields: Mapping[str, Any] = field(repr=False)
+
+    @property
+    def uid(self) -> str:
+        return str(self.fields.get("uid", ""))
+
+    @property
+    def server_cert(self) -> str:
+        return str(self.fields.get("server_cert") or "")
+
+    @property
+    def status(self) -> str:
+        """``in-sync`` | ``syncing`` | ``out-of-sync`` (read-only)."""
+        return str(self.fields.get("status") or "")
+
+    def as_json(self, **changes: Any) -> dict[str, Any]:
+        """The entry for a PUT: every writable field as read, ``changes`` applied."""
+        out = {k: v for k, v in self.fields.items() if k not in REPLICA_READ_ONLY}
+        out.update(changes)
+        return out
+
+
+@dataclass(frozen=True)
+class Bdb:
+    """A database; ``replica_sources`` entries are kept whole so updates keep every field."""
+
+    uid: int
+    name: str
+    crdt: bool
+    crdt_guid: str | None
+    replica_sources: tuple[ReplicaSource, ...] = field(repr=False)
+    authentication_ssl_client_certs: tuple[str, ...] = field(repr=False)
+    enforce_client_authentication: bool = False
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Bdb:
+        return cls(
+            uid=int(data["uid"]),
+            name=str(data.get("name", "")),
+            crdt=bool(data.get("crdt", False)),
+            crdt_guid=str(data["crdt_guid"]) if data.get("crdt_guid") else None,
+            replica_sources=tuple(
+                ReplicaSource(dict(s)) for s in data.get("replica_sources") or []
+            ),
+            authentication_ssl_client_certs=tuple(
+                str(c.get("client_cert", ""))
+                for c in data.get("authentication_ssl_client_certs") or []
+            ),
+            enforce_client_authentication=data.get("enforce_client_authentication") == "enabled",
+        )

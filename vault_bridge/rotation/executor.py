@@ -1,0 +1,514 @@
+"""The executor: carries out a plan through the adapters (Vault, clusters, TLS probes).
+
+A pass reads what every cluster serves, classifies it (:mod:`vault_bridge.decisions.renewal`), obtains a
+certificate from Vault for each one due, checks it, installs it, reads it back and checks the
+served leaf. One certificate's failure never stops the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from cryptography import x509
+
+from vault_bridge.adapters.redis_enterprise import ClusterClient
+from vault_bridge.adapters.tls_probe import served_certificate
+from vault_bridge.adapters.vault.client import VaultClient
+from vault_bridge.config.durations import parse_duration
+from vault_bridge.config.schema import CertSpec, ClusterSettings, Settings
+from vault_bridge.decisions.install import CertUpload, InstallBatch, install_batches
+from vault_bridge.decisions.renewal import Action, CertStatus, classify, plan
+from vault_bridge.errors import ClusterError, DeferredError, VaultBridgeError, VerificationError
+from vault_bridge.models.certificates import (
+    CertChange,
+    CertificateInfo,
+    CertName,
+    InstalledCertificate,
+    IssuedCertificate,
+)
+from vault_bridge.rotation.keys import build_csr, check_before_install, generate_key, key_to_pem
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+@dataclass(frozen=True)
+class Change:
+    """A certificate installed on a cluster in this pass, with the one it replaced."""
+
+    cluster: str
+    name: str
+    issued: IssuedCertificate
+    previous: InstalledCertificate | None
+
+    @property
+    def cert_change(self) -> CertChange:
+        old = self.previous.pem if self.previous else None
+        return CertChange(self.cluster, self.name, self.issued.chain_pem, old)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    cluster: str
+    name: str
+    result: str  # "installed" | "failed"
+    serial: str | None = None
+    not_after: datetime | None = None
+    error: str | None = None
+    reason: str = ""
+
+
+@dataclass
+class PassResult:
+    outcomes: list[Outcome] = field(default_factory=list)
+    statuses: list[CertStatus] = field(default_factory=list)
+    cluster_errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.result == "failed"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.cluster_errors
+
+    def summary(self) -> str:
+        installed = sum(1 for o in self.outcomes if o.result == "installed")
+        parts = [f"{installed} installed"]
+        if self.failed:
+            first = self.failed[0]
+            parts.append(
+                f"{len(self.failed)} of {len(self.outcomes)} certificates failed: "
+                f"{first.name} on {first.cluster}: {first.error}"
+            )
+        for cluster, error in self.cluster_errors.items():
+            parts.append(f"cluster {cluster} failed: {error}")
+        return "; ".join(parts)
+
+
+class RotationHooks(Protocol):
+    """Points where the agent (state journal) and the follow-ups plug into a pass."""
+
+    def before_issue(self, spec: CertSpec) -> None:
+        """Called before asking Vault; raising skips the certificate (e.g. runaway guard)."""
+
+    def issued(self, spec: CertSpec, issued: IssuedCertificate) -> None:
+        """Called once Vault issued (before the install)."""
+
+    def before_install(self, cluster: str, changes: Sequence[Change]) -> None:
+        """Called right before the install request (write the intent)."""
+
+    def installed(self, changes: Sequence[Change]) -> None:
+        """Called once per pass with every verified install, before the follow-ups run
+        (record that the installs happened and the follow-ups are pending)."""
+
+    def completed(self, changes: Sequence[Change]) -> None:
+        """Called when the changes and their follow-ups are done (clear the intent)."""
+
+
+class FollowUpRunner(Protocol):
+    """Runs the Active-Active and Replica Of follow-ups for changed certificates."""
+
+    def run(self, changes: Sequence[CertChange]) -> dict[tuple[str, str], str]:
+        """Returns an error message by (cluster, name) for each follow-up that failed."""
+        ...
+
+
+@runtime_checkable
+class PreparingFollowUps(FollowUpRunner, Protocol):
+    """A follow-up runner that also wants the moments around step 1 (the install), to keep the
+    window between step 1 and step 2 short: :class:`vault_bridge.rotation.followups.FollowUps`."""
+
+    def prepare(
+        self, clusters: Sequence[str], changes: Sequence[CertChange] = ()
+    ) -> dict[str, str]:
+        """Right before installing ``changes`` (proxy/syncer) on ``clusters`` (discovery,
+        tasks in flight, the lock, step 2 armed); returns, by cluster, why its proxy/syncer
+        install must not go ahead."""
+        ...
+
+    def installed(self, cluster: str, names: Sequence[str]) -> None:
+        """The install request on ``cluster`` answered 200 for ``names`` (proxy/syncer)."""
+        ...
+
+    def release(self) -> None:
+        """The pass is over (releases what ``prepare`` took, whether ``run`` ran or not)."""
+        ...
+
+
+class NoHooks:
+    def before_issue(self, spec: CertSpec) -> None:
+        return None
+
+    def issued(self, spec: CertSpec, issued: IssuedCertificate) -> None:
+        return None
+
+    def before_install(self, cluster: str, changes: Sequence[Change]) -> None:
+        return None
+
+    def installed(self, changes: Sequence[Change]) -> None:
+        return None
+
+    def completed(self, changes: Sequence[Change]) -> None:
+        return None
+
+
+class Rotator:
+    def __init__(
+        self,
+        settings: Settings,
+        vault: VaultClient,
+        clusters: Mapping[str, ClusterClient],
+        *,
+        clock: Clock,
+        hooks: RotationHooks | None = None,
+        followups: FollowUpRunner | None = None,
+        probe: Callable[[str], CertificateInfo] = served_certificate,
+        sleep: Callable[[float], None] | None = None,
+        probe_attempts: int = 5,
+    ) -> None:
+        self.settings = settings
+        self.vault = vault
+        self.clusters = clusters
+        self.clock = clock
+        self.hooks: RotationHooks = hooks or NoHooks()
+        self.followups = followups
+        self._probe = probe
+        self._sleep = sleep or (lambda s: None)
+        self._probe_attempts = probe_attempts
+        self._issuers: dict[str, list[x509.Certificate]] = {}
+        self._chains: dict[str, list[str]] = {}
+        self._bulk_unsupported: set[str] = set()
+
+    # -- reading -------------------------------------------------------------------------
+
+    def issuers(self, mount: str) -> list[x509.Certificate]:
+        """The CA certificates of a PKI mount (GET <mount>/cert/ca_chain), cached per pass."""
+        if mount not in self._issuers:
+            pems = self.vault.ca_chain(mount)
+            self._chains[mount] = pems
+            self._issuers[mount] = [x509.load_pem_x509_certificate(p.encode()) for p in pems]
+        return self._issuers[mount]
+
+    def _trust_own_api_cert(self, cluster: ClusterSettings) -> None:
+        """Trust Vault's chain for the cluster's API once we manage its ``api`` certificate."""
+        spec = cluster.spec(CertName.API)
+        if spec is not None:
+            self.issuers(spec.pki_mount)
+            self.clusters[cluster.name].set_trust(self._chains[spec.pki_mount])
+
+    def statuses_for(
+        self, cluster: ClusterSettings
+    ) -> tuple[list[CertStatus], dict[str, InstalledCertificate]]:
+        self._trust_own_api_cert(cluster)
+        installed = self.clusters[cluster.name].certificates()
+        now = self.clock()
+        statuses = [
+            classify(spec, installed.get(spec.name.value), self.issuers(spec.pki_mount), now)
+            for spec in cluster.certificates
+        ]
+        return statuses, installed
+
+    def status(self) -> PassResult:
+        """Classify every configured certificate; clusters that fail are reported apart."""
+        self._issuers.clear()
+        result = PassResult()
+        for cluster in self.settings.clusters:
+            try:
+                statuses, _ = self.statuses_for(cluster)
+            except VaultBridgeError as exc:
+                result.cluster_errors[cluster.name] = str(exc)
+                continue
+            result.statuses.extend(statuses)
+        return result
+
+    def plan(self, force: Iterable[tuple[str, str]] = ()) -> tuple[list[Action], PassResult]:
+        current = self.status()
+        actions = plan(
+            current.statuses, force=force, replace_foreign=self.settings.agent.replace_foreign
+        )
+        return actions, current
+
+    # -- acting --------------------------------------------------------------------------
+
+    def obtain(self, spec: CertSpec) -> IssuedCertificate:
+        """Get a new certificate from Vault and check it; never returns one unfit to install."""
+        self.hooks.before_issue(spec)
+        self.vault.ensure_token()
+        if spec.mode == "sign":
+            key = generate_key(spec.key_type, spec.key_bits)
+            csr = build_csr(key, spec.common_name, spec.alt_names, spec.ip_sans)
+            data = self.vault.sign(
+                spec.pki_mount,
+                spec.role,
+                csr,
+                common_name=spec.common_name,
+                alt_names=spec.alt_names,
+                ip_sans=spec.ip_sans,
+                ttl=spec.ttl,
+            )
+            issued = IssuedCertificate.from_vault(data, private_key=key_to_pem(key))
+        else:
+            issued = self.vault.issue(
+                spec.pki_mount,
+                spec.role,
+                common_name=spec.common_name,
+                alt_names=spec.alt_names,
+                ip_sans=spec.ip_sans,
+                ttl=spec.ttl,
+            )
+        self.hooks.issued(spec, issued)
+        check_before_install(
+            issued, spec.name, now=self.clock(), requested_ttl=parse_duration(spec.ttl)
+        )
+        logger.info(
+            "issued %s for %s: serial %s, not_after %s",
+            spec.name.value,
+            spec.cluster,
+            issued.serial,
+            issued.not_after.isoformat(),
+        )
+        return issued
+
+    def run_once(
+        self,
+        *,
+        force: Iterable[tuple[str, str]] = (),
+        only: set[tuple[str, str]] | None = None,
+    ) -> PassResult:
+        """One reconcile pass over every cluster and certificate."""
+        actions, result = self.plan(force)
+        if only is not None:
+            actions = [a for a in actions if (a.cluster, a.name) in only]
+        by_cluster: dict[str, list[Action]] = {}
+        for action in actions:
+            by_cluster.setdefault(action.cluster, []).append(action)
+        changes: list[Change] = []
+        # Every certificate is obtained before any is installed, so that the installs on
+        # several clusters follow each other closely and step 2 of the follow-ups (once per
+        # CRDB, after every install) starts as soon as possible after each step 1.
+        ready = {
+            name: self._obtain_cluster(name, cluster_actions, result)
+            for name, cluster_actions in by_cluster.items()
+        }
+        prepared = self._prepare_followups(ready, result)
+        try:
+            for cluster_name, cluster_ready in ready.items():
+                changes.extend(self._install_cluster(cluster_name, cluster_ready, result))
+            if changes:
+                self.hooks.installed(changes)
+                followup_errors = self.run_followups(changes)
+                for change in changes:
+                    error = followup_errors.get((change.cluster, change.name))
+                    result.outcomes.append(
+                        Outcome(
+                            change.cluster,
+                            change.name,
+                            "failed" if error else "installed",
+                            change.issued.serial,
+                            change.issued.not_after,
+                            f"follow-up failed: {error}" if error else None,
+                        )
+                    )
+                self.hooks.completed(
+                    [c for c in changes if (c.cluster, c.name) not in followup_errors]
+                )
+        finally:
+            if prepared is not None:
+                prepared.release()
+        return result
+
+    def _prepare_followups(
+        self, ready: Mapping[str, dict[str, Change]], result: PassResult
+    ) -> PreparingFollowUps | None:
+        """Let the follow-ups prepare for the proxy/syncer installs about to happen; a cluster
+        they are not ready for keeps its current proxy/syncer this pass."""
+        followups = self.followups
+        if not isinstance(followups, PreparingFollowUps):
+            return None
+        clusters = [c for c, r in ready.items() if any(CertName(n).needs_followup for n in r)]
+        if not clusters:
+            return None
+        changes = [
+            change.cert_change
+            for cluster in clusters
+            for change in ready[cluster].values()
+            if CertName(change.name).needs_followup
+        ]
+        for cluster, error in followups.prepare(clusters, changes).items():
+            for name in [n for n in ready[cluster] if CertName(n).needs_followup]:
+                del ready[cluster][name]
+                logger.error("%s on %s: not installed: %s", name, cluster, error)
+                result.outcomes.append(
+                    Outcome(cluster, name, "failed", error=f"not installed: {error}")
+                )
+        return followups
+
+    def run_followups(self, changes: Sequence[Change]) -> dict[tuple[str, str], str]:
+        """Follow-ups for the proxy and syncer changes among ``changes`` (all clusters at once)."""
+        needed = [c.cert_change for c in changes if CertName(c.name).needs_followup]
+        if not needed or self.followups is None:
+            return {}
+        return self.followups.run(needed)
+
+    def _obtain_cluster(
+        self, cluster_name: str, actions: Sequence[Action], result: PassResult
+    ) -> dict[str, Change]:
+        """Certificates from Vault for ``actions``, with what each replaces (by name)."""
+        settings = self.settings.cluster(cluster_name)
+        client = self.clusters[cluster_name]
+        try:
+            previous = client.certificates()
+        except VaultBridgeError as exc:
+            # The cluster stopped answering since the plan: its certificates fail this pass,
+            # the other clusters go on.
+            logger.error("cluster %s: %s", cluster_name, exc)
+            for action in actions:
+                result.outcomes.append(Outcome(cluster_name, action.name, "failed", error=str(exc)))
+            return {}
+        ready: dict[str, Change] = {}
+        for action in actions:
+            spec = settings.spec(action.name)
+            assert spec is not None
+            try:
+                issued = self.obtain(spec)
+            except DeferredError as exc:
+                logger.info("%s on %s: deferred: %s", action.name, cluster_name, exc)
+                result.outcomes.append(Outcome(cluster_name, action.name, "failed", error=str(exc)))
+                continue
+            except VaultBridgeError as exc:
+                logger.error("%s on %s: %s", action.name, cluster_name, exc)
+                result.outcomes.append(Outcome(cluster_name, action.name, "failed", error=str(exc)))
+                continue
+            ready[action.name] = Change(
+                cluster_name, action.name, issued, previous.get(action.name)
+            )
+        return ready
+
+    def _install_cluster(
+        self, cluster_name: str, ready: Mapping[str, Change], result: PassResult
+    ) -> list[Change]:
+        """Install ``ready`` on one cluster, then read each back and check what is served."""
+        if not ready:
+            return []
+        settings = self.settings.cluster(cluster_name)
+        client = self.clusters[cluster_name]
+        try:
+            version = client.lowest_version()
+        except VaultBridgeError as exc:
+            for name in ready:
+                result.outcomes.append(Outcome(cluster_name, name, "failed", error=str(exc)))
+            return []
+        errors = self._install(client, list(ready.values()), version)
+        if isinstance(self.followups, PreparingFollowUps):
+            done = [n for n in ready if CertName(n).needs_followup and n not in errors]
+            if done:
+                self.followups.installed(cluster_name, done)
+        installed: list[Change] = []
+        for name, change in ready.items():
+            error = errors.get(name)
+            if error is None:
+                try:
+                    self._verify(settings, client, change)
+                except VaultBridgeError as exc:
+                    error = str(exc)
+            if error is not None:
+                logger.error("%s on %s: %s", name, cluster_name, error)
+                result.outcomes.append(Outcome(cluster_name, name, "failed", error=error))
+            else:
+                logger.info(
+                    "installed %s on %s: serial %s, not_after %s",
+                    name,
+                    cluster_name,
+                    change.issued.serial,
+                    change.issued.not_after.isoformat(),
+                )
+                installed.append(change)
+        return installed
+
+    def _install(
+        self, client: ClusterClient, changes: Sequence[Change], version: tuple[int, ...]
+    ) -> dict[str, str]:
+        """Install ``changes``; returns an error message per certificate that failed."""
+        by_name = {c.name: c for c in changes}
+        errors: dict[str, str] = {}
+        if client.name in self._bulk_unsupported:
+            version = (0,)
+        for batch in install_batches(list(by_name), version):
+            batch_changes = [by_name[n] for n in batch.names]
+            self.hooks.before_install(client.name, batch_changes)
+            errors.update(self._send_batch(client, batch, batch_changes))
+        return errors
+
+    def _send_batch(
+        self, client: ClusterClient, batch: InstallBatch, changes: Sequence[Change]
+    ) -> dict[str, str]:
+        uploads = [CertUpload.of(c.name, c.issued) for c in changes]
+        if batch.endpoint == "bulk":
+            try:
+                client.put_certificates(uploads)
+                return {}
+            except ClusterError as exc:
+                if exc.status in (404, 405):
+                    logger.info(
+                        "cluster %s has no bulk certificate endpoint (HTTP %s); using update_cert",
+                        client.name,
+                        exc.status,
+                    )
+                    self._bulk_unsupported.add(client.name)
+                elif len(uploads) > 1 and exc.status in (400, 403, 406):
+                    # One bad item rejects the whole request: install one by one so the
+                    # others still go in and the error names the certificate at fault.
+                    return self._one_by_one(client, uploads, bulk=True)
+                else:
+                    return {u.name: str(exc) for u in uploads}
+        return self._one_by_one(client, uploads, bulk=False)
+
+    def _one_by_one(
+        self, client: ClusterClient, uploads: Sequence[CertUpload], *, bulk: bool
+    ) -> dict[str, str]:
+        errors: dict[str, str] = {}
+        for upload in uploads:
+            try:
+                if bulk:
+                    client.put_certificates([upload])
+                else:
+                    client.update_cert(upload)
+            except ClusterError as exc:
+                errors[upload.name] = str(exc)
+        return errors
+
+    def _verify(self, settings: ClusterSettings, client: ClusterClient, change: Change) -> None:
+        """Read the certificate back and check the served leaf."""
+        expected = change.issued.info.fingerprint
+        installed = client.certificates().get(change.name)
+        if installed is None or installed.info.fingerprint != expected:
+            raise VerificationError(
+                "the cluster reports a different certificate after the install",
+                cluster=settings.name,
+                certificate=change.name,
+            )
+        endpoint = settings.endpoint_for(CertName(change.name))
+        if endpoint is None:
+            return
+        served: CertificateInfo | None = None
+        for attempt in range(self._probe_attempts):
+            try:
+                served = self._probe(endpoint)
+            except VerificationError:
+                served = None
+            if served is not None and served.fingerprint == expected:
+                return
+            if attempt < self._probe_attempts - 1:
+                self._sleep(0.2 * (attempt + 1))
+        what = f"serial {served.serial}" if served else "nothing"
+        raise VerificationError(
+            f"{endpoint} serves {what}, not the new certificate {change.issued.serial}",
+            cluster=settings.name,
+            certificate=change.name,
+        )

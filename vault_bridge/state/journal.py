@@ -1,0 +1,331 @@
+"""The intent journal: :class:`Keeper` records every step of a rotation in the state directory.
+
+It is the :class:`vault_bridge.rotation.executor.RotationHooks` of the agent and of the CLI's one-shot
+pass: the runaway guard before Vault is asked, then the journal entry (an
+:class:`vault_bridge.state.records.Intent`) moves ``issued`` -> ``installing`` -> ``followups`` ->
+cleared, each step saved before the next starts. :meth:`Keeper.replay` resolves what a killed
+agent or pass left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+
+from vault_bridge.config.durations import parse_duration
+from vault_bridge.config.schema import CertSpec, Settings
+from vault_bridge.decisions.schedule import Backoff, is_expiring, runaway_until
+from vault_bridge.errors import DeferredError, StateError, VaultBridgeError
+from vault_bridge.models.certificates import CertName, IssuedCertificate
+from vault_bridge.rotation.executor import Change, Rotator
+from vault_bridge.state.records import Intent, Key, State, iso, key_text, log_change
+from vault_bridge.state.store import StateDir
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+class RunawayGuardError(VaultBridgeError):
+    """``max_issues_per_hour`` certificates were issued for one cluster/name: stop issuing it."""
+
+
+class StoppingError(DeferredError):
+    """The agent is stopping: no new certificate is requested."""
+
+
+class JournalPendingError(DeferredError):
+    """The journal still holds an earlier change of this certificate: it goes first."""
+
+
+class Keeper:
+    """Records every step of a rotation in the state directory (the agent and the CLI).
+
+    Before Vault is asked: the runaway guard, and the issue time is saved (nothing is issued
+    that cannot be recorded). After: the journal moves ``issued`` -> ``installing`` ->
+    ``followups`` -> cleared, each saved before the next step starts.
+    """
+
+    def __init__(
+        self,
+        state_dir: StateDir,
+        settings: Settings,
+        *,
+        clock: Clock,
+        stopping: Callable[[], bool] = lambda: False,
+        on_installed: Callable[[Change], None] | None = None,
+    ) -> None:
+        self.state_dir = state_dir
+        self.settings = settings
+        self.clock = clock
+        self._stopping = stopping
+        self._on_installed = on_installed
+        self.state: State | None = None
+        self.error: str | None = None  # why the state cannot be read or written
+        self.rotations: Counter[tuple[str, str, str]] = Counter()
+        self.runaway: dict[Key, datetime] = {}
+
+    @property
+    def healthy(self) -> bool:
+        return self.state is not None and self.error is None
+
+    def load(self) -> State:
+        try:
+            self.state = self.state_dir.load()
+        except StateError as exc:
+            self.error = str(exc)
+            raise
+        self.error = None
+        return self.state
+
+    def save(self) -> None:
+        if self.state is None:
+            raise StateError(self.error or "the state is not loaded")
+        try:
+            self.state_dir.save(self.state)
+        except StateError as exc:
+            if self.error != str(exc):
+                logger.error("%s", exc)
+            self.error = str(exc)
+            raise
+        if self.error is not None:
+            logger.info("the state directory is writable again")
+        self.error = None
+
+    def save_quietly(self) -> None:
+        """Save after a step that has happened already (an install): a failure is logged and
+        the agent stops issuing, but the step goes on."""
+        with contextlib.suppress(StateError):
+            self.save()
+
+    def _grace(self) -> timedelta:
+        return parse_duration(self.settings.agent.revoke_grace)
+
+    def _mount(self, cluster: str, name: str) -> str:
+        spec = self.settings.cluster(cluster).spec(name)
+        return spec.pki_mount if spec else ""
+
+    # -- RotationHooks -----------------------------------------------------------------------
+
+    def before_issue(self, spec: CertSpec) -> None:
+        key = (cluster, name) = (spec.cluster, spec.name.value)
+        if self._stopping():
+            raise StoppingError(
+                "stopping: no new certificate is requested", cluster=cluster, certificate=name
+            )
+        if self.state is None or self.error is not None:
+            reason = self.error or "the state is not loaded"
+            raise StateError(f"not issuing: {reason}", cluster=cluster, certificate=name)
+        now = self.clock()
+        self._journal_guard(key, now)
+        limit = self.settings.agent.max_issues_per_hour
+        until = runaway_until(self.state.record(key).issued_at, now, limit)
+        if until is not None:
+            self.runaway[key] = until
+            self.rotations[(*key, "blocked")] += 1
+            message = (
+                f"runaway guard: {limit} certificates issued in the last hour "
+                f"(max_issues_per_hour); not issuing again before {iso(until)}"
+            )
+            logger.error(
+                "%s on %s: %s",
+                name,
+                cluster,
+                message,
+                extra={"cluster": cluster, "certificate": name},
+            )
+            raise RunawayGuardError(message, cluster=cluster, certificate=name)
+        self.runaway.pop(key, None)
+        self.state.note_issue(key, now)
+        try:
+            self.save()
+        except StateError:
+            self.state.forget_issue(key, now)
+            raise
+
+    def _journal_guard(self, key: Key, now: datetime) -> None:
+        """No new certificate while the last install is unresolved, nor while the follow-ups
+        of the last change are pending - unless that certificate is expiring."""
+        assert self.state is not None
+        if key in self.state.journal:
+            raise JournalPendingError(
+                "the outcome of the last install is not known yet (journal replay first)",
+                cluster=key[0],
+                certificate=key[1],
+            )
+        pending = self.state.pending.get(key)
+        if pending is not None:
+            if not is_expiring(pending.info.not_before, pending.not_after, now):
+                raise JournalPendingError(
+                    "the follow-ups of the last change are still pending (retried from the "
+                    "journal); not rotating again before they succeed",
+                    cluster=key[0],
+                    certificate=key[1],
+                )
+            logger.warning(
+                "%s: follow-ups still pending, but the certificate is expiring: rotating",
+                key_text(key),
+            )
+
+    def blocked_by_journal(self, now: datetime) -> set[Key]:
+        """Certificates a pass must leave alone until the journal replay succeeded."""
+        if self.state is None:
+            return set()
+        return set(self.state.journal) | {
+            key
+            for key, intent in self.state.pending.items()
+            if not is_expiring(intent.info.not_before, intent.not_after, now)
+        }
+
+    def issued(self, spec: CertSpec, issued: IssuedCertificate) -> None:
+        assert self.state is not None
+        self.state.journal_issued(
+            Intent(
+                cluster=spec.cluster,
+                name=spec.name.value,
+                phase="issued",
+                serial=issued.serial,
+                not_after=issued.not_after,
+                mount=spec.pki_mount,
+                new_pem=issued.chain_pem,
+                old_pem=None,
+                lease_id=issued.lease_id,
+                started_at=self.clock(),
+            )
+        )
+        self.save()
+
+    def before_install(self, cluster: str, changes: Sequence[Change]) -> None:
+        assert self.state is not None
+        for change in changes:
+            self.state.journal_installing(
+                Intent(
+                    cluster=cluster,
+                    name=change.name,
+                    phase="installing",
+                    serial=change.issued.serial,
+                    not_after=change.issued.not_after,
+                    mount=self._mount(cluster, change.name),
+                    new_pem=change.issued.chain_pem,
+                    old_pem=change.previous.pem if change.previous else None,
+                    lease_id=change.issued.lease_id,
+                    started_at=self.clock(),
+                )
+            )
+        self.save()
+
+    def installed(self, changes: Sequence[Change]) -> None:
+        assert self.state is not None
+        revoke_after = self.clock() + self._grace()
+        for change in changes:
+            key = (change.cluster, change.name)
+            self.state.journal_installed(key, revoke_after)
+            self.state.update(key, backoff=Backoff())
+            if self._on_installed is not None:
+                self._on_installed(change)
+        self.save_quietly()
+
+    def completed(self, changes: Sequence[Change]) -> None:
+        assert self.state is not None
+        for change in changes:
+            key = (change.cluster, change.name)
+            pending = self.state.pending.get(key)
+            ran_from = change.previous.pem if change.previous else None
+            if pending is not None and pending.old_pem != ran_from:
+                # merged with an earlier unfinished change: the follow-ups that just ran
+                # started from the wrong certificate; the journal replay runs the right ones
+                logger.info(
+                    "%s: follow-ups of an earlier change run from the journal", key_text(key)
+                )
+                continue
+            self._complete(key)
+        self.save_quietly()
+
+    def _complete(self, key: Key) -> None:
+        assert self.state is not None
+        intent = self.state.complete(key, revoke_after=self.clock() + self._grace())
+        if intent is None:
+            return
+        self.rotations[(*key, "success")] += 1
+        _log_intent("rotated", intent)
+
+    # -- replay ------------------------------------------------------------------------------
+
+    def unresolved(self) -> set[Key]:
+        """Certificates whose last install may or may not have happened."""
+        return set(self.state.journal) if self.state is not None else set()
+
+    def replay(self, rotator: Rotator) -> dict[Key, str]:
+        """Resolve the journal: a certificate issued but never sent is an orphan (revoked);
+        an install that may have happened is looked up on the cluster; pending follow-ups run.
+        Returns an error by certificate for what is still pending."""
+        state = self.state
+        if state is None or not (state.journal or state.pending):
+            return {}
+        now = self.clock()
+        errors: dict[Key, str] = {}
+        served: dict[str, dict[str, str]] = {}
+        for key, intent in sorted(state.journal.items()):
+            if intent.phase == "issued":
+                state.orphan(intent, now)
+                _log_intent("issued but never installed (will be revoked)", intent)
+            elif intent.phase == "installing":
+                client = rotator.clusters.get(intent.cluster)
+                if client is None:
+                    logger.warning("%s: cluster no longer configured; dropped", key_text(key))
+                    state.orphan(intent, now)
+                    continue
+                if intent.cluster not in served:
+                    try:
+                        certs = client.certificates()
+                    except VaultBridgeError as exc:
+                        errors[key] = str(exc)
+                        continue
+                    served[intent.cluster] = {n: c.info.fingerprint for n, c in certs.items()}
+                if served[intent.cluster].get(intent.name) == intent.info.fingerprint:
+                    state.journal_installed(key, now + self._grace())
+                    _log_intent("the interrupted install did happen", intent)
+                else:
+                    state.orphan(intent, now)
+                    _log_intent("the interrupted install did not happen (will be revoked)", intent)
+        pending = list(state.pending.values())
+        needing = [i for i in pending if _needs_followup(i.name)]
+        if needing and rotator.followups is not None:
+            logger.info(
+                "running %d pending follow-up(s) from the journal: %s",
+                len(needing),
+                ", ".join(key_text(i.key) for i in needing),
+            )
+            try:
+                failed = rotator.followups.run([i.cert_change for i in needing])
+            except VaultBridgeError as exc:
+                failed = {i.key: str(exc) for i in needing}
+            for failed_key, message in failed.items():
+                logger.error("follow-up of %s failed: %s", key_text(failed_key), message)
+            errors.update(failed)
+        for intent in pending:
+            if intent.key not in errors:
+                self._complete(intent.key)
+        self.save_quietly()
+        return errors
+
+
+def _log_intent(message: str, intent: Intent) -> None:
+    """One INFO line for a state change of the journaled certificate ``intent``."""
+    log_change(
+        message,
+        cluster=intent.cluster,
+        certificate=intent.name,
+        serial=intent.serial,
+        not_after=intent.not_after,
+    )
+
+
+def _needs_followup(name: str) -> bool:
+    try:
+        return CertName(name).needs_followup
+    except ValueError:
+        return False

@@ -1,1 +1,0 @@
-"""Test doubles for vault_bridge: a simulated Redis Enterprise cluster on loopback."""
