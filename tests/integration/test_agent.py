@@ -48,6 +48,7 @@ from vault_bridge_lab.simulator import SimulatedCluster
 
 from tests.conftest import register_secret
 from tests.integration.conftest import PKI_ROLES
+from tests.state_files import read_state
 from vault_bridge.adapters.tls_probe import verify_chain
 from vault_bridge.decisions.schedule import max_attempts
 from vault_bridge.models.certificates import CertificateInfo
@@ -110,14 +111,6 @@ def revoked(vault: OpenBaoServer, mount: str, serial: str) -> bool:
 
 def served(sim: SimulatedCluster, name: str) -> CertificateInfo:
     return CertificateInfo.from_pem(sim.installed_pem(name))
-
-
-def read_state(state_dir: Path) -> dict[str, Any]:
-    try:
-        data: dict[str, Any] = json.loads((state_dir / "state.json").read_text())
-    except (FileNotFoundError, ValueError):
-        return {}
-    return data
 
 
 def journal_phases(state_dir: Path) -> list[str]:
@@ -671,10 +664,9 @@ def test_sigterm_mid_pass_finishes_the_step_and_issues_nothing_more(
     own = fresh_pki(openbao)
     lab = lab_factory(pki=own, names=("proxy", "syncer"), clusters=("east", "west"))
     east, west = lab.sims
-    # A pass obtains every certificate, then installs: hold it after east's certificates
-    # came from Vault, on west's read before its own (the first read of west, the planning
-    # one, goes through).
-    west.inject_fault("GET", BULK, 0)
+    # A pass obtains a cluster's certificates as soon as that cluster is read, and installs
+    # once every certificate is obtained: hold it after east's certificates came from Vault,
+    # on west's read (nothing of west asked of Vault yet).
     west.inject_fault("GET", BULK, 0, delay=4)
     with lab.daemon("sigterm") as agent:
         wait_for("east's certificates", lambda: journal_phases(lab.state_dir) == ["issued"] * 2)

@@ -34,6 +34,7 @@ from vault_bridge_lab.simulator import DatabaseWorld, Outage, SimulatedCluster
 
 from tests.conftest import make_ca, register_secret
 from tests.integration import docker_helpers
+from tests.state_files import read_state
 from vault_bridge.adapters.redis_enterprise import ClusterClient
 from vault_bridge.agent.health import Metrics
 from vault_bridge.cli.main import cli
@@ -690,11 +691,7 @@ def test_agent_killed_between_step_1_and_step_2_runs_step_2_first_on_restart(
         return proc, log
 
     def journal() -> list[dict[str, Any]]:
-        try:
-            data = json.loads((state_dir / "state.json").read_text())
-        except (FileNotFoundError, ValueError):
-            return []
-        entries: list[dict[str, Any]] = data.get("journal", [])
+        entries: list[dict[str, Any]] = read_state(state_dir).get("journal", [])
         return entries
 
     first, first_log = start("first")

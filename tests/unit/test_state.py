@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import OfflineCA
+from tests.state_files import read_state, snapshot
 from vault_bridge.config.schema import CertSpec, Settings, parse_config
 from vault_bridge.decisions.schedule import Backoff
 from vault_bridge.errors import ClusterError, StateError
@@ -166,9 +167,10 @@ def test_state_round_trip(state_dir: StateDir, test_ca: OfflineCA) -> None:
     state_dir.save(state)
     again = state_dir.load()
     assert again == state
-    text = state_dir.state_path.read_text()
+    text = state_dir.cluster_path("east").read_text()
     assert "PRIVATE KEY" not in text  # the journal carries public PEMs only
-    assert stat.S_IMODE(state_dir.state_path.stat().st_mode) == 0o600
+    for path in (state_dir.state_path, state_dir.cluster_path("east")):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
 def test_no_state_file_is_an_empty_state(state_dir: StateDir) -> None:
@@ -191,6 +193,102 @@ def test_corrupt_state_file_is_kept_and_named(state_dir: StateDir, content: byte
     with pytest.raises(StateError):
         state_dir.load()
     assert len(list(state_dir.path.glob("state.json.corrupt-*"))) == 1  # one copy per content
+
+
+def test_a_corrupt_cluster_file_is_kept_and_named(state_dir: StateDir) -> None:
+    state = State()
+    state.update(("east", "proxy"), serial="01")
+    state.update(("west", "proxy"), serial="02")
+    state_dir.save(state)
+    path = state_dir.cluster_path("west")
+    content = b'{"version": 2, "cluster": "west", "journal": [{"phase": "x"}]}'
+    path.write_bytes(content)
+    with pytest.raises(StateError) as raised:
+        state_dir.load()
+    message = str(raised.value)
+    (copy,) = state_dir.clusters_path.glob("west.json.corrupt-*")
+    assert str(path) in message and str(copy) in message and "corrupt" in message
+    assert path.read_bytes() == content == copy.read_bytes()  # never lost nor overwritten
+
+
+def test_a_step_rewrites_only_its_own_clusters_file(
+    state_dir: StateDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = State()
+    for index in range(50):
+        state.update((f"c{index:02}", "proxy"), serial=f"{index:02x}")
+    state_dir.save(state)
+    assert len(list(state_dir.clusters_path.iterdir())) == 50
+    written: list[Path] = []
+    real = write_atomic
+
+    def counting(path: Path, content: str | bytes) -> None:
+        written.append(path)
+        real(path, content)
+
+    import vault_bridge.state.store as store
+
+    monkeypatch.setattr(store, "write_atomic", counting)
+    state.note_issue(("c07", "proxy"), T0)
+    state_dir.save(state, ["c07"])
+    state_dir.save(state)  # everything that changed: nothing else did
+    monkeypatch.undo()
+    assert written == [state_dir.cluster_path("c07"), state_dir.state_path]
+    again = StateDir(state_dir.path).load()
+    assert again == state
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", ".hidden", "east west", "ünïcode"])
+def test_cluster_names_never_escape_the_clusters_directory(state_dir: StateDir, name: str) -> None:
+    state = State()
+    state.update((name, "proxy"), serial="01")
+    state_dir.save(state)
+    path = state_dir.cluster_path(name)
+    assert path.parent == state_dir.clusters_path and not path.name.startswith(".")
+    assert StateDir(state_dir.path).load() == state
+
+
+def test_a_version_1_state_file_is_migrated(state_dir: StateDir, test_ca: OfflineCA) -> None:
+    issued = issued_cert(test_ca)
+    state = State()
+    state.update(("east", "proxy"), serial="01", mount="pki_int", issued_at=(T0,))
+    state.update(("west", "cm"), serial="02")
+    state.superseded.append(Superseded("west", "cm", "0a:0b", "pki_int", T0, T0))
+    state.pending[("east", "proxy")] = intent("followups", "proxy", issued, issued.chain_pem)
+    legacy = state.to_json()
+    legacy["version"] = 1
+    state_dir.state_path.write_text(json.dumps(legacy))
+    assert state_dir.load() == state
+    assert json.loads(state_dir.state_path.read_text())["version"] == 2
+    assert sorted(p.name for p in state_dir.clusters_path.iterdir()) == ["east.json", "west.json"]
+    assert StateDir(state_dir.path).load() == state  # read back from the cluster files
+
+
+def test_a_migration_cut_short_is_done_again(
+    state_dir: StateDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = State()
+    state.update(("east", "proxy"), serial="01")
+    state.update(("west", "proxy"), serial="02")
+    legacy = state.to_json()
+    legacy["version"] = 1
+    state_dir.state_path.write_text(json.dumps(legacy))
+    import vault_bridge.state.store as store
+
+    real = store.write_atomic
+
+    def dies_at_the_marker(path: Path, content: str | bytes) -> None:
+        if path.name == "state.json":
+            raise StateError("killed")
+        real(path, content)
+
+    monkeypatch.setattr(store, "write_atomic", dies_at_the_marker)
+    with pytest.raises(StateError):
+        StateDir(state_dir.path).load()
+    assert json.loads(state_dir.state_path.read_text())["version"] == 1  # still the original
+    monkeypatch.undo()
+    assert StateDir(state_dir.path).load() == state
+    assert json.loads(state_dir.state_path.read_text())["version"] == 2
 
 
 @contextlib.contextmanager
@@ -233,15 +331,15 @@ def test_read_only_directory_stops_issuing(
     keeper: Keeper, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     keeper.save()
-    before = keeper.state_dir.state_path.read_bytes()
-    with read_only(keeper.state_dir.path, monkeypatch):
+    before = snapshot(keeper.state_dir.path)
+    with read_only(keeper.state_dir.clusters_path, monkeypatch):
         with pytest.raises(StateError, match="nothing is issued until it works"):
             keeper.before_issue(spec(settings, "proxy"))
         assert not keeper.healthy
         with pytest.raises(StateError, match="not issuing"):  # and it stays stopped
             keeper.before_issue(spec(settings, "proxy"))
     assert keeper.state is not None and keeper.state.record(("east", "proxy")).issued_at == ()
-    assert keeper.state_dir.state_path.read_bytes() == before
+    assert snapshot(keeper.state_dir.path) == before
     keeper.save()  # writable again: issuing resumes
     assert keeper.healthy
     keeper.before_issue(spec(settings, "proxy"))
@@ -250,8 +348,11 @@ def test_read_only_directory_stops_issuing(
 def test_full_disk_is_a_state_error_and_the_old_file_stays(
     keeper: Keeper, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    assert keeper.state is not None
+    keeper.state.update(("east", "proxy"), serial="01")
     keeper.save()
-    before = keeper.state_dir.state_path.read_bytes()
+    before = snapshot(keeper.state_dir.path)
+    keeper.state.update(("east", "proxy"), serial="02")
 
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -260,8 +361,13 @@ def test_full_disk_is_a_state_error_and_the_old_file_stays(
     with pytest.raises(StateError, match="no space left"):
         keeper.save()
     monkeypatch.undo()
-    assert keeper.state_dir.state_path.read_bytes() == before
-    assert sorted(p.name for p in keeper.state_dir.path.iterdir()) == ["requests", "state.json"]
+    assert snapshot(keeper.state_dir.path) == before
+    assert sorted(p.name for p in keeper.state_dir.path.iterdir()) == [
+        "clusters",
+        "requests",
+        "state.json",
+    ]
+    assert [p.name for p in keeper.state_dir.clusters_path.iterdir()] == ["east.json"]
 
 
 def test_unwritable_location_is_a_state_error(tmp_path: Path) -> None:
@@ -310,8 +416,7 @@ def test_requests_and_answers(state_dir: StateDir) -> None:
 
 
 def on_disk(keeper: Keeper) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(keeper.state_dir.state_path.read_text())
-    return data
+    return read_state(keeper.state_dir.path)
 
 
 def test_a_rotation_through_the_journal(
@@ -351,7 +456,7 @@ def test_a_rotation_through_the_journal(
     assert (superseded["serial"], superseded["reason"]) == (old.serial, "superseded")
     assert superseded["revoke_after"] == "2026-03-01T13:05:00Z"  # after the grace period
     assert keeper.rotations[("east", "proxy", "success")] == 1
-    assert "PRIVATE KEY" not in keeper.state_dir.state_path.read_text()
+    assert "PRIVATE KEY" not in keeper.state_dir.cluster_path("east").read_text()
 
 
 def test_a_foreign_certificate_is_never_queued_for_revocation(

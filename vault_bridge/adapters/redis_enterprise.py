@@ -87,9 +87,12 @@ class ClusterClient:
         retries: int = 3,
         backoff: float = 0.5,
         password: Callable[[], str] | None = None,
+        monotonic: Callable[[], float] | None = None,
+        version_ttl: float = 3600.0,
     ) -> None:
         """``password`` reads the password (from Vault) when ``settings`` has none; it is
-        called once, on the first request."""
+        called once, on the first request. The lowest node version is read again after
+        ``version_ttl`` seconds (``monotonic`` is the clock)."""
         if settings.password is None and password is None:
             raise ValueError(f"cluster {settings.name}: no password and no way to read one")
         self._password_source = password
@@ -101,6 +104,10 @@ class ClusterClient:
         self._bundle_dir: tempfile.TemporaryDirectory[str] | None = None
         self._verify: str | bool = True
         self._pool_size = 10  # requests' default pool_maxsize
+        self._monotonic = monotonic or _monotonic
+        self._version_ttl = version_ttl
+        self._version: tuple[float, tuple[int, ...]] | None = None
+        self._last_read: dict[str, InstalledCertificate] | None = None
         self._session = self._new_session()
         self._pin_session: requests.Session | None = None
         if settings.insecure_skip_verify:
@@ -277,35 +284,63 @@ class ClusterClient:
         return [Node(int(n["uid"]), str(n.get("software_version", "0"))) for n in data]
 
     def lowest_version(self) -> tuple[int, ...]:
-        """The lowest ``software_version`` over the nodes (GET /v1/nodes)."""
+        """The lowest ``software_version`` over the nodes (GET /v1/nodes), read again once
+        ``version_ttl`` has passed. Kept in between: during a rolling upgrade the lowest version
+        only rises, and an endpoint a cluster lacks is noticed at the install (404/405)."""
+        now = self._monotonic()
+        if self._version is not None and now - self._version[0] < self._version_ttl:
+            return self._version[1]
         nodes = self.nodes()
         if not nodes:
             raise ClusterError("the cluster reports no nodes", cluster=self.name)
-        return min(n.version for n in nodes)
+        lowest = min(n.version for n in nodes)
+        self._version = (now, lowest)
+        return lowest
 
     def cluster_info(self) -> dict[str, Any]:
         """GET /v1/cluster"""
         return dict(self.request("GET", "/v1/cluster"))
 
     def certificates(self) -> dict[str, InstalledCertificate]:
-        """GET /v1/cluster/certificates -> installed certificates by name (keys dropped)."""
+        """GET /v1/cluster/certificates -> installed certificates by name (keys dropped).
+
+        The answer is kept as :meth:`last_certificates` until the next install request."""
         data = self.request("GET", "/v1/cluster/certificates")
+        if not isinstance(data, dict):
+            raise ClusterError(
+                "GET /v1/cluster/certificates did not answer a JSON object", cluster=self.name
+            )
         out: dict[str, InstalledCertificate] = {}
         for key, value in data.items():
             if key.endswith("_cert") and isinstance(value, str) and value.strip():
                 name = key.removesuffix("_cert")
                 out[name] = InstalledCertificate.from_pem(name, value)
+        self._last_read = dict(out)
         return out
+
+    def last_certificates(self) -> dict[str, InstalledCertificate]:
+        """What the last GET /v1/cluster/certificates answered, when no install request was
+        sent since and :meth:`forget_certificates` was not called; else a new read (one
+        read of a pass serves the plan, the install and the follow-ups' discovery)."""
+        if self._last_read is None:
+            return self.certificates()
+        return dict(self._last_read)
+
+    def forget_certificates(self) -> None:
+        """The next :meth:`last_certificates` reads the cluster again."""
+        self._last_read = None
 
     def put_certificates(self, items: Sequence[CertUpload]) -> None:
         """PUT /v1/cluster/certificates (bulk, 7.22.2+); all items or none are applied."""
         body = {"certificates": [item.as_json() for item in items]}
+        self._last_read = None  # sent: what the cluster serves may change, even on an error
         self.request(
             "PUT", "/v1/cluster/certificates", body, certificate=",".join(i.name for i in items)
         )
 
     def update_cert(self, item: CertUpload) -> None:
         """PUT /v1/cluster/update_cert (one certificate, every version)."""
+        self._last_read = None
         self.request("PUT", "/v1/cluster/update_cert", item.as_json(), certificate=item.name)
 
     def can_install(self) -> bool:
@@ -397,3 +432,9 @@ def _real_sleep(seconds: float) -> None:
     import time
 
     time.sleep(seconds)
+
+
+def _monotonic() -> float:
+    import time
+
+    return time.monotonic()

@@ -214,7 +214,7 @@ class Agent:
         try:
             if self.keeper.state is None:
                 self.keeper.load()
-                logger.info("state loaded from %s", self.state_dir.state_path)
+                logger.info("state loaded from %s", self.state_dir.path)
             self.keeper.save()  # proves the directory writable before anything is issued
         except StateError as exc:
             self.state_backoff = after_failure(

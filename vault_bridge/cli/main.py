@@ -2,6 +2,10 @@
 
 Exit codes: 0 success, 1 operational failure, 2 usage or configuration error
 (`plan --detailed-exitcode`: 0 nothing to do, 1 error, 2 changes pending).
+
+Start-up stays short: this module imports click and the error classes only; each command
+imports what it uses when it runs (``--help`` loads neither the configuration schema nor an
+adapter; ``status`` never loads the agent, the follow-ups or the journal).
 """
 
 from __future__ import annotations
@@ -10,17 +14,16 @@ import logging
 import sys
 import traceback
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from vault_bridge import __version__
 from vault_bridge.cli.logs import configure
-from vault_bridge.config.schema import Settings, load_config
+from vault_bridge.config.limits import MAX_CONCURRENCY
 from vault_bridge.errors import ConfigError, LabMissingError, VaultBridgeError
 
 if TYPE_CHECKING:
+    from vault_bridge.config.schema import Settings
     from vault_bridge.rotation.executor import PassResult
 
 logger = logging.getLogger(__name__)
@@ -35,8 +38,38 @@ class Context:
 
     def settings(self) -> Settings:
         if self._settings is None:
+            from vault_bridge.config.schema import load_config
+
             self._settings = load_config(self.config_path)
         return self._settings
+
+
+def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from vault_bridge import __version__
+
+    click.echo(f"vault-bridge, version {__version__}")
+    ctx.exit()
+
+
+def _with_concurrency(settings: Settings, concurrency: int | None) -> Settings:
+    """``settings`` with ``[agent] concurrency`` replaced by the command line's."""
+    if concurrency is None:
+        return settings
+    import dataclasses
+
+    agent = settings.agent.model_copy(update={"concurrency": concurrency})
+    return dataclasses.replace(settings, agent=agent)
+
+
+concurrency_option = click.option(
+    "--concurrency",
+    type=click.IntRange(1, MAX_CONCURRENCY),
+    default=None,
+    help="Certificates worked on at once (default: [agent] concurrency). A pass handed over "
+    "to a running agent uses the agent's.",
+)
 
 
 class _Group(click.Group):
@@ -72,7 +105,14 @@ pass_ctx = click.make_pass_decorator(Context)
     default=None,
     help="Log format (default: [agent] log_format, else text).",
 )
-@click.version_option(__version__, prog_name="vault-bridge")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_show_version,
+    help="Show the version and exit.",
+)
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None, verbose: bool, log_format: str | None) -> None:
     """Certificates from Vault PKI for Redis Enterprise clusters."""
@@ -88,10 +128,13 @@ def _configure_from(ctx: Context, settings: Settings) -> None:
 @click.option(
     "--once", is_flag=True, help="One reconcile pass, then exit (0 all valid, 1 any failed)."
 )
+@concurrency_option
 @pass_ctx
-def run(ctx: Context, once: bool) -> None:
+def run(ctx: Context, once: bool, concurrency: int | None) -> None:
     """Reconcile every cluster: issue and install what is missing, foreign or due."""
-    settings = ctx.settings()
+    if concurrency is not None and not once:
+        raise click.UsageError("--concurrency goes with --once; the agent uses [agent] concurrency")
+    settings = _with_concurrency(ctx.settings(), concurrency)
     _configure_from(ctx, settings)
     if not once:
         from vault_bridge.agent.daemon import run_agent
@@ -123,10 +166,17 @@ def _finish(result: PassResult) -> None:
 @click.argument("names", nargs=-1)
 @click.option("--cluster", "cluster_name", help="Only this cluster (default: every cluster).")
 @click.option("--all", "all_", is_flag=True, help="Every configured certificate.")
+@concurrency_option
 @pass_ctx
-def issue(ctx: Context, names: tuple[str, ...], cluster_name: str | None, all_: bool) -> None:
+def issue(
+    ctx: Context,
+    names: tuple[str, ...],
+    cluster_name: str | None,
+    all_: bool,
+    concurrency: int | None,
+) -> None:
     """Re-issue and install NAME... now, whatever their expiry."""
-    settings = ctx.settings()
+    settings = _with_concurrency(ctx.settings(), concurrency)
     if bool(names) == all_:
         raise ConfigError("give certificate names or --all (not both)")
     clusters = [settings.cluster(cluster_name)] if cluster_name else list(settings.clusters)
@@ -162,7 +212,7 @@ def status(ctx: Context, as_json: bool) -> None:
     from vault_bridge.rotation.app import build
 
     settings = ctx.settings()
-    with build(settings) as app:
+    with build(settings, read_only=True) as app:
         result = app.rotator.status()
     click.echo(status_json(result.statuses) if as_json else status_table(result.statuses))
     for cluster, error in result.cluster_errors.items():
@@ -184,7 +234,7 @@ def plan(ctx: Context, detailed_exitcode: bool) -> None:
     from vault_bridge.rotation.app import build
 
     settings = ctx.settings()
-    with build(settings) as app:
+    with build(settings, read_only=True) as app:
         actions, current = app.rotator.plan()
     click.echo(plan_text(actions))
     for cluster, error in current.cluster_errors.items():
@@ -214,7 +264,7 @@ def validate(ctx: Context, connect: bool) -> None:
     from vault_bridge.rotation.app import build
     from vault_bridge.rotation.connect_checks import connect_checks
 
-    with build(settings) as app:
+    with build(settings, read_only=True) as app:
         problems = connect_checks(app)
     for problem in problems:
         click.echo(f"error: {problem}", err=True)
@@ -298,6 +348,8 @@ def demo() -> None:
     The demo comes from the lab distribution (``vault-bridge-lab``, in ``lab/``), found through
     its ``vault_bridge.lab`` entry point; the runtime never imports it.
     """
+    from importlib.metadata import entry_points
+
     found = entry_points(group="vault_bridge.lab", name="demo")
     if not found:
         raise LabMissingError(

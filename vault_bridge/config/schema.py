@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from vault_bridge.config.durations import parse_duration
+from vault_bridge.config.limits import DEFAULT_CONCURRENCY, MAX_CONCURRENCY
 from vault_bridge.errors import ConfigError
 from vault_bridge.models.certificates import CertName, KeyType, Mode
 
@@ -178,6 +179,9 @@ class AgentConfig(_Strict):
     revoke_superseded: bool = True
     revoke_grace: str = "1h"
     stop_grace: str = "30s"
+    # Certificates obtained, installed and checked at the same time, across clusters and
+    # within one (key generation, Vault and the clusters overlap).
+    concurrency: int = Field(default=DEFAULT_CONCURRENCY, ge=1, le=MAX_CONCURRENCY)
 
     _dur = field_validator("resync_interval", "revoke_grace", "stop_grace")(_check_duration)
 

@@ -93,11 +93,13 @@ def build(
     sleep: Callable[[float], None] | None = None,
     followups: FollowUpRunner | None = None,
     rotator_cls: type[Rotator] = Rotator,
+    read_only: bool = False,
 ) -> App:
     """The adapters and the executor for ``settings``.
 
     ``hooks`` is the agent's state journal; ``rotator_cls`` lets the agent use a subclass
-    of :class:`Rotator`.
+    of :class:`Rotator`; ``read_only`` (``status``, ``plan``, ``validate``) leaves the
+    follow-ups out, and with them the modules they need.
     """
     import time
 
@@ -107,7 +109,8 @@ def build(
         c.name: ClusterClient(c, sleep=real_sleep, password=_vault_password(vault, c))
         for c in settings.clusters
     }
-    followups = _bind_followups(settings, clusters, followups)
+    if not read_only:
+        followups = _bind_followups(settings, clusters, followups)
     rotator = rotator_cls(
         settings,
         vault,

@@ -3,15 +3,26 @@
 A pass reads what every cluster serves, classifies it (:mod:`vault_bridge.decisions.renewal`), obtains a
 certificate from Vault for each one due, checks it, installs it, reads it back and checks the
 served leaf. One certificate's failure never stops the others.
+
+Work runs on a bounded pool (``[agent] concurrency``) in three phases, each finished before the
+next starts: every cluster is read (once); every certificate due is obtained (key, CSR, Vault,
+checks), across clusters and within each; then every cluster is installed - one request per
+batch, the internode certificates in a batch of their own, then one read to verify the cluster.
+The follow-ups prepare before the install phase and run after it, so the Active-Active step 2
+of a CRDB goes once, after the last install on every cluster it spans. Hooks (the journal) and
+the follow-ups' ``installed`` are called one at a time, never concurrently.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 from cryptography import x509
 
@@ -31,10 +42,13 @@ from vault_bridge.models.certificates import (
     IssuedCertificate,
 )
 from vault_bridge.rotation.keys import build_csr, check_before_install, generate_key, key_to_pem
+from vault_bridge.rotation.throttle import VaultThrottle
 
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+T = TypeVar("T")
+U = TypeVar("U")
 
 
 @dataclass(frozen=True)
@@ -171,7 +185,11 @@ class Rotator:
         probe: Callable[[str], CertificateInfo] = served_certificate,
         sleep: Callable[[float], None] | None = None,
         probe_attempts: int = 5,
+        concurrency: int | None = None,
+        vault_sleep: Callable[[float], None] | None = None,
     ) -> None:
+        """``concurrency`` defaults to ``[agent] concurrency``; ``vault_sleep`` waits between
+        retries after Vault pushed back (429/5xx), real time unless injected."""
         self.settings = settings
         self.vault = vault
         self.clusters = clusters
@@ -181,19 +199,33 @@ class Rotator:
         self._probe = probe
         self._sleep = sleep or (lambda s: None)
         self._probe_attempts = probe_attempts
+        self.concurrency = max(1, concurrency or settings.agent.concurrency)
+        self.throttle = VaultThrottle(self.concurrency, sleep=vault_sleep or time.sleep)
         self._issuers: dict[str, list[x509.Certificate]] = {}
         self._chains: dict[str, list[str]] = {}
         self._bulk_unsupported: set[str] = set()
+        self._hooks_lock = threading.RLock()  # hooks and follow-up notices: one at a time
+        self._vault_lock = threading.Lock()  # token upkeep and the CA chain cache
 
     # -- reading -------------------------------------------------------------------------
 
     def issuers(self, mount: str) -> list[x509.Certificate]:
         """The CA certificates of a PKI mount (GET <mount>/cert/ca_chain), cached per pass."""
-        if mount not in self._issuers:
-            pems = self.vault.ca_chain(mount)
-            self._chains[mount] = pems
-            self._issuers[mount] = [x509.load_pem_x509_certificate(p.encode()) for p in pems]
-        return self._issuers[mount]
+        with self._vault_lock:
+            if mount not in self._issuers:
+                pems = self.vault.ca_chain(mount)
+                self._chains[mount] = pems
+                self._issuers[mount] = [x509.load_pem_x509_certificate(p.encode()) for p in pems]
+            return self._issuers[mount]
+
+    def _map(self, fn: Callable[[U], T], items: Sequence[U]) -> list[T]:
+        """``fn`` over ``items`` on the bounded pool, results in the order of ``items``."""
+        if self.concurrency == 1 or len(items) <= 1:
+            return [fn(item) for item in items]
+        workers = min(self.concurrency, len(items))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rotate") as pool:
+            futures: list[Future[T]] = [pool.submit(fn, item) for item in items]
+            return [f.result() for f in futures]
 
     def _trust_own_api_cert(self, cluster: ClusterSettings) -> None:
         """Trust Vault's chain for the cluster's API once we manage its ``api`` certificate."""
@@ -215,16 +247,18 @@ class Rotator:
         return statuses, installed
 
     def status(self) -> PassResult:
-        """Classify every configured certificate; clusters that fail are reported apart."""
-        self._issuers.clear()
+        """Classify every configured certificate (one read of each cluster, on the pool);
+        clusters that fail are reported apart."""
+        with self._vault_lock:
+            self._issuers.clear()
         result = PassResult()
-        for cluster in self.settings.clusters:
-            try:
-                statuses, _ = self.statuses_for(cluster)
-            except VaultBridgeError as exc:
-                result.cluster_errors[cluster.name] = str(exc)
-                continue
-            result.statuses.extend(statuses)
+
+        names = [c.name for c in self.settings.clusters]
+        for name, answer in zip(names, self._map(self._read_cluster, names), strict=True):
+            if isinstance(answer, str):
+                result.cluster_errors[name] = answer
+            else:
+                result.statuses.extend(answer[0])
         return result
 
     def plan(self, force: Iterable[tuple[str, str]] = ()) -> tuple[list[Action], PassResult]:
@@ -237,34 +271,49 @@ class Rotator:
     # -- acting --------------------------------------------------------------------------
 
     def obtain(self, spec: CertSpec) -> IssuedCertificate:
-        """Get a new certificate from Vault and check it; never returns one unfit to install."""
-        self.hooks.before_issue(spec)
-        self.vault.ensure_token()
+        """Get a new certificate from Vault and check it; never returns one unfit to install.
+
+        Safe to call from several threads: the hooks and the token upkeep run one at a time,
+        the Vault requests within :attr:`throttle`."""
+        with self._hooks_lock:
+            self.hooks.before_issue(spec)
+        with self._vault_lock:
+            self.vault.ensure_token()
+        key = None
+        what = f"{spec.name.value} on {spec.cluster}"
         if spec.mode == "sign":
             key = generate_key(spec.key_type, spec.key_bits)
             csr = build_csr(key, spec.common_name, spec.alt_names, spec.ip_sans)
-            data = self.vault.sign(
-                spec.pki_mount,
-                spec.role,
-                csr,
-                common_name=spec.common_name,
-                alt_names=spec.alt_names,
-                ip_sans=spec.ip_sans,
-                ttl=spec.ttl,
+            data = self.throttle.call(
+                what,
+                lambda: self.vault.sign(
+                    spec.pki_mount,
+                    spec.role,
+                    csr,
+                    common_name=spec.common_name,
+                    alt_names=spec.alt_names,
+                    ip_sans=spec.ip_sans,
+                    ttl=spec.ttl,
+                ),
             )
             issued = IssuedCertificate.from_vault(data, private_key=key_to_pem(key))
         else:
-            issued = self.vault.issue(
-                spec.pki_mount,
-                spec.role,
-                common_name=spec.common_name,
-                alt_names=spec.alt_names,
-                ip_sans=spec.ip_sans,
-                ttl=spec.ttl,
+            issued = self.throttle.call(
+                what,
+                lambda: self.vault.issue(
+                    spec.pki_mount,
+                    spec.role,
+                    common_name=spec.common_name,
+                    alt_names=spec.alt_names,
+                    ip_sans=spec.ip_sans,
+                    ttl=spec.ttl,
+                ),
             )
-        self.hooks.issued(spec, issued)
+        with self._hooks_lock:
+            self.hooks.issued(spec, issued)
+        # A key made here is compared with the certificate as it is; one from Vault is checked.
         check_before_install(
-            issued, spec.name, now=self.clock(), requested_ttl=parse_duration(spec.ttl)
+            issued, spec.name, now=self.clock(), requested_ttl=parse_duration(spec.ttl), key=key
         )
         logger.info(
             "issued %s for %s: serial %s, not_after %s",
@@ -282,26 +331,32 @@ class Rotator:
         only: set[tuple[str, str]] | None = None,
     ) -> PassResult:
         """One reconcile pass over every cluster and certificate."""
-        actions, result = self.plan(force)
-        if only is not None:
-            actions = [a for a in actions if (a.cluster, a.name) in only]
-        by_cluster: dict[str, list[Action]] = {}
-        for action in actions:
-            by_cluster.setdefault(action.cluster, []).append(action)
-        changes: list[Change] = []
+        try:
+            return self._pass(force, only)
+        finally:
+            # The pass's read of each cluster serves this pass only.
+            for client in self.clusters.values():
+                client.forget_certificates()
+
+    def _pass(
+        self, force: Iterable[tuple[str, str]], only: set[tuple[str, str]] | None
+    ) -> PassResult:
         # Every certificate is obtained before any is installed, so that the installs on
         # several clusters follow each other closely and step 2 of the follow-ups (once per
         # CRDB, after every install) starts as soon as possible after each step 1.
-        ready = {
-            name: self._obtain_cluster(name, cluster_actions, result)
-            for name, cluster_actions in by_cluster.items()
-        }
+        result, ready = self._read_and_obtain(set(force), only)
+        changes: list[Change] = []
         prepared = self._prepare_followups(ready, result)
         try:
-            for cluster_name, cluster_ready in ready.items():
-                changes.extend(self._install_cluster(cluster_name, cluster_ready, result))
+            names = [name for name, cluster_ready in ready.items() if cluster_ready]
+            for installed, outcomes in self._map(
+                lambda name: self._install_cluster(name, ready[name]), names
+            ):
+                changes.extend(installed)
+                result.outcomes.extend(outcomes)
             if changes:
-                self.hooks.installed(changes)
+                with self._hooks_lock:
+                    self.hooks.installed(changes)
                 followup_errors = self.run_followups(changes)
                 for change in changes:
                     error = followup_errors.get((change.cluster, change.name))
@@ -315,9 +370,10 @@ class Rotator:
                             f"follow-up failed: {error}" if error else None,
                         )
                     )
-                self.hooks.completed(
-                    [c for c in changes if (c.cluster, c.name) not in followup_errors]
-                )
+                with self._hooks_lock:
+                    self.hooks.completed(
+                        [c for c in changes if (c.cluster, c.name) not in followup_errors]
+                    )
         finally:
             if prepared is not None:
                 prepared.release()
@@ -356,70 +412,107 @@ class Rotator:
             return {}
         return self.followups.run(needed)
 
-    def _obtain_cluster(
-        self, cluster_name: str, actions: Sequence[Action], result: PassResult
-    ) -> dict[str, Change]:
-        """Certificates from Vault for ``actions``, with what each replaces (by name)."""
-        settings = self.settings.cluster(cluster_name)
-        client = self.clusters[cluster_name]
+    def _read_and_obtain(
+        self, force: set[tuple[str, str]], only: set[tuple[str, str]] | None
+    ) -> tuple[PassResult, dict[str, dict[str, Change]]]:
+        """Read every cluster (once) and obtain what is due, on the pool: a cluster's
+        certificates are asked of Vault as soon as its own read is classified, while the
+        other clusters are still being read. Returns the statuses and failures, and by
+        cluster and name the certificates ready to install with what each replaces."""
+        with self._vault_lock:
+            self._issuers.clear()
+        names = [c.name for c in self.settings.clusters]
+        reads: dict[str, tuple[list[CertStatus], dict[str, InstalledCertificate]] | str] = {}
+        due: dict[str, list[Action]] = {}
+        obtained: dict[tuple[str, str], Future[IssuedCertificate | Outcome]] = {}
+        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="pass") as pool:
+            pending = {pool.submit(self._read_cluster, name): name for name in names}
+            for future in as_completed(pending):
+                name = pending[future]
+                reads[name] = answer = future.result()
+                if isinstance(answer, str):
+                    continue
+                actions = plan(
+                    answer[0], force=force, replace_foreign=self.settings.agent.replace_foreign
+                )
+                due[name] = [a for a in actions if only is None or (a.cluster, a.name) in only]
+                for action in due[name]:
+                    obtained[(name, action.name)] = pool.submit(self._obtain_one, action)
+            answers = {key: future.result() for key, future in obtained.items()}
+        result = PassResult()
+        ready: dict[str, dict[str, Change]] = {}
+        for name in names:  # in the order of the configuration, whatever finished first
+            read = reads[name]
+            if isinstance(read, str):
+                result.cluster_errors[name] = read
+                continue
+            statuses, installed = read
+            result.statuses.extend(statuses)
+            for action in due[name]:
+                got = answers[(name, action.name)]
+                if isinstance(got, Outcome):
+                    result.outcomes.append(got)
+                else:
+                    change = Change(name, action.name, got, installed.get(action.name))
+                    ready.setdefault(name, {})[action.name] = change
+        return result, ready
+
+    def _read_cluster(
+        self, name: str
+    ) -> tuple[list[CertStatus], dict[str, InstalledCertificate]] | str:
         try:
-            previous = client.certificates()
+            return self.statuses_for(self.settings.cluster(name))
         except VaultBridgeError as exc:
-            # The cluster stopped answering since the plan: its certificates fail this pass,
-            # the other clusters go on.
-            logger.error("cluster %s: %s", cluster_name, exc)
-            for action in actions:
-                result.outcomes.append(Outcome(cluster_name, action.name, "failed", error=str(exc)))
-            return {}
-        ready: dict[str, Change] = {}
-        for action in actions:
-            spec = settings.spec(action.name)
-            assert spec is not None
-            try:
-                issued = self.obtain(spec)
-            except DeferredError as exc:
-                logger.info("%s on %s: deferred: %s", action.name, cluster_name, exc)
-                result.outcomes.append(Outcome(cluster_name, action.name, "failed", error=str(exc)))
-                continue
-            except VaultBridgeError as exc:
-                logger.error("%s on %s: %s", action.name, cluster_name, exc)
-                result.outcomes.append(Outcome(cluster_name, action.name, "failed", error=str(exc)))
-                continue
-            ready[action.name] = Change(
-                cluster_name, action.name, issued, previous.get(action.name)
-            )
-        return ready
+            return str(exc)
+
+    def _obtain_one(self, action: Action) -> IssuedCertificate | Outcome:
+        spec = self.settings.cluster(action.cluster).spec(action.name)
+        assert spec is not None
+        try:
+            return self.obtain(spec)
+        except DeferredError as exc:
+            logger.info("%s on %s: deferred: %s", action.name, action.cluster, exc)
+            return Outcome(action.cluster, action.name, "failed", error=str(exc))
+        except VaultBridgeError as exc:
+            logger.error("%s on %s: %s", action.name, action.cluster, exc)
+            return Outcome(action.cluster, action.name, "failed", error=str(exc))
 
     def _install_cluster(
-        self, cluster_name: str, ready: Mapping[str, Change], result: PassResult
-    ) -> list[Change]:
-        """Install ``ready`` on one cluster, then read each back and check what is served."""
-        if not ready:
-            return []
+        self, cluster_name: str, ready: Mapping[str, Change]
+    ) -> tuple[list[Change], list[Outcome]]:
+        """Install ``ready`` on one cluster, then read it back once and check what is
+        served; returns the verified changes and the failures."""
         settings = self.settings.cluster(cluster_name)
         client = self.clusters[cluster_name]
         try:
             version = client.lowest_version()
         except VaultBridgeError as exc:
-            for name in ready:
-                result.outcomes.append(Outcome(cluster_name, name, "failed", error=str(exc)))
-            return []
+            return [], [Outcome(cluster_name, n, "failed", error=str(exc)) for n in ready]
         errors = self._install(client, list(ready.values()), version)
         if isinstance(self.followups, PreparingFollowUps):
             done = [n for n in ready if CertName(n).needs_followup and n not in errors]
             if done:
-                self.followups.installed(cluster_name, done)
+                with self._hooks_lock:
+                    self.followups.installed(cluster_name, done)
+        sent = [c for n, c in ready.items() if n not in errors]
+        if sent:
+            try:
+                served = client.certificates()  # one read verifies every install
+            except VaultBridgeError as exc:
+                errors.update({c.name: str(exc) for c in sent})
+            else:
+                for change in sent:
+                    try:
+                        self._verify(settings, served, change)
+                    except VaultBridgeError as exc:
+                        errors[change.name] = str(exc)
         installed: list[Change] = []
+        failed: list[Outcome] = []
         for name, change in ready.items():
             error = errors.get(name)
-            if error is None:
-                try:
-                    self._verify(settings, client, change)
-                except VaultBridgeError as exc:
-                    error = str(exc)
             if error is not None:
                 logger.error("%s on %s: %s", name, cluster_name, error)
-                result.outcomes.append(Outcome(cluster_name, name, "failed", error=error))
+                failed.append(Outcome(cluster_name, name, "failed", error=error))
             else:
                 logger.info(
                     "installed %s on %s: serial %s, not_after %s",
@@ -429,7 +522,7 @@ class Rotator:
                     change.issued.not_after.isoformat(),
                 )
                 installed.append(change)
-        return installed
+        return installed, failed
 
     def _install(
         self, client: ClusterClient, changes: Sequence[Change], version: tuple[int, ...]
@@ -441,7 +534,13 @@ class Rotator:
             version = (0,)
         for batch in install_batches(list(by_name), version):
             batch_changes = [by_name[n] for n in batch.names]
-            self.hooks.before_install(client.name, batch_changes)
+            try:
+                with self._hooks_lock:
+                    self.hooks.before_install(client.name, batch_changes)
+            except VaultBridgeError as exc:
+                # The intent could not be recorded: this batch is not sent.
+                errors.update({c.name: f"not installed: {exc}" for c in batch_changes})
+                continue
             errors.update(self._send_batch(client, batch, batch_changes))
         return errors
 
@@ -483,10 +582,15 @@ class Rotator:
                 errors[upload.name] = str(exc)
         return errors
 
-    def _verify(self, settings: ClusterSettings, client: ClusterClient, change: Change) -> None:
-        """Read the certificate back and check the served leaf."""
+    def _verify(
+        self,
+        settings: ClusterSettings,
+        served: Mapping[str, InstalledCertificate],
+        change: Change,
+    ) -> None:
+        """Compare the read-back ``served`` with the install, then check the served leaf."""
         expected = change.issued.info.fingerprint
-        installed = client.certificates().get(change.name)
+        installed = served.get(change.name)
         if installed is None or installed.info.fingerprint != expected:
             raise VerificationError(
                 "the cluster reports a different certificate after the install",
@@ -496,17 +600,17 @@ class Rotator:
         endpoint = settings.endpoint_for(CertName(change.name))
         if endpoint is None:
             return
-        served: CertificateInfo | None = None
+        leaf: CertificateInfo | None = None
         for attempt in range(self._probe_attempts):
             try:
-                served = self._probe(endpoint)
+                leaf = self._probe(endpoint)
             except VerificationError:
-                served = None
-            if served is not None and served.fingerprint == expected:
+                leaf = None
+            if leaf is not None and leaf.fingerprint == expected:
                 return
             if attempt < self._probe_attempts - 1:
                 self._sleep(0.2 * (attempt + 1))
-        what = f"serial {served.serial}" if served else "nothing"
+        what = f"serial {leaf.serial}" if leaf else "nothing"
         raise VerificationError(
             f"{endpoint} serves {what}, not the new certificate {change.issued.serial}",
             cluster=settings.name,

@@ -261,7 +261,7 @@ class FollowUps:
         try:
             crdbs = tuple(client.crdbs())
             bdbs = tuple(client.bdbs())
-            certs = client.certificates()
+            certs = client.last_certificates()  # the pass's own read, when there is one
         except VaultBridgeError as exc:
             logger.warning("follow-ups: cannot read cluster %s: %s", name, exc)
             return ClusterView(name, error=str(exc))

@@ -75,6 +75,7 @@ def check_before_install(
     *,
     now: datetime,
     requested_ttl: timedelta,
+    key: PrivateKey | None = None,
 ) -> None:
     """Refuse a certificate the cluster must not get; raise :class:`CertificateError`.
 
@@ -82,6 +83,10 @@ def check_before_install(
       about to expire, or has expired, hands out certificates that are useless or dead);
     - both serverAuth and clientAuth in the extended key usage (Redis Enterprise needs both);
     - the key matches the certificate; internode certificates carry RSA keys.
+
+    ``key`` is the key made in this process for the CSR (sign mode): the certificate's public
+    key is compared with it directly, without loading the PEM again. A key from Vault (issue
+    mode) is loaded from its PEM and checked.
     """
     cert = load_leaf(issued.certificate)
     remaining = cert.not_valid_after_utc - now
@@ -115,7 +120,11 @@ def check_before_install(
             f"certificate lacks the {' and '.join(missing)} extended key usage; set "
             f"server_flag and client_flag to true on the PKI role"
         )
-    if not key_matches(issued.certificate, issued.private_key):
+    if key is not None:
+        matches = _public_der(key.public_key()) == _public_der(cert.public_key())
+    else:
+        matches = key_matches(issued.certificate, issued.private_key)
+    if not matches:
         raise CertificateError("the private key does not match the issued certificate")
     if name.internode and not isinstance(cert.public_key(), rsa.RSAPublicKey):
         raise CertificateError(f"{name.value} needs an RSA key")

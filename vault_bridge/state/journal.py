@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 
 from vault_bridge.config.durations import parse_duration
@@ -81,11 +81,13 @@ class Keeper:
         self.error = None
         return self.state
 
-    def save(self) -> None:
+    def save(self, clusters: Iterable[str] | None = None) -> None:
+        """Write the state: the files of ``clusters`` (the one a step touched), or with None
+        everything that changed."""
         if self.state is None:
             raise StateError(self.error or "the state is not loaded")
         try:
-            self.state_dir.save(self.state)
+            self.state_dir.save(self.state, clusters)
         except StateError as exc:
             if self.error != str(exc):
                 logger.error("%s", exc)
@@ -95,11 +97,11 @@ class Keeper:
             logger.info("the state directory is writable again")
         self.error = None
 
-    def save_quietly(self) -> None:
+    def save_quietly(self, clusters: Iterable[str] | None = None) -> None:
         """Save after a step that has happened already (an install): a failure is logged and
         the agent stops issuing, but the step goes on."""
         with contextlib.suppress(StateError):
-            self.save()
+            self.save(clusters)
 
     def _grace(self) -> timedelta:
         return parse_duration(self.settings.agent.revoke_grace)
@@ -141,7 +143,7 @@ class Keeper:
         self.runaway.pop(key, None)
         self.state.note_issue(key, now)
         try:
-            self.save()
+            self.save([cluster])
         except StateError:
             self.state.forget_issue(key, now)
             raise
@@ -196,7 +198,7 @@ class Keeper:
                 started_at=self.clock(),
             )
         )
-        self.save()
+        self.save([spec.cluster])
 
     def before_install(self, cluster: str, changes: Sequence[Change]) -> None:
         assert self.state is not None
@@ -215,7 +217,7 @@ class Keeper:
                     started_at=self.clock(),
                 )
             )
-        self.save()
+        self.save([cluster])
 
     def installed(self, changes: Sequence[Change]) -> None:
         assert self.state is not None
@@ -226,7 +228,7 @@ class Keeper:
             self.state.update(key, backoff=Backoff())
             if self._on_installed is not None:
                 self._on_installed(change)
-        self.save_quietly()
+        self.save_quietly({c.cluster for c in changes})
 
     def completed(self, changes: Sequence[Change]) -> None:
         assert self.state is not None
@@ -242,7 +244,7 @@ class Keeper:
                 )
                 continue
             self._complete(key)
-        self.save_quietly()
+        self.save_quietly({c.cluster for c in changes})
 
     def _complete(self, key: Key) -> None:
         assert self.state is not None

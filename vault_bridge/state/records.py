@@ -1,9 +1,9 @@
-"""What the agent remembers between runs: the content of ``state.json``.
+"""What the agent remembers between runs: the content of the state files.
 
 :class:`State` holds, by cluster/certificate, the certificate of ours installed
 (:class:`CertRecord`: serial, not_after, mount, lease, issue times, backoff), the superseded
 certificates awaiting revocation (:class:`Superseded`) and the intent journal (:class:`Intent`),
-and converts itself to and from the JSON of ``state.json``. Reading and writing the file is
+and converts itself to and from JSON: the whole of it, or one cluster's part (one file each). Reading and writing the file is
 :mod:`vault_bridge.state.store`; recording a rotation step by step is :mod:`vault_bridge.state.journal`.
 
 Public data only: serials, dates, fingerprints, lease IDs, public certificate PEMs. Never a
@@ -23,7 +23,8 @@ from vault_bridge.models.certificates import CertChange, CertificateInfo
 
 logger = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # one file per cluster; version 1 was the whole state in state.json
+LEGACY_VERSION = 1
 
 Key = tuple[str, str]  # (cluster, certificate name)
 Phase = Literal["issued", "installing", "followups"]
@@ -209,7 +210,7 @@ class Intent:
 
 @dataclass
 class State:
-    """Everything in ``state.json``. Changed through the methods below, then saved."""
+    """Everything the state files hold. Changed through the methods below, then saved."""
 
     certificates: dict[Key, CertRecord] = field(default_factory=dict)
     superseded: list[Superseded] = field(default_factory=list)
@@ -340,28 +341,55 @@ class State:
 
     # -- JSON --------------------------------------------------------------------------------
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "version": STATE_VERSION,
-            "certificates": {
-                key_text(key): record.to_json() for key, record in sorted(self.certificates.items())
-            },
-            "superseded": [entry.to_json() for entry in self.superseded],
-            "journal": [
-                intent.to_json()
-                for intent in sorted(
-                    [*self.pending.values(), *self.journal.values()],
-                    key=lambda i: (i.key, i.phase != "followups"),
-                )
-            ],
+    def clusters(self) -> set[str]:
+        """Every cluster something is remembered of."""
+        return (
+            {key[0] for key in self.certificates}
+            | {key[0] for key in self.journal}
+            | {key[0] for key in self.pending}
+            | {entry.cluster for entry in self.superseded}
+        )
+
+    def to_json(self, cluster: str | None = None) -> dict[str, Any]:
+        """The state as JSON; with ``cluster``, only what belongs to that cluster (the content
+        of its own file: serialising it costs the same whatever the size of the fleet)."""
+
+        def mine(key: Key) -> bool:
+            return cluster is None or key[0] == cluster
+
+        intents = [i for i in (*self.pending.values(), *self.journal.values()) if mine(i.key)]
+        out: dict[str, Any] = {"version": STATE_VERSION}
+        if cluster is not None:
+            out["cluster"] = cluster
+        out["certificates"] = {
+            key_text(key): record.to_json()
+            for key, record in sorted(self.certificates.items())
+            if mine(key)
         }
+        out["superseded"] = [
+            entry.to_json() for entry in self.superseded if mine((entry.cluster, entry.name))
+        ]
+        out["journal"] = [
+            intent.to_json()
+            for intent in sorted(intents, key=lambda i: (i.key, i.phase != "followups"))
+        ]
+        return out
+
+    def merge(self, other: State) -> None:
+        """Add what ``other`` holds (another cluster's file)."""
+        self.certificates.update(other.certificates)
+        self.superseded.extend(other.superseded)
+        self.journal.update(other.journal)
+        self.pending.update(other.pending)
 
     @classmethod
     def from_json(cls, data: Any) -> State:
+        """Read a document of :meth:`to_json` (version 2), or a whole ``state.json`` of
+        version 1 (same fields)."""
         if not isinstance(data, dict):
             raise ValueError("expected a JSON object")
         version = data.get("version")
-        if version != STATE_VERSION:
+        if version not in (STATE_VERSION, LEGACY_VERSION):
             raise ValueError(f"unknown state version {version!r} (expected {STATE_VERSION})")
         certificates: dict[Key, CertRecord] = {}
         for text, record in (data.get("certificates") or {}).items():

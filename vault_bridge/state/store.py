@@ -2,16 +2,22 @@
 
 Layout of ``[agent] state_dir`` (mode 0700; every file 0600)::
 
-    state.json           certificates (serial, not_after, mount, lease, issue times, backoff),
-                         superseded certificates awaiting revocation, and the intent journal
+    state.json           the layout's version (2): the state itself is in clusters/
+    clusters/<name>.json one cluster's certificates (serial, not_after, mount, lease, issue
+                         times, backoff), superseded certificates awaiting revocation and intent
+                         journal entries
     lock                 flock()ed by whoever rotates: the agent, `run --once` or `issue`
     agent.pid            the running agent's pid (for `issue` to wake it with SIGUSR1)
     requests/            `issue` / `run --once` requests handed to a running agent, and results
-    state.json.corrupt-* a copy of a state file that could not be read (kept, never deleted)
+    *.corrupt-<time>     a copy of a state file that could not be read (kept, never deleted)
 
-``state.json`` is rewritten whole and atomically (temp file in the same directory, fsync,
+Each file is rewritten whole and atomically (temp file in the same directory, fsync,
 ``os.replace``, fsync of the directory), so a crash leaves the old or the new version, never a
-mix. It holds public data only: serials, dates, fingerprints, lease IDs, public certificate
+mix. A step of a rotation rewrites only its own cluster's file: what a write costs does not grow
+with the fleet. Every change the journal records concerns one cluster/certificate, so the files
+never need to change together. A ``state.json`` of version 1 (the whole state in one file) is
+migrated at the first load: the cluster files are written, then ``state.json`` is replaced by
+the version 2 marker; a crash in between migrates again. The files hold public data only: serials, dates, fingerprints, lease IDs, public certificate
 PEMs. Never a private key, token, password or secret ID. What it holds is
 :mod:`vault_bridge.state.records`.
 """
@@ -25,18 +31,21 @@ import json
 import logging
 import os
 import secrets
+import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from vault_bridge.errors import StateError
-from vault_bridge.state.records import State
+from vault_bridge.state.records import LEGACY_VERSION, STATE_VERSION, State
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
+CLUSTERS_DIR = "clusters"
 LOCK_FILE = "lock"
 PID_FILE = "agent.pid"
 REQUESTS_DIR = "requests"
@@ -97,6 +106,8 @@ class StateDir:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._written: dict[str, str] = {}  # cluster -> the content of its file, as last written
+        self._save_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"StateDir({str(self.path)!r})"
@@ -104,6 +115,17 @@ class StateDir:
     @property
     def state_path(self) -> Path:
         return self.path / STATE_FILE
+
+    @property
+    def clusters_path(self) -> Path:
+        return self.path / CLUSTERS_DIR
+
+    def cluster_path(self, cluster: str) -> Path:
+        """``clusters/<name>.json``, the name percent-encoded (never a path of its own)."""
+        name = quote(cluster, safe="")
+        if name.startswith("."):
+            name = "%2E" + name[1:]
+        return self.clusters_path / f"{name}.json"
 
     @property
     def requests_path(self) -> Path:
@@ -119,7 +141,7 @@ class StateDir:
             self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise _state_error("create", self.path, exc) from exc
-        for directory in (self.path, self.requests_path):
+        for directory in (self.path, self.requests_path, self.clusters_path):
             try:
                 directory.mkdir(mode=0o700, exist_ok=True)
                 mode = directory.stat().st_mode & 0o777
@@ -132,36 +154,75 @@ class StateDir:
     # -- state.json --------------------------------------------------------------------------
 
     def load(self) -> State:
-        """Read ``state.json`` (an empty state when there is none).
+        """Read the state (an empty state when there is none), migrating a ``state.json`` of
+        version 1 to one file per cluster.
 
-        A file that cannot be parsed is copied to ``state.json.corrupt-<time>`` (it is never
+        A file that cannot be parsed is copied to ``<file>.corrupt-<time>`` (it is never
         deleted nor overwritten) and :class:`StateError` names both files.
         """
-        path = self.state_path
+        marker = self._read(self.state_path)
+        if marker is None:
+            return State()
+        version = marker.get("version") if isinstance(marker, dict) else None
+        if version == LEGACY_VERSION:
+            state = self._parse(self.state_path, marker)
+            self._migrate(state)
+            return state
+        if version != STATE_VERSION or not isinstance(marker, dict):
+            self._parse(self.state_path, marker)  # raises, naming the file
+        state = State()
+        written: dict[str, str] = {}
+        try:
+            paths = sorted(self.clusters_path.glob("*.json"))
+        except OSError as exc:
+            raise _state_error("read", self.clusters_path, exc) from exc
+        for path in paths:
+            data = self._read(path)
+            if data is None:
+                continue
+            part = self._parse(path, data)
+            state.merge(part)
+            cluster = data.get("cluster") if isinstance(data, dict) else None
+            if isinstance(cluster, str):
+                written[cluster] = _dumps(part.to_json(cluster))
+        self._written = written
+        return state
+
+    def _read(self, path: Path) -> Any:
+        """The JSON in ``path``; None when there is no such file."""
         try:
             raw = path.read_bytes()
         except FileNotFoundError:
-            return State()
+            return None
         except OSError as exc:
             raise _state_error("read", path, exc) from exc
         try:
-            return State.from_json(json.loads(raw.decode("utf-8")))
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-            copy = self._keep_corrupt(raw)
-            where = f"a copy is kept at {copy}" if copy else "no copy could be made"
-            raise StateError(
-                f"state file {path} is corrupt ({type(exc).__name__}: {exc}); {where}. "
-                "Repair or remove it (the agent then starts from what the clusters serve), "
-                "then send SIGHUP or restart"
-            ) from exc
+            return json.loads(raw.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise self._corrupt(path, raw, exc) from exc
 
-    def _keep_corrupt(self, raw: bytes) -> Path | None:
-        for existing in sorted(self.path.glob(f"{STATE_FILE}.corrupt-*")):
+    def _parse(self, path: Path, data: Any) -> State:
+        try:
+            return State.from_json(data)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise self._corrupt(path, path.read_bytes(), exc) from exc
+
+    def _corrupt(self, path: Path, raw: bytes, exc: Exception) -> StateError:
+        copy = self._keep_corrupt(path, raw)
+        where = f"a copy is kept at {copy}" if copy else "no copy could be made"
+        return StateError(
+            f"state file {path} is corrupt ({type(exc).__name__}: {exc}); {where}. "
+            "Repair or remove it (the agent then starts from what the clusters serve), "
+            "then send SIGHUP or restart"
+        )
+
+    def _keep_corrupt(self, path: Path, raw: bytes) -> Path | None:
+        for existing in sorted(path.parent.glob(f"{path.name}.corrupt-*")):
             with contextlib.suppress(OSError):
                 if existing.read_bytes() == raw:
                     return existing
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-        copy = self.path / f"{STATE_FILE}.corrupt-{stamp}"
+        copy = path.parent / f"{path.name}.corrupt-{stamp}"
         try:
             write_atomic(copy, raw)
         except StateError as exc:
@@ -169,8 +230,45 @@ class StateDir:
             return None
         return copy
 
-    def save(self, state: State) -> None:
-        write_atomic(self.state_path, json.dumps(state.to_json(), indent=1, sort_keys=True) + "\n")
+    def _migrate(self, state: State) -> None:
+        """Version 1 -> 2: every cluster's file first, then the marker over ``state.json``."""
+        clusters = sorted(state.clusters())
+        with self._save_lock:
+            self._written = {}
+            self._write_clusters(state, clusters)
+            self._write_marker()
+        logger.info(
+            "state migrated to one file per cluster (%d cluster(s)) in %s",
+            len(clusters),
+            self.clusters_path,
+        )
+
+    def save(self, state: State, clusters: Iterable[str] | None = None) -> None:
+        """Write the files of ``clusters`` (a step of a rotation touches one cluster); with
+        None, the marker and every cluster whose content changed since it was last written."""
+        with self._save_lock:
+            if clusters is None:
+                self._write_marker()
+                self._write_clusters(state, sorted(state.clusters() | set(self._written)))
+            else:
+                self._write_clusters(state, sorted(set(clusters)))
+
+    def _write_marker(self) -> None:
+        write_atomic(self.state_path, _dumps({"version": STATE_VERSION, "layout": CLUSTERS_DIR}))
+
+    def _write_clusters(self, state: State, clusters: Iterable[str]) -> None:
+        for cluster in clusters:
+            text = _dumps(state.to_json(cluster))
+            if self._written.get(cluster) == text:
+                continue
+            path = self.cluster_path(cluster)
+            if not self.clusters_path.is_dir():
+                try:
+                    self.clusters_path.mkdir(mode=0o700, exist_ok=True)
+                except OSError as exc:
+                    raise _state_error("create", self.clusters_path, exc) from exc
+            write_atomic(path, text)
+            self._written[cluster] = text
 
     # -- lock and pid ------------------------------------------------------------------------
 
@@ -298,6 +396,10 @@ class StateDir:
                 with contextlib.suppress(OSError):
                     if path.stat().st_mtime < cutoff:
                         path.unlink()
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, indent=1, sort_keys=True) + "\n"
 
 
 class LockHeld(StateError):
