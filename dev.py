@@ -6,6 +6,8 @@
     python3 dev.py test -k x   # extra arguments go to pytest
     python3 dev.py lint        # ruff, mypy --strict (package, lab, tests), import-linter
     python3 dev.py unit        # the unit suite alone: no servers, no sleeping
+    python3 dev.py bench       # fleet-scale benchmarks against the straight-line baseline
+                               # (benchmarks/fleet.py; its options after the word bench)
 
 Creates (or reuses) ``.venv`` next to this file and installs the runtime (``.``, with its test
 dependencies) and the lab (``lab/``) whenever either ``pyproject.toml`` changed since the last
@@ -67,7 +69,7 @@ def run(*args: str) -> int:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("demo", "test", "lint", "unit"):
+    if not argv or argv[0] not in ("demo", "test", "lint", "unit", "bench"):
         print(__doc__)
         return 2
     ensure_venv()
@@ -76,6 +78,8 @@ def main(argv: list[str]) -> int:
         return run(str(BIN / "vault-bridge"), "demo")
     if command == "unit":
         return pytest_exit(run(str(PY), "-m", "pytest", "tests/unit", *rest))
+    if command == "bench":
+        return run(str(PY), str(ROOT / "benchmarks" / "fleet.py"), *rest)
     lint = [
         (str(BIN / "ruff"), "check", "."),
         (str(BIN / "ruff"), "format", "--check", "."),

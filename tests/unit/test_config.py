@@ -140,6 +140,8 @@ _DELETE = object()
         ),
         ("vault.auth", {"method": "tokn"}, "vault.auth.method: Input should be"),
         ("agent.max_issues_per_hour", 0, "agent.max_issues_per_hour"),
+        ("agent.concurrency", 0, "agent.concurrency: Input should be greater than or equal to 1"),
+        ("agent.concurrency", 65, "agent.concurrency: Input should be less than or equal to 64"),
         ("agent.resync_interval", "soon", "agent.resync_interval: expected a duration"),
         (
             "clusters.0.ca_fingerprint",
