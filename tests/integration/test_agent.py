@@ -579,7 +579,7 @@ def test_kill_during_install(
                 assert settled[name].serial != intent["serial"]
                 wait_for(
                     "the orphan to be revoked",
-                    lambda i=intent: revoked(openbao, i["mount"], i["serial"]),
+                    functools.partial(revoked, openbao, intent["mount"], intent["serial"]),
                 )
         assert second.messages(
             "the interrupted install did " + ("happen" if happens else "not happen")
@@ -1002,7 +1002,11 @@ def background(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Background]:
     """Starts the selected long scenarios at once, so they overlap with everything else."""
-    selected = {item.name for item in request.session.items if item.module is request.module}
+    selected = {
+        item.name
+        for item in request.session.items
+        if isinstance(item, pytest.Function) and item.module is request.module
+    }
     runs = Background()
     for test, scenario in LONG.items():
         if test in selected:
