@@ -7,11 +7,13 @@ from tests.fakes.clock import FakeClock
 from tests.fakes.cluster import FakeCluster, FakeProbe
 from tests.fakes.lock import FakeLock
 from tests.fakes.vault import FakeVault
+from tests.fakes.world import FakeApp
 from vault_bridge.adapters import ports
 from vault_bridge.adapters.crdb_runners import CrdbCliRunner, DockerRunner, RestRunner
 from vault_bridge.adapters.redis_enterprise import ClusterClient
 from vault_bridge.adapters.tls_probe import served_certificate
 from vault_bridge.adapters.vault.client import VaultClient
+from vault_bridge.rotation.app import AppPorts
 from vault_bridge.rotation.followup_jobs import FollowUpLock, Lock
 
 
@@ -40,3 +42,7 @@ def adapters(
     Lock,
 ]:
     return vault, cluster, served_certificate, rest, cli, docker, lock
+
+
+def app(fake: FakeApp) -> AppPorts:
+    return fake

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from vault_bridge.config.durations import parse_duration
-from vault_bridge.errors import VaultBridgeError
+from vault_bridge.errors import VaultBridgeError, VaultPermissionError
 from vault_bridge.models.certificates import IssuedCertificate, serial_hex
 from vault_bridge.models.vault import TokenInfo
 
@@ -91,6 +91,9 @@ class FakeVault:
         self.usages: Sequence[x509.ObjectIdentifier] = BOTH_USAGES
         self.logins = 0
         self.next_accessor: str | None = None  # the next ensure_token logs in anew
+        # A 403 from the queue came from a rejected token (expired, revoked), not the policy:
+        # the next ensure_token looks it up and logs in anew.
+        self.token_rejected = False
         self._info: TokenInfo | None = None
 
     def ca(self, mount: str) -> LocalCA:
@@ -103,6 +106,8 @@ class FakeVault:
         queue = self.fail.get(method)
         error = queue.pop(0) if queue else None
         if error is not None:
+            if isinstance(error, VaultPermissionError) and self.token_rejected:
+                self.next_accessor = f"accessor-{self.logins + 1}"
             raise error
 
     # -- VaultAuth ---------------------------------------------------------------------------

@@ -134,3 +134,19 @@ class World:
             return list(self.events)
         prefix = f"{cluster}: "
         return [e.removeprefix(prefix) for e in self.events if e.startswith(prefix)]
+
+
+@dataclass
+class FakeApp:
+    """Stands in for :class:`vault_bridge.rotation.app.App` (implements ``AppPorts`` and is a
+    context manager, as :func:`vault_bridge.rotation.app.build`'s answer is)."""
+
+    rotator: Rotator
+    vault: FakeVault
+    closed: bool = False
+
+    def __enter__(self) -> FakeApp:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.closed = True
