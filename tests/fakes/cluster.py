@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from vault_bridge.adapters.ports import UpdateResult
 from vault_bridge.config.schema import Settings
 from vault_bridge.decisions.install import CertUpload
 from vault_bridge.errors import ClusterError, VerificationError
@@ -268,3 +269,27 @@ class FakeProbe:
             raise VerificationError(f"TLS handshake with {endpoint} failed: connection refused")
         cluster, name = self.routes[endpoint]
         return cluster.served(name)
+
+
+class FakeRunner:
+    """Implements :class:`vault_bridge.adapters.ports.CrdbRunner` (say, ``crdb-cli``):
+    records each update; ``fail`` queues errors raised by successive updates."""
+
+    kind = "crdb-cli"
+
+    def __init__(self, events: list[str] | None = None) -> None:
+        self.events: list[str] = events if events is not None else []
+        self.warmed: list[str] = []
+        self.updated: list[str] = []
+        self.fail: list[Exception] = []
+
+    def warm(self, guid: str) -> None:
+        self.warmed.append(guid)
+
+    def update(self, guid: str, *, on_sent: Callable[[], None]) -> UpdateResult:
+        on_sent()
+        self.events.append(f"runner: crdb update --crdb-guid {guid} --force")
+        self.updated.append(guid)
+        if self.fail:
+            raise self.fail.pop(0)
+        return UpdateResult(guid, f"cli-task-{len(self.updated)}", "finished")

@@ -4,7 +4,7 @@ adapter, implements its port. Nothing here runs."""
 from __future__ import annotations
 
 from tests.fakes.clock import FakeClock
-from tests.fakes.cluster import FakeCluster, FakeProbe
+from tests.fakes.cluster import FakeCluster, FakeProbe, FakeRunner
 from tests.fakes.lock import FakeLock
 from tests.fakes.vault import FakeVault
 from tests.fakes.world import FakeApp
@@ -45,4 +45,8 @@ def adapters(
 
 
 def app(fake: FakeApp) -> AppPorts:
+    return fake
+
+
+def runner(fake: FakeRunner) -> ports.CrdbRunner:
     return fake

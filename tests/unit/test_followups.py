@@ -5,15 +5,22 @@ flight before the install, Replica Of updates, and step 2 alone (journal replay,
 
 from __future__ import annotations
 
+import fcntl
+import os
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from tests.fakes.cluster import add_crdb
+import pytest
+
+from tests.fakes.cluster import FakeRunner, add_crdb
 from tests.fakes.world import FAST, World, make_settings
+from vault_bridge.errors import FollowUpError
 from vault_bridge.models.certificates import CertChange
 from vault_bridge.rotation.executor import PassResult
-from vault_bridge.rotation.followup_jobs import Limits
+from vault_bridge.rotation.followup_jobs import LOCK_FILE, FollowUpLock, Limits
+from vault_bridge.rotation.followups import FollowUps
 
 BULK = "PUT /v1/cluster/certificates"
 UPDATE = "POST /v1/crdbs/<guid>/updates"
@@ -303,3 +310,132 @@ def test_a_destination_syncer_change_swaps_the_sources_client_certificate(
     assert trusted == [new_syncer]
     # added first (both trusted while the replicas catch up), the old one removed after
     assert w.requests("east").count("PUT /v1/bdbs/<uid>") == 2
+
+
+def test_a_crdb_is_still_updated_when_one_of_its_clusters_failed_to_install(
+    tmp_path: Path,
+) -> None:
+    w = world(tmp_path)
+    add_crdb("guid-orders", "orders", list(w.clusters.values()))
+    w.clusters["west"].reject = {"proxy"}
+    result = rotate(w)
+    assert results(result)["proxy@east"] == "installed"
+    assert results(result)["proxy@west"] == "failed"
+    assert w.clusters["east"].updates == ["guid-orders"]  # syncs what is installed
+
+
+def test_no_database_update_for_an_install_that_failed(tmp_path: Path) -> None:
+    w = world(tmp_path)
+    old_proxy = w.install_ours("east", "proxy", lifetime=timedelta(days=1))
+    west = w.clusters["west"]
+    w.install_ours("west", "proxy")
+    w.install_ours("west", "cm")
+    west.bdb_json[3] = {"uid": 3, "name": "orders-copy", "replica_sources": [replica(old_proxy)]}
+    w.clusters["east"].reject = {"proxy"}
+    result = rotate(w)
+    assert results(result)["proxy@east"] == "failed"
+    assert "west: PUT /v1/bdbs/<uid>" not in w.events
+    assert west.bdb_json[3]["replica_sources"][0]["server_cert"] == old_proxy
+
+
+def test_the_old_syncer_certificate_goes_even_if_a_replica_never_reports_in_sync(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    w = World(make_settings(tmp_path / "state", ("east", "west"), ("syncer",)))
+    east_proxy = w.install_ours("east", "proxy")
+    w.install_ours("east", "syncer")
+    old_syncer = w.install_foreign("west", "syncer")
+    east = w.clusters["east"]
+    east.bdb_json[1] = {
+        "uid": 1,
+        "name": "orders",
+        "authentication_ssl_client_certs": [{"client_cert": old_syncer}],
+    }
+    w.clusters["west"].bdb_json[3] = {
+        "uid": 3,
+        "name": "orders-copy",
+        "replica_sources": [replica(east_proxy, status="syncing")],
+    }
+    limits = Limits(in_sync_wait=10.0, poll=1.0, task_timeout=10.0)
+    result = rotate(w, limits)
+    assert results(result) == {"syncer@west": "installed"}
+    trusted = [c["client_cert"] for c in east.bdb_json[1]["authentication_ssl_client_certs"]]
+    assert trusted == [w.clusters["west"].installed["syncer"]]
+    assert w.clock.slept.count(1.0) >= 10  # polled in-sync on the fake clock, then gave up
+    assert "not in-sync after 10s" in caplog.text
+
+
+def test_an_injected_runner_carries_step_2(tmp_path: Path) -> None:
+    w = World(
+        make_settings(
+            tmp_path / "state",
+            ("east",),
+            ("proxy",),
+            cluster_keys={"east": {"crdb_update": "crdb-cli"}},
+        )
+    )
+    add_crdb("guid-orders", "orders", [w.clusters["east"]])
+    runner = FakeRunner(w.events)
+    runner.fail = [FollowUpError("`crdb-cli crdb update` exited 1")]
+    followups = FollowUps(
+        w.settings,
+        w.clusters,
+        clock=w.clock.monotonic,
+        sleep=w.clock.sleep,
+        lock=w.lock,
+        limits=FAST,
+        runners={"east": runner},
+    )
+    result = w.rotator(followups=followups).run_once()
+    assert results(result) == {"proxy@east": "installed"}
+    assert runner.warmed == ["guid-orders"] and runner.updated == ["guid-orders"] * 2
+    assert w.clusters["east"].updates == []  # not through the REST API
+
+
+def test_crdb_update_none_leaves_step_2_to_the_operator(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    w = World(
+        make_settings(
+            tmp_path / "state",
+            ("east",),
+            ("proxy",),
+            cluster_keys={"east": {"crdb_update": "none"}},
+        )
+    )
+    add_crdb("guid-orders", "orders", [w.clusters["east"]])
+    result = rotate(w)
+    assert results(result) == {"proxy@east": "installed"}
+    assert updates(w) == []
+    assert "run `crdb-cli crdb update --crdb-guid guid-orders --force` now" in caplog.text
+
+
+def test_the_follow_up_lock_is_one_per_process_and_per_state_directory(tmp_path: Path) -> None:
+    first, second = FollowUpLock(tmp_path), FollowUpLock(tmp_path)
+    assert first.acquire(True, 0)
+    assert (tmp_path / LOCK_FILE).stat().st_mode & 0o777 == 0o600
+    assert not second.acquire(True, 0)  # no wait: the bound is zero
+    first.release()
+    assert second.acquire(True, 0)
+    second.release()
+
+
+def test_the_follow_up_lock_respects_another_process(tmp_path: Path) -> None:
+    lock = FollowUpLock(tmp_path)
+    fd = os.open(tmp_path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a `vault-bridge follow-up` would
+        assert not lock.acquire(False)
+    finally:
+        os.close(fd)
+    assert lock.acquire(False)  # the process lock was given back on the way out
+    lock.release()
+
+
+def test_an_unusable_state_directory_leaves_the_process_lock(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    lock = FollowUpLock(blocker / "state")
+    assert lock.acquire(False)
+    assert not FollowUpLock(None).acquire(True, 0)
+    lock.release()
