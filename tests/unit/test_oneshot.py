@@ -196,3 +196,32 @@ def test_the_answer_survives_its_json_round_trip(w: World) -> None:
     again = result_from_json(result_json(result))
     assert again.outcomes == result.outcomes and again.cluster_errors == result.cluster_errors
     assert again.summary() == result.summary()
+
+
+def test_what_the_journal_cannot_resolve_yet_is_left_out_of_the_pass(w: World) -> None:
+    state_dir = StateDir(w.settings.agent.state_dir)
+    state_dir.ensure()
+    keeper = Keeper(state_dir, w.settings, clock=w.clock)
+    state = keeper.load()
+    now = w.clock()
+    sent = w.leaf(w.vault.ca("pki_int"), "cm.east.example.com")
+    state.journal_installing(
+        Intent(
+            "east",
+            "cm",
+            "installing",
+            "0e:0f",
+            now + timedelta(days=30),
+            "pki_int",
+            sent,
+            None,
+            started_at=now,
+        )
+    )
+    keeper.save()
+    east = w.clusters["east"]
+    east.fail["GET /v1/cluster/certificates"] = [east.error(503, "the node is not answering")]
+    result = rotate_once(w.settings, clock=w.clock, build_app=builder(w))
+    assert result.outcomes == [] and w.vault.calls.count("sign") == 0
+    # the second replay, after the pass, read the cluster: the install never happened
+    assert ("pki_int", "0e:0f") in w.vault.revoked and state_dir.load().journal == {}

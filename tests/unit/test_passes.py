@@ -11,6 +11,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.fakes.cluster import add_crdb
 from tests.fakes.world import FakeApp, World, make_settings
 from vault_bridge.agent.passes import AgentRotator, Passes
@@ -219,3 +221,40 @@ def test_follow_ups_that_fail_back_off_the_journal_replay(tmp_path: Path) -> Non
     east.task_scripts["guid-orders"] = [["finished"]]
     a.passes.replay(a.app)
     assert a.keeper.state.pending == {} and a.passes.replay_backoff.failures == 0
+
+
+def test_a_foreign_certificate_left_in_place_is_a_warning_not_a_failure(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    a = agent(tmp_path, replace_foreign=False)
+    a.w.install_foreign("east", "cm")
+    result = a.passes.run(a.app)
+    assert result.outcomes == [] and a.sign_calls() == 0
+    assert a.passes.views[KEY].state == "foreign" and a.backoff.failures == 0
+    assert "not issued by our Vault (foreign) (left in place: replace_foreign)" in caplog.text
+    assert [s.condition for s in a.passes.samples(a.w.clock())] == ["False"]
+
+
+def test_a_403_whose_token_check_fails_too_counts_as_the_policy(tmp_path: Path) -> None:
+    a = agent(tmp_path)
+    a.w.vault.ensure_token()
+    a.w.vault.fail["sign"] = [VaultPermissionError(DENIED, status=403)]
+    a.w.vault.fail["ensure_token"] = [None, VaultUnavailableError("Vault is unavailable")]
+    a.passes.run(a.app)
+    assert KEY in a.passes.permission
+
+
+def test_a_replay_that_still_fails_backs_off_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    a = agent(tmp_path, ("proxy",), followups=True)
+    east = a.w.clusters["east"]
+    add_crdb("guid-orders", "orders", [east])
+    east.task_scripts["guid-orders"] = [["failed"]]
+    a.passes.run(a.app)
+    first = a.passes.replay_backoff.next_attempt
+    assert first is not None
+    a.w.clock.advance(first - a.w.clock())
+    a.passes.replay(a.app)
+    assert a.passes.replay_backoff.failures == 2
+    assert "journal: 1 entry still pending" in caplog.text
