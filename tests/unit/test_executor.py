@@ -15,7 +15,7 @@ from tests.fakes.transport import http_client
 from tests.fakes.world import MOUNT, World, make_settings
 from vault_bridge.adapters.redis_enterprise import ClusterClient
 from vault_bridge.config.schema import CertSpec
-from vault_bridge.errors import ClusterError, DeferredError, VaultError, VaultUnavailableError
+from vault_bridge.errors import DeferredError, VaultError, VaultUnavailableError
 from vault_bridge.models.certificates import CertificateInfo, IssuedCertificate
 from vault_bridge.rotation.executor import Change, PassResult
 
@@ -372,8 +372,3 @@ def test_a_hook_raising_before_the_issue_skips_the_certificate(tmp_path: Path) -
     result = w.rotator(hooks=Refusing(w.events)).run_once()
     assert results(result) == {"cm@east": "failed", "proxy@east": "installed"}
     assert w.vault.calls.count("sign") == 1
-
-
-def test_cluster_error_carries_the_status_the_fallback_reads() -> None:
-    error = ClusterError("x", cluster="east", status=405)
-    assert error.status == 405 and not error.retryable
