@@ -20,11 +20,11 @@ from vault_bridge.models.vault import TokenInfo
 BOTH_USAGES = (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH)
 
 
-def _name(cn: str) -> x509.Name:
+def subject(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def _pem(cert: x509.Certificate) -> str:
+def to_pem(cert: x509.Certificate) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
@@ -35,8 +35,8 @@ class LocalCA:
         self.key = ec.generate_private_key(ec.SECP256R1())
         self.cert = (
             x509.CertificateBuilder()
-            .subject_name(_name(cn))
-            .issuer_name(_name(cn))
+            .subject_name(subject(cn))
+            .issuer_name(subject(cn))
             .public_key(self.key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - timedelta(days=1))
@@ -44,7 +44,7 @@ class LocalCA:
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .sign(self.key, hashes.SHA256())
         )
-        self.pem = _pem(self.cert)
+        self.pem = to_pem(self.cert)
 
     def sign(
         self,
@@ -152,7 +152,7 @@ class FakeVault:
             usages=self.usages,
         )
         return {
-            "certificate": _pem(cert),
+            "certificate": to_pem(cert),
             "issuing_ca": ca.pem,
             "ca_chain": [ca.pem],
             "serial_number": serial_hex(cert),
@@ -194,7 +194,7 @@ class FakeVault:
         self._call("issue")
         key = ec.generate_private_key(ec.SECP256R1())
         sans = [x509.DNSName(n) for n in alt_names]
-        data = self._leaf(mount, key.public_key(), _name(common_name), sans, ttl)
+        data = self._leaf(mount, key.public_key(), subject(common_name), sans, ttl)
         data["private_key"] = key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.TraditionalOpenSSL,

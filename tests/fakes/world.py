@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests.fakes.clock import FakeClock
 from tests.fakes.cluster import FakeCluster, FakeProbe
 from tests.fakes.lock import FakeLock
-from tests.fakes.vault import FakeVault, LocalCA, _name, _pem
+from tests.fakes.vault import FakeVault, LocalCA, subject, to_pem
 from vault_bridge.config.schema import Settings, parse_config
 from vault_bridge.rotation.executor import FollowUpRunner, RotationHooks, Rotator
 from vault_bridge.rotation.followup_jobs import Limits
@@ -114,7 +114,7 @@ class World:
     ) -> str:
         key = ec.generate_private_key(ec.SECP256R1())
         start = not_before or self.clock() - timedelta(days=1)
-        return _pem(ca.sign(key.public_key(), _name(cn), not_before=start, lifetime=lifetime))
+        return to_pem(ca.sign(key.public_key(), subject(cn), not_before=start, lifetime=lifetime))
 
     def install_ours(self, cluster: str, name: str, **kw: Any) -> str:
         """A certificate from our Vault's CA, already on ``cluster``; returns its PEM."""

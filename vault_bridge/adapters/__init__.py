@@ -1,3 +1,4 @@
 """One adapter per outside system: Vault (``vault``), the Redis Enterprise REST API
-(``redis_enterprise``), TLS probing (``tls_probe``), crdb-cli / docker exec (``crdb_runners``).
+(``redis_enterprise``), TLS probing (``tls_probe``), crdb-cli / docker exec (``crdb_runners``);
+``ports`` holds the Protocols the core takes instead of them.
 """
