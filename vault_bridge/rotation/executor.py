@@ -8,6 +8,7 @@ served leaf. One certificate's failure never stops the others.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -166,7 +167,7 @@ class Rotator:
         hooks: RotationHooks | None = None,
         followups: FollowUpRunner | None = None,
         probe: TlsProbe = served_certificate,
-        sleep: Sleep | None = None,
+        sleep: Sleep = time.sleep,
         probe_attempts: int = 5,
     ) -> None:
         self.settings = settings
@@ -176,7 +177,7 @@ class Rotator:
         self.hooks: RotationHooks = hooks or NoHooks()
         self.followups = followups
         self._probe = probe
-        self._sleep = sleep or (lambda s: None)
+        self._sleep = sleep
         self._probe_attempts = probe_attempts
         self._issuers: dict[str, list[x509.Certificate]] = {}
         self._chains: dict[str, list[str]] = {}
