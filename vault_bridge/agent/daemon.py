@@ -38,10 +38,10 @@ from vault_bridge.config.durations import parse_duration
 from vault_bridge.config.schema import Settings, load_config
 from vault_bridge.decisions.schedule import Backoff, Wake, after_failure, attempt_at, next_wake
 from vault_bridge.errors import StateError, VaultBridgeError, VaultUnavailableError
-from vault_bridge.rotation.app import App, build, utc_now
+from vault_bridge.models.times import iso, utc_now
+from vault_bridge.rotation.app import App, build
 from vault_bridge.rotation.followups import FollowUps
 from vault_bridge.state.journal import Keeper
-from vault_bridge.state.records import iso
 from vault_bridge.state.store import LockHeld, StateDir
 
 logger = logging.getLogger(__name__)

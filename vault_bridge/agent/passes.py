@@ -31,6 +31,7 @@ from vault_bridge.decisions.schedule import (
 )
 from vault_bridge.errors import StateError, VaultBridgeError, VaultPermissionError
 from vault_bridge.models.certificates import CertState, IssuedCertificate
+from vault_bridge.models.times import iso
 from vault_bridge.rotation.app import App
 from vault_bridge.rotation.executor import Change, Outcome, PassResult, Rotator
 from vault_bridge.state.journal import (
@@ -40,7 +41,7 @@ from vault_bridge.state.journal import (
     RunawayGuardError,
     StoppingError,
 )
-from vault_bridge.state.records import Key, iso, key_text, log_change
+from vault_bridge.state.records import Key, key_text, log_change
 
 logger = logging.getLogger(__name__)
 

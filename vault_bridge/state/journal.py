@@ -20,8 +20,9 @@ from vault_bridge.config.schema import CertSpec, Settings
 from vault_bridge.decisions.schedule import Backoff, is_expiring, runaway_until
 from vault_bridge.errors import DeferredError, StateError, VaultBridgeError
 from vault_bridge.models.certificates import CertName, IssuedCertificate
+from vault_bridge.models.times import iso
 from vault_bridge.rotation.executor import Change, Rotator
-from vault_bridge.state.records import Intent, Key, State, iso, key_text, log_change
+from vault_bridge.state.records import Intent, Key, State, key_text, log_change
 from vault_bridge.state.store import StateDir
 
 logger = logging.getLogger(__name__)

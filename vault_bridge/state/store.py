@@ -27,11 +27,11 @@ import os
 import secrets
 import time
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from vault_bridge.errors import StateError
+from vault_bridge.models.times import file_stamp, utc_now
 from vault_bridge.state.records import State
 
 logger = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ class StateDir:
             with contextlib.suppress(OSError):
                 if existing.read_bytes() == raw:
                     return existing
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        stamp = file_stamp(utc_now())
         copy = self.path / f"{STATE_FILE}.corrupt-{stamp}"
         try:
             write_atomic(copy, raw)

@@ -21,7 +21,7 @@ import logging
 import os
 import ssl
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -39,6 +39,7 @@ from vault_bridge.errors import (
     VaultUnavailableError,
 )
 from vault_bridge.models.certificates import IssuedCertificate, split_pem_chain
+from vault_bridge.models.times import utc_now
 from vault_bridge.models.vault import (
     DEFAULT_K8S_JWT,
     AppRoleAuth,
@@ -70,10 +71,6 @@ logger = logging.getLogger(__name__)
 # Statuses after which trying again later can succeed: rate limited, bad gateway, sealed or
 # down, gateway timeout.
 _UNAVAILABLE_STATUSES = frozenset({429, 502, 503, 504})
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 # -- HTTP plumbing ---------------------------------------------------------------------------
@@ -144,7 +141,7 @@ class VaultClient:
         ca_cert: str | None = None,
         namespace: str | None = None,
         timeout: float = 10.0,
-        clock: Callable[[], datetime] = _utc_now,
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.address = address.rstrip("/")
         self.auth = auth
