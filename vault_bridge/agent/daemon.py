@@ -34,7 +34,6 @@ from vault_bridge.agent.oneshot import result_json
 from vault_bridge.agent.passes import AgentRotator, Passes
 from vault_bridge.agent.revocation import revoke_due
 from vault_bridge.agent.signals import Signals
-from vault_bridge.config.durations import parse_duration
 from vault_bridge.config.schema import Settings, load_config
 from vault_bridge.decisions.schedule import Backoff, Wake, after_failure, attempt_at, next_wake
 from vault_bridge.errors import StateError, VaultBridgeError, VaultUnavailableError
@@ -94,11 +93,11 @@ class Agent:
 
     @property
     def resync(self) -> timedelta:
-        return parse_duration(self.settings.agent.resync_interval)
+        return self.settings.agent.resync_interval
 
     @property
     def stop_grace(self) -> timedelta:
-        return parse_duration(self.settings.agent.stop_grace)
+        return self.settings.agent.stop_grace
 
     # -- the loop ----------------------------------------------------------------------------
 

@@ -17,7 +17,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from vault_bridge.agent.revocation import revoke_due
-from vault_bridge.config.durations import parse_duration
 from vault_bridge.config.schema import Settings
 from vault_bridge.errors import StateError
 from vault_bridge.models.times import iso_or_none, parse_iso, utc_now
@@ -127,7 +126,7 @@ def _rotate_locked(
             app.vault,
             enabled=settings.agent.revoke_superseded,
             rng=random.Random(),
-            blocked_for=parse_duration(settings.agent.resync_interval),
+            blocked_for=settings.agent.resync_interval,
         )
     return result
 

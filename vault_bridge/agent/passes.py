@@ -18,7 +18,6 @@ from typing import Any
 
 from vault_bridge.adapters.vault.client import VaultClient
 from vault_bridge.agent.health import CertSample, Condition
-from vault_bridge.config.durations import parse_duration
 from vault_bridge.config.schema import CertSpec, Settings
 from vault_bridge.decisions.renewal import CertStatus, renewal_time
 from vault_bridge.decisions.schedule import (
@@ -115,7 +114,7 @@ class Passes:
 
     @property
     def resync(self) -> timedelta:
-        return parse_duration(self.settings.agent.resync_interval)
+        return self.settings.agent.resync_interval
 
     def reload(self, settings: Settings) -> None:
         """A new configuration: forget what no longer applies, pass at once."""

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from vault_bridge.config.durations import format_duration, parse_duration
+from vault_bridge.config.durations import format_duration
 from vault_bridge.config.schema import CertSpec, Settings
 from vault_bridge.models.vault import PkiRole
 
@@ -113,7 +113,7 @@ def desired_role(specs: Sequence[CertSpec]) -> dict[str, Any]:
         key_type, key_bits = "any", 0
     else:
         key_type, key_bits = next(iter(key_types))
-    max_ttl = max(parse_duration(s.ttl) for s in specs)
+    max_ttl = max(s.ttl for s in specs)
     return {
         "server_flag": True,
         "client_flag": True,
@@ -151,7 +151,7 @@ def role_fixes(role: PkiRole, specs: Sequence[CertSpec]) -> dict[str, Any]:
         wanted = {s.key_type for s in specs}
         if wanted != {role.key_type}:
             fixes["key_type"], fixes["key_bits"] = "any", 0
-    longest = max(parse_duration(s.ttl) for s in specs).total_seconds()
+    longest = max(s.ttl for s in specs).total_seconds()
     if role.max_ttl_seconds and role.max_ttl_seconds < longest:
         fixes["max_ttl"] = desired["max_ttl"]
     if not role.allow_any_name:

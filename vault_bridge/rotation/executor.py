@@ -18,7 +18,6 @@ from cryptography import x509
 from vault_bridge.adapters.redis_enterprise import ClusterClient
 from vault_bridge.adapters.tls_probe import served_certificate
 from vault_bridge.adapters.vault.client import VaultClient
-from vault_bridge.config.durations import parse_duration
 from vault_bridge.config.schema import CertSpec, ClusterSettings, Settings
 from vault_bridge.decisions.install import CertUpload, InstallBatch, install_batches
 from vault_bridge.decisions.renewal import Action, CertStatus, classify, plan
@@ -264,7 +263,7 @@ class Rotator:
             )
         self.hooks.issued(spec, issued)
         check_before_install(
-            issued, spec.name, now=self.clock(), requested_ttl=parse_duration(spec.ttl)
+            issued, spec.name, now=self.clock(), requested_ttl=spec.ttl
         )
         logger.info(
             "issued %s for %s: serial %s, not_after %s",

@@ -15,7 +15,6 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
-from vault_bridge.config.durations import parse_duration
 from vault_bridge.config.schema import CertSpec, Settings
 from vault_bridge.decisions.schedule import Backoff, is_expiring, runaway_until
 from vault_bridge.errors import DeferredError, StateError, VaultBridgeError
@@ -103,7 +102,7 @@ class Keeper:
             self.save()
 
     def _grace(self) -> timedelta:
-        return parse_duration(self.settings.agent.revoke_grace)
+        return self.settings.agent.revoke_grace
 
     def _mount(self, cluster: str, name: str) -> str:
         spec = self.settings.cluster(cluster).spec(name)

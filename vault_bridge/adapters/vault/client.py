@@ -31,6 +31,7 @@ import hvac.adapters
 import hvac.exceptions
 import requests
 
+from vault_bridge.config.durations import format_duration
 from vault_bridge.decisions.token import RENEW_FRACTION, TokenAction, token_action
 from vault_bridge.errors import (
     ConfigError,
@@ -463,7 +464,7 @@ class VaultClient:
         common_name: str,
         alt_names: Sequence[str] = (),
         ip_sans: Sequence[str] = (),
-        ttl: str | None = None,
+        ttl: timedelta | str | None = None,
     ) -> dict[str, Any]:
         """POST: /{mount}/sign/{role}
 
@@ -497,7 +498,7 @@ class VaultClient:
         common_name: str,
         alt_names: Sequence[str] = (),
         ip_sans: Sequence[str] = (),
-        ttl: str | None = None,
+        ttl: timedelta | str | None = None,
     ) -> IssuedCertificate:
         """POST: /{mount}/issue/{role}"""
         path = f"{mount}/issue/{role}"
@@ -646,15 +647,15 @@ def _read_secret_file(path: Path, what: str) -> str:
 
 
 def _cert_params(
-    alt_names: Sequence[str], ip_sans: Sequence[str], ttl: str | None
+    alt_names: Sequence[str], ip_sans: Sequence[str], ttl: timedelta | str | None
 ) -> dict[str, Any]:
     params: dict[str, Any] = {"format": "pem", "remove_roots_from_chain": False}
     if alt_names:
         params["alt_names"] = ",".join(alt_names)
     if ip_sans:
         params["ip_sans"] = ",".join(ip_sans)
-    if ttl:
-        params["ttl"] = ttl
+    if ttl:  # Vault's duration text ("720h"); a timedelta is written in that form
+        params["ttl"] = format_duration(ttl) if isinstance(ttl, timedelta) else ttl
     return params
 
 
