@@ -3,7 +3,6 @@ and the jobs of step 2, each armed on a thread of its own and fired at the insta
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import threading
@@ -13,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from vault_bridge.adapters.file_lock import flock_within, unlock
 from vault_bridge.decisions.followup_plan import Key
 from vault_bridge.errors import VaultBridgeError
 
@@ -59,18 +59,15 @@ class FollowUpLock:
             return False
         try:
             self._fd = self._open()
-            while self._fd is not None:
-                try:
-                    fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    return True
-                except BlockingIOError:
-                    if not blocking or (deadline is not None and time.monotonic() >= deadline):
-                        os.close(self._fd)
-                        self._fd = None
-                        _PROCESS_LOCK.release()
-                        return False
-                    time.sleep(0.05)
-            return True
+            if self._fd is None:
+                return True
+            wait = 0.0 if not blocking else _remaining(deadline)
+            if flock_within(self._fd, wait, poll=0.05):
+                return True
+            os.close(self._fd)
+            self._fd = None
+            _PROCESS_LOCK.release()
+            return False
         except BaseException:
             _PROCESS_LOCK.release()
             raise
@@ -87,10 +84,14 @@ class FollowUpLock:
 
     def release(self) -> None:
         if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            unlock(self._fd)
             os.close(self._fd)
             self._fd = None
         _PROCESS_LOCK.release()
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 @dataclass
