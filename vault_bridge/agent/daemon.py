@@ -40,7 +40,7 @@ from vault_bridge.errors import StateError, VaultBridgeError, VaultUnavailableEr
 from vault_bridge.models.times import iso, utc_now
 from vault_bridge.rotation.app import App, build
 from vault_bridge.rotation.followups import FollowUps
-from vault_bridge.state.journal import Keeper
+from vault_bridge.state.journal import IntentJournal
 from vault_bridge.state.store import LockHeld, StateDir
 
 logger = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class Agent:
         self.metrics = metrics or Metrics()
         self.state_dir = StateDir(settings.agent.state_dir)
         self.signals = Signals(lambda: self.stop_grace)
-        self.keeper = Keeper(
+        self.keeper = IntentJournal(
             self.state_dir,
             settings,
             clock=clock,

@@ -22,7 +22,7 @@ from vault_bridge.errors import StateError
 from vault_bridge.models.times import iso_or_none, parse_iso, utc_now
 from vault_bridge.rotation.app import build
 from vault_bridge.rotation.executor import Outcome, PassResult
-from vault_bridge.state.journal import Clock, Keeper
+from vault_bridge.state.journal import Clock, IntentJournal
 from vault_bridge.state.records import Key, key_text
 from vault_bridge.state.store import LockHeld, StateDir
 
@@ -110,7 +110,7 @@ def rotate_once(
 def _rotate_locked(
     settings: Settings, state_dir: StateDir, force: set[Key], only: set[Key] | None, clock: Clock
 ) -> PassResult:
-    keeper = Keeper(state_dir, settings, clock=clock)
+    keeper = IntentJournal(state_dir, settings, clock=clock)
     keeper.load()
     with build(settings, clock=clock, hooks=keeper) as app:
         pending = keeper.replay(app.rotator)  # what a killed agent or pass left: first

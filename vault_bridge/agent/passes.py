@@ -35,8 +35,8 @@ from vault_bridge.rotation.app import App
 from vault_bridge.rotation.executor import Change, Outcome, PassResult, Rotator
 from vault_bridge.state.journal import (
     Clock,
+    IntentJournal,
     JournalPendingError,
-    Keeper,
     RunawayGuardError,
     StoppingError,
 )
@@ -96,7 +96,7 @@ class Passes:
     """The passes of the agent and what they taught it about each certificate."""
 
     def __init__(
-        self, settings: Settings, keeper: Keeper, *, clock: Clock, rng: random.Random
+        self, settings: Settings, keeper: IntentJournal, *, clock: Clock, rng: random.Random
     ) -> None:
         self.settings = settings
         self.keeper = keeper

@@ -262,9 +262,7 @@ class Rotator:
                 ttl=spec.ttl,
             )
         self.hooks.issued(spec, issued)
-        check_before_install(
-            issued, spec.name, now=self.clock(), requested_ttl=spec.ttl
-        )
+        check_before_install(issued, spec.name, now=self.clock(), requested_ttl=spec.ttl)
         logger.info(
             "issued %s for %s: serial %s, not_after %s",
             spec.name.value,
