@@ -36,6 +36,7 @@ from vault_bridge.agent.revocation import revoke_due
 from vault_bridge.agent.signals import Signals
 from vault_bridge.config.schema import Settings, load_config
 from vault_bridge.decisions.schedule import Backoff, Wake, after_failure, attempt_at, next_wake
+from vault_bridge.decisions.token import renew_due_at
 from vault_bridge.errors import StateError, VaultBridgeError, VaultUnavailableError
 from vault_bridge.models.times import iso, utc_now
 from vault_bridge.rotation.app import App, build
@@ -293,7 +294,8 @@ class Agent:
             return now
         if info.expire_time is None or info.ttl_seconds <= 0:
             return self.token_checked_at + self.resync  # notices a changed token file
-        return info.expire_time - timedelta(seconds=info.ttl_seconds / 3) + TOKEN_MARGIN
+        obtained_at = info.expire_time - timedelta(seconds=info.ttl_seconds)
+        return renew_due_at(obtained_at, info.ttl_seconds) + TOKEN_MARGIN
 
     def _token(self, app: App, now: datetime) -> None:
         if now < self._token_due(app.vault, now):
