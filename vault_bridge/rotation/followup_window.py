@@ -188,7 +188,8 @@ def report(
             [j.sent for j in mine if j.sent is not None],
             [j.done for j in mine if j.done is not None],
         )
-        what = f"follow-ups of {names} on {cluster}: {crdbs} CRDB(s), {len(mine) - crdbs} replica update(s)"
+        replicas = len(mine) - crdbs
+        what = f"follow-ups of {names} on {cluster}: {crdbs} CRDB(s), {replicas} replica update(s)"
         if window is None:
             earlier = "" if start is not None else " (step 1 happened earlier)"
             logger.info("%s%s", what, earlier, extra={"cluster": cluster})
