@@ -31,6 +31,7 @@ from vault_bridge.models.certificates import (
     InstalledCertificate,
     IssuedCertificate,
 )
+from vault_bridge.models.times import iso
 from vault_bridge.rotation.keys import build_csr, check_before_install, generate_key, key_to_pem
 
 logger = logging.getLogger(__name__)
@@ -296,7 +297,7 @@ class Rotator:
             spec.name.value,
             spec.cluster,
             issued.serial,
-            issued.not_after.isoformat(),
+            iso(issued.not_after),
         )
         return issued
 
@@ -448,7 +449,7 @@ class Rotator:
                     name,
                     cluster_name,
                     change.issued.serial,
-                    change.issued.not_after.isoformat(),
+                    iso(change.issued.not_after),
                 )
                 installed.append(change)
         return installed
