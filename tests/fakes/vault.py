@@ -139,10 +139,11 @@ class FakeVault:
         public_key: Any,
         subject: x509.Name,
         sans: Sequence[x509.GeneralName],
-        ttl: str | None,
+        ttl: timedelta | str | None,
     ) -> dict[str, Any]:
         ca = self.ca(mount)
-        lifetime = self.lifetime or parse_duration(ttl or "720h")
+        requested = ttl if isinstance(ttl, timedelta) else parse_duration(ttl or "720h")
+        lifetime = self.lifetime or requested
         cert = ca.sign(
             public_key,
             subject,
@@ -167,7 +168,7 @@ class FakeVault:
         common_name: str,
         alt_names: Sequence[str] = (),
         ip_sans: Sequence[str] = (),
-        ttl: str | None = None,
+        ttl: timedelta | str | None = None,
     ) -> dict[str, Any]:
         """POST: /{mount}/sign/{role} (subject and SANs from the CSR, as Vault's defaults)."""
         self._call("sign")
@@ -188,7 +189,7 @@ class FakeVault:
         common_name: str,
         alt_names: Sequence[str] = (),
         ip_sans: Sequence[str] = (),
-        ttl: str | None = None,
+        ttl: timedelta | str | None = None,
     ) -> IssuedCertificate:
         """POST: /{mount}/issue/{role} (the key made here, returned with the certificate)."""
         self._call("issue")

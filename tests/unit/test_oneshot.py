@@ -20,7 +20,7 @@ from vault_bridge.config.schema import Settings
 from vault_bridge.errors import StateError
 from vault_bridge.rotation.app import AppPorts
 from vault_bridge.rotation.executor import Outcome, PassResult, RotationHooks
-from vault_bridge.state.journal import Keeper
+from vault_bridge.state.journal import IntentJournal
 from vault_bridge.state.records import Intent
 from vault_bridge.state.store import LockHeld, StateDir
 
@@ -61,7 +61,7 @@ def answer() -> PassResult:
 def test_locked_pass_replays_the_journal_rotates_and_revokes_the_orphan(w: World) -> None:
     state_dir = StateDir(w.settings.agent.state_dir)
     state_dir.ensure()
-    keeper = Keeper(state_dir, w.settings, clock=w.clock)
+    keeper = IntentJournal(state_dir, w.settings, clock=w.clock)
     state = keeper.load()
     now = w.clock()
     orphan = w.leaf(w.vault.ca("pki_int"), "cm.east.example.com")
@@ -201,7 +201,7 @@ def test_the_answer_survives_its_json_round_trip(w: World) -> None:
 def test_what_the_journal_cannot_resolve_yet_is_left_out_of_the_pass(w: World) -> None:
     state_dir = StateDir(w.settings.agent.state_dir)
     state_dir.ensure()
-    keeper = Keeper(state_dir, w.settings, clock=w.clock)
+    keeper = IntentJournal(state_dir, w.settings, clock=w.clock)
     state = keeper.load()
     now = w.clock()
     sent = w.leaf(w.vault.ca("pki_int"), "cm.east.example.com")

@@ -19,7 +19,7 @@ from vault_bridge.agent.passes import AgentRotator, Passes
 from vault_bridge.decisions.schedule import INITIAL_BACKOFF, JITTER
 from vault_bridge.errors import StateError, VaultPermissionError, VaultUnavailableError
 from vault_bridge.rotation.executor import Change
-from vault_bridge.state.journal import Keeper
+from vault_bridge.state.journal import IntentJournal
 from vault_bridge.state.store import StateDir
 
 KEY = ("east", "cm")
@@ -29,7 +29,7 @@ DENIED = "permission denied: the policy needs 'update' on pki_int/sign/redis"
 @dataclass
 class Agent:
     w: World
-    keeper: Keeper
+    keeper: IntentJournal
     passes: Passes
     app: FakeApp
 
@@ -42,7 +42,7 @@ class Agent:
         return self.w.vault.calls.count("sign")
 
 
-class FailingInstallKeeper(Keeper):
+class FailingInstallJournal(IntentJournal):
     def before_install(self, cluster: str, changes: Sequence[Change]) -> None:
         raise StateError("cannot write state.json: no space left on the device")
 
@@ -51,7 +51,7 @@ def agent(
     tmp_path: Path,
     certificates: Sequence[str] = ("cm",),
     *,
-    keeper_cls: type[Keeper] = Keeper,
+    keeper_cls: type[IntentJournal] = IntentJournal,
     followups: bool = False,
     stopping: bool = False,
     **agent_keys: Any,
@@ -178,7 +178,7 @@ def test_a_cluster_that_stops_answering_backs_off_as_a_whole(tmp_path: Path) -> 
 
 
 def test_a_failure_outside_any_certificate_backs_off_the_pass(tmp_path: Path) -> None:
-    a = agent(tmp_path, keeper_cls=FailingInstallKeeper)
+    a = agent(tmp_path, keeper_cls=FailingInstallJournal)
     start = a.w.clock()
     result = a.passes.run(a.app)
     assert "no space left" in result.cluster_errors["*"]

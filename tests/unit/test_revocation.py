@@ -15,7 +15,7 @@ from tests.fakes.vault import FakeVault
 from tests.fakes.world import MOUNT, World, make_settings
 from vault_bridge.agent.revocation import revoke_due
 from vault_bridge.errors import VaultError, VaultPermissionError, VaultUnavailableError
-from vault_bridge.state.journal import Keeper
+from vault_bridge.state.journal import IntentJournal
 from vault_bridge.state.records import Intent, Superseded
 from vault_bridge.state.store import StateDir
 
@@ -33,11 +33,11 @@ def vault(clock: FakeClock) -> FakeVault:
 
 
 @pytest.fixture
-def keeper(tmp_path: Path, clock: FakeClock) -> Keeper:
+def keeper(tmp_path: Path, clock: FakeClock) -> IntentJournal:
     settings = make_settings(tmp_path / "state")
     state_dir = StateDir(settings.agent.state_dir)
     state_dir.ensure()
-    keeper = Keeper(state_dir, settings, clock=clock)
+    keeper = IntentJournal(state_dir, settings, clock=clock)
     keeper.load()
     return keeper
 
@@ -64,21 +64,21 @@ def entry(
     )
 
 
-def revoke(keeper: Keeper, vault: FakeVault, *, enabled: bool = True) -> None:
+def revoke(keeper: IntentJournal, vault: FakeVault, *, enabled: bool = True) -> None:
     revoke_due(keeper, vault, enabled=enabled, rng=random.Random(3), blocked_for=RESYNC)
 
 
-def queue(keeper: Keeper) -> list[Superseded]:
+def queue(keeper: IntentJournal) -> list[Superseded]:
     assert keeper.state is not None
     return keeper.state.superseded
 
 
-def on_disk(keeper: Keeper) -> list[Superseded]:
+def on_disk(keeper: IntentJournal) -> list[Superseded]:
     return keeper.state_dir.load().superseded
 
 
 def test_revoked_by_serial_once_the_grace_period_is_over(
-    keeper: Keeper, vault: FakeVault, clock: FakeClock
+    keeper: IntentJournal, vault: FakeVault, clock: FakeClock
 ) -> None:
     queue(keeper).append(entry(clock))
     revoke(keeper, vault)
@@ -90,14 +90,16 @@ def test_revoked_by_serial_once_the_grace_period_is_over(
     assert vault.calls[:1] == ["ensure_token"]
 
 
-def test_an_orphan_is_revoked_at_once(keeper: Keeper, vault: FakeVault, clock: FakeClock) -> None:
+def test_an_orphan_is_revoked_at_once(
+    keeper: IntentJournal, vault: FakeVault, clock: FakeClock
+) -> None:
     queue(keeper).append(entry(clock, grace=timedelta(0), reason="orphan"))
     revoke(keeper, vault)
     assert vault.revoked == [(MOUNT, "01:02")]
 
 
 def test_an_expired_certificate_is_dropped_without_asking_vault(
-    keeper: Keeper, vault: FakeVault, clock: FakeClock
+    keeper: IntentJournal, vault: FakeVault, clock: FakeClock
 ) -> None:
     queue(keeper).append(entry(clock, lifetime=timedelta(minutes=30)))
     clock.advance(timedelta(hours=1))
@@ -106,7 +108,7 @@ def test_an_expired_certificate_is_dropped_without_asking_vault(
 
 
 def test_disabled_revokes_nothing_but_still_drops_the_expired(
-    keeper: Keeper, vault: FakeVault, clock: FakeClock
+    keeper: IntentJournal, vault: FakeVault, clock: FakeClock
 ) -> None:
     queue(keeper).extend([entry(clock), entry(clock, serial="03", lifetime=timedelta(hours=1))])
     clock.advance(timedelta(hours=2))
@@ -115,7 +117,7 @@ def test_disabled_revokes_nothing_but_still_drops_the_expired(
 
 
 def test_never_before_the_replacement_and_its_follow_ups_are_done(
-    keeper: Keeper, vault: FakeVault, clock: FakeClock
+    keeper: IntentJournal, vault: FakeVault, clock: FakeClock
 ) -> None:
     state = keeper.state
     assert state is not None
@@ -133,7 +135,7 @@ def test_never_before_the_replacement_and_its_follow_ups_are_done(
 
 @pytest.mark.parametrize("status", [400, 404])
 def test_a_role_that_keeps_no_copy_is_revoked_by_pem(
-    keeper: Keeper, vault: FakeVault, clock: FakeClock, status: int
+    keeper: IntentJournal, vault: FakeVault, clock: FakeClock, status: int
 ) -> None:
     queue(keeper).append(entry(clock, grace=timedelta(0), pem="-----BEGIN CERTIFICATE-----"))
     vault.fail["revoke"] = [VaultError("certificate not found", status=status)]
@@ -142,7 +144,7 @@ def test_a_role_that_keeps_no_copy_is_revoked_by_pem(
 
 
 def test_an_unknown_serial_without_a_pem_is_dropped(
-    keeper: Keeper, vault: FakeVault, clock: FakeClock
+    keeper: IntentJournal, vault: FakeVault, clock: FakeClock
 ) -> None:
     queue(keeper).append(entry(clock, grace=timedelta(0)))
     vault.fail["revoke"] = [VaultError("certificate not found", status=404)]
@@ -151,7 +153,7 @@ def test_an_unknown_serial_without_a_pem_is_dropped(
 
 
 def test_a_policy_error_waits_for_the_resync(
-    keeper: Keeper, vault: FakeVault, clock: FakeClock
+    keeper: IntentJournal, vault: FakeVault, clock: FakeClock
 ) -> None:
     queue(keeper).append(entry(clock, grace=timedelta(0)))
     vault.fail["revoke"] = [VaultPermissionError("permission denied", status=403)]
@@ -166,7 +168,7 @@ def test_a_policy_error_waits_for_the_resync(
     assert vault.revoked == [(MOUNT, "01:02")]
 
 
-def test_an_outage_backs_off(keeper: Keeper, vault: FakeVault, clock: FakeClock) -> None:
+def test_an_outage_backs_off(keeper: IntentJournal, vault: FakeVault, clock: FakeClock) -> None:
     queue(keeper).append(entry(clock, grace=timedelta(0)))
     vault.fail["revoke"] = [VaultUnavailableError("Vault is unavailable", status=503)] * 2
     revoke(keeper, vault)
@@ -185,7 +187,7 @@ def test_an_outage_backs_off(keeper: Keeper, vault: FakeVault, clock: FakeClock)
 
 
 def test_nothing_is_revoked_while_the_state_cannot_be_written(
-    keeper: Keeper, vault: FakeVault, clock: FakeClock
+    keeper: IntentJournal, vault: FakeVault, clock: FakeClock
 ) -> None:
     queue(keeper).append(entry(clock, grace=timedelta(0)))
     keeper.error = "cannot write state.json: read-only file system"
@@ -199,7 +201,7 @@ def test_a_rotation_queues_the_replaced_certificate_and_revokes_it_after_the_gra
     w = World(make_settings(tmp_path / "state", certificates=("cm",)))
     state_dir = StateDir(w.settings.agent.state_dir)
     state_dir.ensure()
-    keeper = Keeper(state_dir, w.settings, clock=w.clock)
+    keeper = IntentJournal(state_dir, w.settings, clock=w.clock)
     keeper.load()
     rotator = w.rotator(hooks=keeper)
     first = rotator.run_once().outcomes[0].serial

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from vault_bridge.decisions.install import CertUpload
@@ -85,7 +85,7 @@ class VaultPki(Protocol):
         common_name: str,
         alt_names: Sequence[str] = (),
         ip_sans: Sequence[str] = (),
-        ttl: str | None = None,
+        ttl: timedelta | str | None = None,
     ) -> dict[str, Any]:
         """POST: /{mount}/sign/{role}; the answer's ``data`` (``lease_id`` added)."""
         ...
@@ -98,7 +98,7 @@ class VaultPki(Protocol):
         common_name: str,
         alt_names: Sequence[str] = (),
         ip_sans: Sequence[str] = (),
-        ttl: str | None = None,
+        ttl: timedelta | str | None = None,
     ) -> IssuedCertificate:
         """POST: /{mount}/issue/{role}"""
         ...

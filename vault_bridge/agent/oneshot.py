@@ -15,18 +15,17 @@ import signal
 import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
-from datetime import datetime
 from typing import Any, Protocol
 
 from vault_bridge.adapters.ports import Monotonic, Sleep
 from vault_bridge.agent.revocation import revoke_due
-from vault_bridge.config.durations import parse_duration
 from vault_bridge.config.schema import Settings
 from vault_bridge.errors import StateError
-from vault_bridge.rotation.app import AppPorts, build, utc_now
+from vault_bridge.models.times import iso_or_none, parse_iso, utc_now
+from vault_bridge.rotation.app import AppPorts, build
 from vault_bridge.rotation.executor import Outcome, PassResult, RotationHooks
-from vault_bridge.state.journal import Clock, Keeper
-from vault_bridge.state.records import Key, iso, key_text
+from vault_bridge.state.journal import Clock, IntentJournal
+from vault_bridge.state.records import Key, key_text
 from vault_bridge.state.store import LockHeld, StateDir
 
 logger = logging.getLogger(__name__)
@@ -52,7 +51,7 @@ def result_json(result: PassResult) -> dict[str, Any]:
                 "name": o.name,
                 "result": o.result,
                 "serial": o.serial,
-                "not_after": iso(o.not_after) if o.not_after else None,
+                "not_after": iso_or_none(o.not_after),
                 "error": o.error,
                 "reason": o.reason,
             }
@@ -72,7 +71,7 @@ def result_from_json(data: dict[str, Any]) -> PassResult:
                 name=str(item["name"]),
                 result=str(item["result"]),
                 serial=item.get("serial"),
-                not_after=datetime.fromisoformat(not_after) if not_after else None,
+                not_after=parse_iso(not_after) if not_after else None,
                 error=item.get("error"),
                 reason=str(item.get("reason") or ""),
             )
@@ -138,7 +137,7 @@ def _rotate_locked(
     clock: Clock,
     build_app: BuildApp,
 ) -> PassResult:
-    keeper = Keeper(state_dir, settings, clock=clock)
+    keeper = IntentJournal(state_dir, settings, clock=clock)
     keeper.load()
     with build_app(settings, clock=clock, hooks=keeper) as app:
         pending = keeper.replay(app.rotator)  # what a killed agent or pass left: first
@@ -154,7 +153,7 @@ def _rotate_locked(
             app.vault,
             enabled=settings.agent.revoke_superseded,
             rng=random.Random(),
-            blocked_for=parse_duration(settings.agent.resync_interval),
+            blocked_for=settings.agent.resync_interval,
         )
     return result
 
