@@ -565,6 +565,8 @@ def test_kill_during_install(
             "the journal to say installing",
             lambda: journal_phases(lab.state_dir) == ["installing"] * 2,
         )
+        # The journal is written before the request is sent: kill only once the cluster holds it.
+        wait_for("the install request to reach the cluster", lambda: lab.sim.faults_pending() == 0)
         first.kill()
     intents = {e["name"]: e for e in read_state(lab.state_dir)["journal"]}
     time.sleep(3.5)  # the held request is answered now
