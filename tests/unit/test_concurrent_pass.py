@@ -1,7 +1,7 @@
 """A pass on the bounded pool keeps every ordering rule: a fleet of clusters and CRDBs, offline.
 
 Four clusters with Active-Active databases spanning them, one cluster rejecting every install,
-one certificate stopped by the runaway guard, the real journal (:class:`Keeper`) and the real
+one certificate stopped by the runaway guard, the real journal (:class:`IntentJournal`) and the real
 follow-ups (:class:`FollowUps`) over in-memory clusters. The installs of the healthy clusters
 meet at a barrier, so the test only passes when they really are in flight at the same time.
 """
@@ -28,7 +28,7 @@ from vault_bridge.models.cluster import Bdb, Crdb, CrdbInstance, CrdbTask
 from vault_bridge.rotation.executor import Change, Rotator
 from vault_bridge.rotation.followups import FollowUps, Limits
 from vault_bridge.rotation.throttle import VaultThrottle
-from vault_bridge.state.journal import Keeper
+from vault_bridge.state.journal import IntentJournal
 from vault_bridge.state.store import StateDir
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -187,7 +187,7 @@ class FakeCluster:
 class RecordingHooks:
     """The real journal, each call recorded; two calls at once would be a violation."""
 
-    def __init__(self, keeper: Keeper, events: Events) -> None:
+    def __init__(self, keeper: IntentJournal, events: Events) -> None:
         self.keeper = keeper
         self.events = events
         self.active = 0
@@ -284,7 +284,7 @@ def test_a_fleet_pass_keeps_every_ordering_rule(
     clusters = {c.name: FakeCluster(c.name, events, barrier) for c in settings.clusters}
     state_dir = StateDir(settings.agent.state_dir)
     state_dir.ensure()
-    keeper = Keeper(state_dir, settings, clock=lambda: NOW)
+    keeper = IntentJournal(state_dir, settings, clock=lambda: NOW)
     keeper.load()
     assert keeper.state is not None
     for minutes in (10, 20):  # c2's cm was issued twice this hour: the runaway guard stops it
@@ -307,11 +307,12 @@ def test_a_fleet_pass_keeps_every_ordering_rule(
     rotator = Rotator(
         settings,
         FakeVault(test_ca, pushbacks=3),  # type: ignore[arg-type]
-        clusters,  # type: ignore[arg-type]
+        clusters,
         clock=lambda: NOW,
         hooks=hooks,
         followups=followups,
         probe=probe,
+        sleep=lambda s: None,
         vault_sleep=sleeps.append,
     )
     result = rotator.run_once()
@@ -383,13 +384,13 @@ def test_concurrency_one_is_the_sequential_order(tmp_path: Path, test_ca: Offlin
     settings = fleet_settings(tmp_path, 1)
     events = Events()
     clusters = {c.name: FakeCluster(c.name, events, None) for c in settings.clusters}
-    keeper = Keeper(StateDir(settings.agent.state_dir), settings, clock=lambda: NOW)
+    keeper = IntentJournal(StateDir(settings.agent.state_dir), settings, clock=lambda: NOW)
     StateDir(settings.agent.state_dir).ensure()
     keeper.load()
     rotator = Rotator(
         settings,
         FakeVault(test_ca),  # type: ignore[arg-type]
-        clusters,  # type: ignore[arg-type]
+        clusters,
         clock=lambda: NOW,
         hooks=RecordingHooks(keeper, events),
         probe=lambda endpoint: clusters[endpoint.split(".")[0]].installed["cm"].info,

@@ -1,35 +1,36 @@
-"""The executor: carries out a plan through the adapters (Vault, clusters, TLS probes).
+"""The executor: carries out a plan through the ports (Vault, clusters, TLS probes).
 
 A pass reads what every cluster serves, classifies it (:mod:`vault_bridge.decisions.renewal`), obtains a
 certificate from Vault for each one due, checks it, installs it, reads it back and checks the
 served leaf. One certificate's failure never stops the others.
 
-Work runs on a bounded pool (``[agent] concurrency``) in three phases, each finished before the
-next starts: every cluster is read (once); every certificate due is obtained (key, CSR, Vault,
-checks), across clusters and within each; then every cluster is installed - one request per
-batch, the internode certificates in a batch of their own, then one read to verify the cluster.
-The follow-ups prepare before the install phase and run after it, so the Active-Active step 2
-of a CRDB goes once, after the last install on every cluster it spans. Hooks (the journal) and
-the follow-ups' ``installed`` are called one at a time, never concurrently.
+Work runs on a bounded pool (``[agent] concurrency``): every cluster is read once, and a
+cluster's due certificates are obtained (key, CSR, Vault, checks) as soon as its read is
+classified, while the other clusters are still being read; once every certificate is obtained,
+every cluster is installed at once, each on its own - one request per batch, the internode
+certificates in a batch of their own, then one read to verify the cluster. The follow-ups'
+window opens before the first install and closes after the last, so the Active-Active step 2
+of a CRDB goes once, after the last install on every cluster it spans. The hooks (the journal)
+and the window's ``installed`` are called one at a time, never concurrently.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, TypeVar, runtime_checkable
 
 from cryptography import x509
 
-from vault_bridge.adapters.redis_enterprise import ClusterClient
+from vault_bridge.adapters.ports import Clock, ClusterCertificates, Sleep, TlsProbe, Vault
 from vault_bridge.adapters.tls_probe import served_certificate
-from vault_bridge.adapters.vault.client import VaultClient
-from vault_bridge.config.durations import parse_duration
 from vault_bridge.config.schema import CertSpec, ClusterSettings, Settings
 from vault_bridge.decisions.install import CertUpload, InstallBatch, install_batches
 from vault_bridge.decisions.renewal import Action, CertStatus, classify, plan
@@ -41,14 +42,16 @@ from vault_bridge.models.certificates import (
     InstalledCertificate,
     IssuedCertificate,
 )
+from vault_bridge.models.times import iso
 from vault_bridge.rotation.keys import build_csr, check_before_install, generate_key, key_to_pem
 from vault_bridge.rotation.throttle import VaultThrottle
 
 logger = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
+Key = tuple[str, str]  # (cluster, certificate name)
 T = TypeVar("T")
 U = TypeVar("U")
+Read = tuple[list[CertStatus], dict[str, InstalledCertificate]]
 
 
 @dataclass(frozen=True)
@@ -133,26 +136,51 @@ class FollowUpRunner(Protocol):
         ...
 
 
-@runtime_checkable
-class PreparingFollowUps(FollowUpRunner, Protocol):
-    """A follow-up runner that also wants the moments around step 1 (the install), to keep the
-    window between step 1 and step 2 short: :class:`vault_bridge.rotation.followups.FollowUps`."""
+class FollowUpWindow(Protocol):
+    """The follow-ups of one pass's proxy/syncer installs, open around them."""
 
-    def prepare(
-        self, clusters: Sequence[str], changes: Sequence[CertChange] = ()
-    ) -> dict[str, str]:
-        """Right before installing ``changes`` (proxy/syncer) on ``clusters`` (discovery,
-        tasks in flight, the lock, step 2 armed); returns, by cluster, why its proxy/syncer
-        install must not go ahead."""
+    @property
+    def refused(self) -> Mapping[str, str]:
+        """By cluster: why its proxy/syncer install must not go ahead in this pass."""
         ...
 
     def installed(self, cluster: str, names: Sequence[str]) -> None:
         """The install request on ``cluster`` answered 200 for ``names`` (proxy/syncer)."""
         ...
 
-    def release(self) -> None:
-        """The pass is over (releases what ``prepare`` took, whether ``run`` ran or not)."""
+    def finish(self, changes: Sequence[CertChange]) -> dict[tuple[str, str], str]:
+        """Step 2 for the installed and verified ``changes``; an error by (cluster, name)."""
         ...
+
+
+@runtime_checkable
+class WindowedFollowUps(FollowUpRunner, Protocol):
+    """A follow-up runner that opens a window around the installs, to keep the time between
+    step 1 and step 2 short: :class:`vault_bridge.rotation.followups.FollowUps`."""
+
+    def window(
+        self, clusters: Sequence[str], changes: Sequence[CertChange] = ()
+    ) -> AbstractContextManager[FollowUpWindow]:
+        """Opened right before installing ``changes`` (proxy/syncer) on ``clusters``
+        (discovery, tasks in flight, the lock, step 2 armed); closed once step 2 is over."""
+        ...
+
+
+class _WithoutWindow:
+    """The window of a runner that has none (or of no runner): step 2 after the installs."""
+
+    refused: Mapping[str, str] = {}
+
+    def __init__(self, runner: FollowUpRunner | None) -> None:
+        self._runner = runner
+
+    def installed(self, cluster: str, names: Sequence[str]) -> None:
+        return None
+
+    def finish(self, changes: Sequence[CertChange]) -> dict[tuple[str, str], str]:
+        if not changes or self._runner is None:
+            return {}
+        return self._runner.run(changes)
 
 
 class NoHooks:
@@ -176,20 +204,20 @@ class Rotator:
     def __init__(
         self,
         settings: Settings,
-        vault: VaultClient,
-        clusters: Mapping[str, ClusterClient],
+        vault: Vault,
+        clusters: Mapping[str, ClusterCertificates],
         *,
         clock: Clock,
         hooks: RotationHooks | None = None,
         followups: FollowUpRunner | None = None,
-        probe: Callable[[str], CertificateInfo] = served_certificate,
-        sleep: Callable[[float], None] | None = None,
+        probe: TlsProbe = served_certificate,
+        sleep: Sleep = time.sleep,
         probe_attempts: int = 5,
         concurrency: int | None = None,
-        vault_sleep: Callable[[float], None] | None = None,
+        vault_sleep: Sleep | None = None,
     ) -> None:
-        """``concurrency`` defaults to ``[agent] concurrency``; ``vault_sleep`` waits between
-        retries after Vault pushed back (429/5xx), real time unless injected."""
+        """``concurrency`` defaults to ``[agent] concurrency``; ``vault_sleep`` (default:
+        ``sleep``) waits between retries after Vault pushed back (429/5xx)."""
         self.settings = settings
         self.vault = vault
         self.clusters = clusters
@@ -197,14 +225,14 @@ class Rotator:
         self.hooks: RotationHooks = hooks or NoHooks()
         self.followups = followups
         self._probe = probe
-        self._sleep = sleep or (lambda s: None)
+        self._sleep = sleep
         self._probe_attempts = probe_attempts
-        self.concurrency = max(1, concurrency or settings.agent.concurrency)
-        self.throttle = VaultThrottle(self.concurrency, sleep=vault_sleep or time.sleep)
         self._issuers: dict[str, list[x509.Certificate]] = {}
         self._chains: dict[str, list[str]] = {}
         self._bulk_unsupported: set[str] = set()
-        self._hooks_lock = threading.RLock()  # hooks and follow-up notices: one at a time
+        self.concurrency = max(1, concurrency or settings.agent.concurrency)
+        self.throttle = VaultThrottle(self.concurrency, sleep=vault_sleep or sleep)
+        self._hooks_lock = threading.RLock()  # hooks and the window's notices: one at a time
         self._vault_lock = threading.Lock()  # token upkeep and the CA chain cache
 
     # -- reading -------------------------------------------------------------------------
@@ -252,7 +280,6 @@ class Rotator:
         with self._vault_lock:
             self._issuers.clear()
         result = PassResult()
-
         names = [c.name for c in self.settings.clusters]
         for name, answer in zip(names, self._map(self._read_cluster, names), strict=True):
             if isinstance(answer, str):
@@ -260,6 +287,12 @@ class Rotator:
             else:
                 result.statuses.extend(answer[0])
         return result
+
+    def _read_cluster(self, name: str) -> Read | str:
+        try:
+            return self.statuses_for(self.settings.cluster(name))
+        except VaultBridgeError as exc:
+            return str(exc)
 
     def plan(self, force: Iterable[tuple[str, str]] = ()) -> tuple[list[Action], PassResult]:
         current = self.status()
@@ -312,15 +345,13 @@ class Rotator:
         with self._hooks_lock:
             self.hooks.issued(spec, issued)
         # A key made here is compared with the certificate as it is; one from Vault is checked.
-        check_before_install(
-            issued, spec.name, now=self.clock(), requested_ttl=parse_duration(spec.ttl), key=key
-        )
+        check_before_install(issued, spec.name, now=self.clock(), requested_ttl=spec.ttl, key=key)
         logger.info(
             "issued %s for %s: serial %s, not_after %s",
             spec.name.value,
             spec.cluster,
             issued.serial,
-            issued.not_after.isoformat(),
+            iso(issued.not_after),
         )
         return issued
 
@@ -332,88 +363,80 @@ class Rotator:
     ) -> PassResult:
         """One reconcile pass over every cluster and certificate."""
         try:
-            return self._pass(force, only)
+            return self._pass(set(force), only)
         finally:
-            # The pass's read of each cluster serves this pass only.
+            # The pass's read of a cluster serves this pass only.
             for client in self.clusters.values():
                 client.forget_certificates()
 
-    def _pass(
-        self, force: Iterable[tuple[str, str]], only: set[tuple[str, str]] | None
-    ) -> PassResult:
+    def _pass(self, force: set[Key], only: set[Key] | None) -> PassResult:
         # Every certificate is obtained before any is installed, so that the installs on
         # several clusters follow each other closely and step 2 of the follow-ups (once per
         # CRDB, after every install) starts as soon as possible after each step 1.
-        result, ready = self._read_and_obtain(set(force), only)
+        result, ready = self._read_and_obtain(force, only)
         changes: list[Change] = []
-        prepared = self._prepare_followups(ready, result)
-        try:
+        with self._followup_window(ready, result) as window:
             names = [name for name, cluster_ready in ready.items() if cluster_ready]
-            for installed, outcomes in self._map(
-                lambda name: self._install_cluster(name, ready[name]), names
+            for installed, failed in self._map(
+                lambda name: self._install_cluster(name, ready[name], window), names
             ):
                 changes.extend(installed)
-                result.outcomes.extend(outcomes)
+                result.outcomes.extend(failed)
             if changes:
                 with self._hooks_lock:
                     self.hooks.installed(changes)
-                followup_errors = self.run_followups(changes)
-                for change in changes:
-                    error = followup_errors.get((change.cluster, change.name))
-                    result.outcomes.append(
-                        Outcome(
-                            change.cluster,
-                            change.name,
-                            "failed" if error else "installed",
-                            change.issued.serial,
-                            change.issued.not_after,
-                            f"follow-up failed: {error}" if error else None,
-                        )
-                    )
-                with self._hooks_lock:
-                    self.hooks.completed(
-                        [c for c in changes if (c.cluster, c.name) not in followup_errors]
-                    )
-        finally:
-            if prepared is not None:
-                prepared.release()
+                needed = [c.cert_change for c in changes if CertName(c.name).needs_followup]
+                self._book(changes, window.finish(needed), result)
         return result
 
-    def _prepare_followups(
+    def _book(
+        self, changes: Sequence[Change], followup_errors: Mapping[Key, str], result: PassResult
+    ) -> None:
+        """The outcome of each installed change, its follow-ups done or failed."""
+        for change in changes:
+            error = followup_errors.get((change.cluster, change.name))
+            result.outcomes.append(
+                Outcome(
+                    change.cluster,
+                    change.name,
+                    "failed" if error else "installed",
+                    change.issued.serial,
+                    change.issued.not_after,
+                    f"follow-up failed: {error}" if error else None,
+                )
+            )
+        with self._hooks_lock:
+            self.hooks.completed([c for c in changes if (c.cluster, c.name) not in followup_errors])
+
+    @contextlib.contextmanager
+    def _followup_window(
         self, ready: Mapping[str, dict[str, Change]], result: PassResult
-    ) -> PreparingFollowUps | None:
-        """Let the follow-ups prepare for the proxy/syncer installs about to happen; a cluster
+    ) -> Iterator[FollowUpWindow]:
+        """The follow-ups' window around the proxy/syncer installs about to happen; a cluster
         they are not ready for keeps its current proxy/syncer this pass."""
         followups = self.followups
-        if not isinstance(followups, PreparingFollowUps):
-            return None
         clusters = [c for c, r in ready.items() if any(CertName(n).needs_followup for n in r)]
-        if not clusters:
-            return None
+        if not isinstance(followups, WindowedFollowUps) or not clusters:
+            yield _WithoutWindow(followups)
+            return
         changes = [
             change.cert_change
             for cluster in clusters
             for change in ready[cluster].values()
             if CertName(change.name).needs_followup
         ]
-        for cluster, error in followups.prepare(clusters, changes).items():
-            for name in [n for n in ready[cluster] if CertName(n).needs_followup]:
-                del ready[cluster][name]
-                logger.error("%s on %s: not installed: %s", name, cluster, error)
-                result.outcomes.append(
-                    Outcome(cluster, name, "failed", error=f"not installed: {error}")
-                )
-        return followups
-
-    def run_followups(self, changes: Sequence[Change]) -> dict[tuple[str, str], str]:
-        """Follow-ups for the proxy and syncer changes among ``changes`` (all clusters at once)."""
-        needed = [c.cert_change for c in changes if CertName(c.name).needs_followup]
-        if not needed or self.followups is None:
-            return {}
-        return self.followups.run(needed)
+        with followups.window(clusters, changes) as window:
+            for cluster, error in window.refused.items():
+                for name in [n for n in ready[cluster] if CertName(n).needs_followup]:
+                    del ready[cluster][name]
+                    logger.error("%s on %s: not installed: %s", name, cluster, error)
+                    result.outcomes.append(
+                        Outcome(cluster, name, "failed", error=f"not installed: {error}")
+                    )
+            yield window
 
     def _read_and_obtain(
-        self, force: set[tuple[str, str]], only: set[tuple[str, str]] | None
+        self, force: set[Key], only: set[Key] | None
     ) -> tuple[PassResult, dict[str, dict[str, Change]]]:
         """Read every cluster (once) and obtain what is due, on the pool: a cluster's
         certificates are asked of Vault as soon as its own read is classified, while the
@@ -422,20 +445,17 @@ class Rotator:
         with self._vault_lock:
             self._issuers.clear()
         names = [c.name for c in self.settings.clusters]
-        reads: dict[str, tuple[list[CertStatus], dict[str, InstalledCertificate]] | str] = {}
+        reads: dict[str, Read | str] = {}
         due: dict[str, list[Action]] = {}
-        obtained: dict[tuple[str, str], Future[IssuedCertificate | Outcome]] = {}
+        obtained: dict[Key, Future[IssuedCertificate | Outcome]] = {}
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="pass") as pool:
             pending = {pool.submit(self._read_cluster, name): name for name in names}
             for future in as_completed(pending):
                 name = pending[future]
-                reads[name] = answer = future.result()
-                if isinstance(answer, str):
+                reads[name] = read = future.result()
+                if isinstance(read, str):
                     continue
-                actions = plan(
-                    answer[0], force=force, replace_foreign=self.settings.agent.replace_foreign
-                )
-                due[name] = [a for a in actions if only is None or (a.cluster, a.name) in only]
+                due[name] = self._due(read[0], force, only)
                 for action in due[name]:
                     obtained[(name, action.name)] = pool.submit(self._obtain_one, action)
             answers = {key: future.result() for key, future in obtained.items()}
@@ -446,24 +466,21 @@ class Rotator:
             if isinstance(read, str):
                 result.cluster_errors[name] = read
                 continue
-            statuses, installed = read
-            result.statuses.extend(statuses)
+            result.statuses.extend(read[0])
             for action in due[name]:
                 got = answers[(name, action.name)]
                 if isinstance(got, Outcome):
                     result.outcomes.append(got)
-                else:
-                    change = Change(name, action.name, got, installed.get(action.name))
-                    ready.setdefault(name, {})[action.name] = change
+                    continue
+                change = Change(name, action.name, got, read[1].get(action.name))
+                ready.setdefault(name, {})[action.name] = change
         return result, ready
 
-    def _read_cluster(
-        self, name: str
-    ) -> tuple[list[CertStatus], dict[str, InstalledCertificate]] | str:
-        try:
-            return self.statuses_for(self.settings.cluster(name))
-        except VaultBridgeError as exc:
-            return str(exc)
+    def _due(
+        self, statuses: Sequence[CertStatus], force: set[Key], only: set[Key] | None
+    ) -> list[Action]:
+        actions = plan(statuses, force=force, replace_foreign=self.settings.agent.replace_foreign)
+        return [a for a in actions if only is None or (a.cluster, a.name) in only]
 
     def _obtain_one(self, action: Action) -> IssuedCertificate | Outcome:
         spec = self.settings.cluster(action.cluster).spec(action.name)
@@ -478,7 +495,7 @@ class Rotator:
             return Outcome(action.cluster, action.name, "failed", error=str(exc))
 
     def _install_cluster(
-        self, cluster_name: str, ready: Mapping[str, Change]
+        self, cluster_name: str, ready: Mapping[str, Change], window: FollowUpWindow
     ) -> tuple[list[Change], list[Outcome]]:
         """Install ``ready`` on one cluster, then read it back once and check what is
         served; returns the verified changes and the failures."""
@@ -489,23 +506,13 @@ class Rotator:
         except VaultBridgeError as exc:
             return [], [Outcome(cluster_name, n, "failed", error=str(exc)) for n in ready]
         errors = self._install(client, list(ready.values()), version)
-        if isinstance(self.followups, PreparingFollowUps):
-            done = [n for n in ready if CertName(n).needs_followup and n not in errors]
-            if done:
-                with self._hooks_lock:
-                    self.followups.installed(cluster_name, done)
-        sent = [c for n, c in ready.items() if n not in errors]
-        if sent:
-            try:
-                served = client.certificates()  # one read verifies every install
-            except VaultBridgeError as exc:
-                errors.update({c.name: str(exc) for c in sent})
-            else:
-                for change in sent:
-                    try:
-                        self._verify(settings, served, change)
-                    except VaultBridgeError as exc:
-                        errors[change.name] = str(exc)
+        done = [n for n in ready if CertName(n).needs_followup and n not in errors]
+        if done:
+            with self._hooks_lock:
+                window.installed(cluster_name, done)
+        errors.update(
+            self._verify_all(settings, client, [c for n, c in ready.items() if n not in errors])
+        )
         installed: list[Change] = []
         failed: list[Outcome] = []
         for name, change in ready.items():
@@ -513,19 +520,37 @@ class Rotator:
             if error is not None:
                 logger.error("%s on %s: %s", name, cluster_name, error)
                 failed.append(Outcome(cluster_name, name, "failed", error=error))
-            else:
-                logger.info(
-                    "installed %s on %s: serial %s, not_after %s",
-                    name,
-                    cluster_name,
-                    change.issued.serial,
-                    change.issued.not_after.isoformat(),
-                )
-                installed.append(change)
+                continue
+            logger.info(
+                "installed %s on %s: serial %s, not_after %s",
+                name,
+                cluster_name,
+                change.issued.serial,
+                iso(change.issued.not_after),
+            )
+            installed.append(change)
         return installed, failed
 
+    def _verify_all(
+        self, settings: ClusterSettings, client: ClusterCertificates, sent: Sequence[Change]
+    ) -> dict[str, str]:
+        """One read of the cluster verifies every install sent; an error by name."""
+        if not sent:
+            return {}
+        try:
+            served = client.certificates()
+        except VaultBridgeError as exc:
+            return {c.name: str(exc) for c in sent}
+        errors: dict[str, str] = {}
+        for change in sent:
+            try:
+                self._verify(settings, served, change)
+            except VaultBridgeError as exc:
+                errors[change.name] = str(exc)
+        return errors
+
     def _install(
-        self, client: ClusterClient, changes: Sequence[Change], version: tuple[int, ...]
+        self, client: ClusterCertificates, changes: Sequence[Change], version: tuple[int, ...]
     ) -> dict[str, str]:
         """Install ``changes``; returns an error message per certificate that failed."""
         by_name = {c.name: c for c in changes}
@@ -545,7 +570,7 @@ class Rotator:
         return errors
 
     def _send_batch(
-        self, client: ClusterClient, batch: InstallBatch, changes: Sequence[Change]
+        self, client: ClusterCertificates, batch: InstallBatch, changes: Sequence[Change]
     ) -> dict[str, str]:
         uploads = [CertUpload.of(c.name, c.issued) for c in changes]
         if batch.endpoint == "bulk":
@@ -569,7 +594,7 @@ class Rotator:
         return self._one_by_one(client, uploads, bulk=False)
 
     def _one_by_one(
-        self, client: ClusterClient, uploads: Sequence[CertUpload], *, bulk: bool
+        self, client: ClusterCertificates, uploads: Sequence[CertUpload], *, bulk: bool
     ) -> dict[str, str]:
         errors: dict[str, str] = {}
         for upload in uploads:
