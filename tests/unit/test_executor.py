@@ -257,7 +257,8 @@ def test_a_vault_failure_fails_one_certificate_and_the_others_go_on(tmp_path: Pa
     w = world(tmp_path)
     w.vault.fail["sign"] = [VaultUnavailableError("Vault is unavailable: sealed")]
     result = w.rotator().run_once()
-    assert results(result) == {"cm@east": "failed", "proxy@east": "installed"}
+    # whichever certificate's request came first (they are obtained at the same time)
+    assert sorted(results(result).values()) == ["failed", "installed"]
     assert "sealed" in (result.failed[0].error or "")
 
 
