@@ -7,8 +7,10 @@ import socket
 import pytest
 from pydantic import SecretStr
 
+from tests.conftest import OfflineCA
 from vault_bridge.adapters.redis_enterprise import ClusterClient
 from vault_bridge.config.schema import ClusterSettings
+from vault_bridge.decisions.install import CertUpload
 from vault_bridge.errors import ClusterError
 from vault_bridge.models.cluster import parse_version
 
@@ -78,3 +80,53 @@ def test_insecure_skip_verify_warns(caplog: pytest.LogCaptureFixture) -> None:
 )
 def test_parse_version(text: str, expected: tuple[int, ...]) -> None:
     assert parse_version(text) == expected
+
+
+def test_one_read_serves_until_an_install_a_forget_or_a_minute(test_ca: OfflineCA) -> None:
+    now = [0.0]
+    calls: list[tuple[str, str]] = []
+    pem, _ = test_ca.leaf("proxy.example.com")
+
+    def request(method: str, path: str, body: object = None, **kw: object) -> object:
+        calls.append((method, path))
+        return {"proxy_cert": pem, "proxy_key": "not read", "nodes": []}
+
+    client = ClusterClient(settings("https://127.0.0.1:1"), monotonic=lambda: now[0])
+    client.request = request  # type: ignore[method-assign]
+    reads = [("GET", "/v1/cluster/certificates")]
+    assert client.last_certificates()["proxy"].pem == pem  # nothing read yet: one read
+    assert calls == reads
+    client.certificates()
+    assert client.last_certificates() and calls == reads * 2  # the pass's read serves
+    client.put_certificates([CertUpload("proxy", pem, "k")])
+    client.last_certificates()  # an install was sent: read again
+    assert calls[-2:] == [("PUT", "/v1/cluster/certificates"), reads[0]]
+    client.forget_certificates()
+    client.last_certificates()
+    assert calls.count(reads[0]) == 4
+    now[0] += 60.0
+    client.last_certificates()  # older than a minute: read again
+    assert calls.count(reads[0]) == 5
+    client.close()
+
+
+def test_the_lowest_version_is_read_once_an_hour() -> None:
+    now = [0.0]
+    calls: list[str] = []
+
+    def request(method: str, path: str, body: object = None, **kw: object) -> object:
+        calls.append(path)
+        return [
+            {"uid": 1, "software_version": "7.22.2-14"},
+            {"uid": 2, "software_version": "7.8.4"},
+        ]
+
+    client = ClusterClient(settings("https://127.0.0.1:1"), monotonic=lambda: now[0])
+    client.request = request  # type: ignore[method-assign]
+    assert client.lowest_version() == (7, 8, 4)
+    now[0] += 3599.0
+    assert client.lowest_version() == (7, 8, 4) and calls == ["/v1/nodes"]
+    now[0] += 1.0
+    client.lowest_version()
+    assert calls == ["/v1/nodes", "/v1/nodes"]
+    client.close()

@@ -62,14 +62,13 @@ def test_key_mismatch_is_refused(test_ca: OfflineCA) -> None:
 def test_a_key_made_here_is_compared_without_loading_its_pem(
     test_ca: OfflineCA, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-
-    import vault_bridge.rotation.keys as keys
 
     def no_reload(*args: object, **kwargs: object) -> object:
         raise AssertionError("a key made in this process is not loaded again")
 
-    monkeypatch.setattr(keys.serialization, "load_pem_private_key", no_reload)
+    monkeypatch.setattr(serialization, "load_pem_private_key", no_reload)
     mine = ec.generate_private_key(ec.SECP256R1())
     cert, _ = test_ca.leaf(lifetime=TTL, key=mine)
     good = IssuedCertificate.from_vault(

@@ -139,7 +139,7 @@ class ClusterCertificates(Protocol):
 
     def last_certificates(self) -> dict[str, InstalledCertificate]:
         """The answer of the last :meth:`certificates` while no install request was sent
-        since (else a new GET /v1/cluster/certificates)."""
+        since and it is recent (else a new GET /v1/cluster/certificates)."""
         ...
 
     def forget_certificates(self) -> None:

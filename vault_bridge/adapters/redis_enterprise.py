@@ -107,7 +107,7 @@ class ClusterClient:
         self._monotonic = monotonic or _monotonic
         self._version_ttl = version_ttl
         self._version: tuple[float, tuple[int, ...]] | None = None
-        self._last_read: dict[str, InstalledCertificate] | None = None
+        self._last_read: tuple[float, dict[str, InstalledCertificate]] | None = None
         self._session = self._new_session()
         self._pin_session: requests.Session | None = None
         if settings.insecure_skip_verify:
@@ -315,16 +315,18 @@ class ClusterClient:
             if key.endswith("_cert") and isinstance(value, str) and value.strip():
                 name = key.removesuffix("_cert")
                 out[name] = InstalledCertificate.from_pem(name, value)
-        self._last_read = dict(out)
+        self._last_read = (self._monotonic(), dict(out))
         return out
 
-    def last_certificates(self) -> dict[str, InstalledCertificate]:
+    def last_certificates(self, max_age: float = 60.0) -> dict[str, InstalledCertificate]:
         """What the last GET /v1/cluster/certificates answered, when no install request was
-        sent since and :meth:`forget_certificates` was not called; else a new read (one
-        read of a pass serves the plan, the install and the follow-ups' discovery)."""
-        if self._last_read is None:
+        sent since, :meth:`forget_certificates` was not called and it is younger than
+        ``max_age`` seconds; else a new read (one read of a pass serves the plan, the install
+        and the follow-ups' discovery)."""
+        last = self._last_read
+        if last is None or self._monotonic() - last[0] >= max_age:
             return self.certificates()
-        return dict(self._last_read)
+        return dict(last[1])
 
     def forget_certificates(self) -> None:
         """The next :meth:`last_certificates` reads the cluster again."""
