@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import requests
 from vault_bridge_lab.simulator import DatabaseWorld, SimulatedCluster
+from vault_bridge_lab.simulator.schemas import REPLICA_SOURCE_WRITABLE
 
 from tests.conftest import OfflineCA, make_ca
 
@@ -151,7 +152,14 @@ def ca() -> OfflineCA:
         ),
         ("expired", 406, "certificate_expired"),
         ("duplicate", 406, "duplicated_certs"),
-        ({"replica_sources": "nope"}, 400, "invalid_request"),
+        ({"replica_sources": "nope"}, 400, "invalid_schema"),
+        ({"uid": 7}, 400, "invalid_schema"),  # read-only
+        ({"no_such_field": 1}, 400, "invalid_schema"),
+        (
+            {"replica_sources": [{"uid": 1, "uri": "redis://x:1", "rdb_size": 0}]},
+            400,
+            "invalid_schema",
+        ),
     ],
 )
 def test_put_bdb_validation(
@@ -174,6 +182,7 @@ def test_put_bdb_validation(
         body = {"authentication_ssl_client_certs": [{"client_cert": cert}] * 2}
     answer = call(east, tmp_path, "PUT", f"/v1/bdbs/{uid}", body)
     assert (answer.status_code, answer.json()["error_code"]) == (status, code)
+    assert set(answer.json()) == {"error_code", "message"}  # requests/bdbs/_index.md
     assert call(east, tmp_path, "PUT", "/v1/bdbs/99", {"name": "x"}).status_code == 404
 
 
@@ -197,8 +206,12 @@ def test_replica_link_health_and_status(
     clock.advance(0.3)
     [entry] = west.bdb(replica)["replica_sources"]
     assert entry["status"] == "out-of-sync" and "server_cert" in entry["last_error"]
+    assert {"last_update", "rdb_size", "rdb_transferred"} <= set(entry)
     entry["server_cert"] = cert
-    fixed = call(west, tmp_path, "PUT", f"/v1/bdbs/{replica}", {"replica_sources": [entry]})
+    echoed = call(west, tmp_path, "PUT", f"/v1/bdbs/{replica}", {"replica_sources": [entry]})
+    assert (echoed.status_code, echoed.json()["error_code"]) == (400, "invalid_schema")
+    writable = {k: v for k, v in entry.items() if k in REPLICA_SOURCE_WRITABLE}
+    fixed = call(west, tmp_path, "PUT", f"/v1/bdbs/{replica}", {"replica_sources": [writable]})
     assert fixed.status_code == 200
     assert fixed.json()["replica_sources"][0]["status"] == "syncing"
     clock.advance(0.06)  # resync_time

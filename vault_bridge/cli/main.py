@@ -62,7 +62,9 @@ pass_ctx = click.make_pass_decorator(Context)
     "-c",
     "config_path",
     envvar="VAULT_BRIDGE_CONFIG",
-    type=click.Path(dir_okay=False),
+    # A plain string: a missing file, a directory or an unreadable one all become the same
+    # one-line configuration error (exit 2) in load_config.
+    type=str,
     help="Configuration file (TOML). Default: $VAULT_BRIDGE_CONFIG or /etc/vault-bridge/config.toml.",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Debug logs and tracebacks on errors.")

@@ -7,7 +7,9 @@ path and what was expected, with the nearest valid key suggested for a typo.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -104,11 +106,56 @@ class CertSettings(_Strict):
     _dur = field_validator("ttl", "renew_before")(_check_duration)
 
 
+_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def check_dns_name(value: str, *, wildcard: bool = True) -> str:
+    """A DNS name (RFC 1123 labels; a leading ``*.`` when ``wildcard``); ValueError if not."""
+    name = value[2:] if wildcard and value.startswith("*.") else value
+    name = name.removesuffix(".")
+    if not name or len(name) > 253 or not all(_DNS_LABEL.fullmatch(p) for p in name.split(".")):
+        raise ValueError(f"expected a DNS name such as re-east.example.com, got {value!r}")
+    return value
+
+
+def check_ip(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"expected an IP address such as 10.0.0.5, got {value!r}") from None
+    return value
+
+
 class CertificateConfig(CertSettings):
-    role: str
+    role: str = Field(min_length=1)
     common_name: str
     alt_names: list[str] = []
     ip_sans: list[str] = []
+
+    @field_validator("common_name")
+    @classmethod
+    def _cn(cls, value: str) -> str:
+        return check_dns_name(value)
+
+    @field_validator("alt_names")
+    @classmethod
+    def _alt_names(cls, value: list[str]) -> list[str]:
+        for index, name in enumerate(value):
+            try:
+                check_dns_name(name)
+            except ValueError as exc:
+                raise ValueError(f"[{index}]: {exc}") from None
+        return value
+
+    @field_validator("ip_sans")
+    @classmethod
+    def _ip_sans(cls, value: list[str]) -> list[str]:
+        for index, ip in enumerate(value):
+            try:
+                check_ip(ip)
+            except ValueError as exc:
+                raise ValueError(f"[{index}]: {exc}") from None
+        return value
 
 
 class ClusterConfig(_Strict):
@@ -122,6 +169,8 @@ class ClusterConfig(_Strict):
     ca_fingerprint: str | None = None
     insecure_skip_verify: bool = False
     timeout: float = Field(default=30.0, gt=0)
+    install_timeout: float = Field(default=900.0, gt=0)
+    internode_confirm_timeout: float = Field(default=600.0, ge=0)
     crdb_update: CrdbUpdate = "rest"
     crdb_cli_path: str = "/opt/redislabs/bin/crdb-cli"
     docker_container: str | None = None
@@ -261,6 +310,10 @@ class ClusterSettings:
     verify_endpoints: Mapping[str, str]
     certificates: tuple[CertSpec, ...]
     password_vault: VaultSecretRef | None = None
+    # PUT /v1/cluster/certificates and update_cert: x-timeout-seconds 900 in the OpenAPI.
+    install_timeout: float = 900.0
+    # How long the read-back after an internode install waits for the REST API to answer.
+    internode_confirm_timeout: float = 600.0
 
     @property
     def host(self) -> str:
@@ -498,6 +551,8 @@ def _resolve(parsed: FileConfig, path: Path | None) -> Settings:
                 ca_fingerprint=cluster.ca_fingerprint,
                 insecure_skip_verify=cluster.insecure_skip_verify,
                 timeout=cluster.timeout,
+                install_timeout=cluster.install_timeout,
+                internode_confirm_timeout=cluster.internode_confirm_timeout,
                 crdb_update=cluster.crdb_update,
                 crdb_cli_path=cluster.crdb_cli_path,
                 docker_container=cluster.docker_container,
@@ -513,7 +568,7 @@ def _resolve(parsed: FileConfig, path: Path | None) -> Settings:
     address = vault.address or os.environ.get("VAULT_ADDR", "")
     if not address:
         raise ConfigError("vault.address: missing (set it or $VAULT_ADDR)")
-    if not address.startswith(("https://", "http://")):
+    if not address.startswith(("https://", "http://")) or not urlsplit(address).hostname:
         raise ConfigError(f"vault.address: expected an http(s):// URL, got {address!r}")
     ca_cert = vault.ca_cert or os.environ.get("VAULT_CACERT") or None
     if ca_cert and not Path(ca_cert).is_file():

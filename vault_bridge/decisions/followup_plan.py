@@ -16,7 +16,7 @@ from typing import Any
 from vault_bridge.config.schema import CrdbUpdate
 from vault_bridge.errors import CertificateError
 from vault_bridge.models.certificates import CertChange, CertificateInfo, CertName
-from vault_bridge.models.cluster import Bdb, Crdb
+from vault_bridge.models.cluster import Bdb, Crdb, UnsafeReplicaUpdate
 
 Key = tuple[str, str]  # (cluster, certificate name)
 
@@ -187,7 +187,7 @@ def plan_followups(
     proxies = _fps(readable, followup, "proxy")
     syncers = _fps(readable, followup, "syncer")
 
-    server_updates = _server_cert_updates(followup, readable, warnings, syncers)
+    server_updates = _server_cert_updates(followup, readable, warnings, syncers, errors)
     client_updates = _client_cert_updates(followup, readable, warnings, proxies)
     return FollowUpPlan(
         tuple(crdb_steps),
@@ -218,8 +218,10 @@ def _server_cert_updates(
     views: Mapping[str, ClusterView],
     warnings: list[str],
     syncers: Mapping[str, set[str]],
+    errors: dict[Key, str],
 ) -> list[ServerCertUpdate]:
-    """After a source's proxy changed: destinations whose server_cert is the old proxy cert."""
+    """After a source's proxy changed: destinations whose server_cert is the old proxy cert
+    (a database whose entries cannot be sent back safely is an error of its causes)."""
     replace: dict[str, tuple[str, Key]] = {}  # old proxy fp -> (new pem, change)
     for change in changes:
         if change.name != CertName.PROXY:
@@ -232,15 +234,22 @@ def _server_cert_updates(
     updates = []
     for cluster, view in views.items():
         for bdb in view.bdbs:
-            entries: list[Mapping[str, Any]] = []
-            causes: list[Key] = []
-            for entry in bdb.replica_sources:
-                hit = replace.get(leaf_fp(entry.server_cert) or "")
-                if hit is None:
-                    entries.append(entry.as_json())
-                else:
-                    entries.append(entry.as_json(server_cert=hit[0]))
-                    causes.append(hit[1])
+            hits = [replace.get(leaf_fp(e.server_cert) or "") for e in bdb.replica_sources]
+            causes = [hit[1] for hit in hits if hit is not None]
+            if not causes:
+                continue
+            try:
+                entries = [
+                    entry.as_json() if hit is None else entry.as_json(server_cert=hit[0])
+                    for entry, hit in zip(bdb.replica_sources, hits, strict=True)
+                ]
+            except UnsafeReplicaUpdate as exc:
+                for cause in causes:
+                    errors[cause] = (
+                        f"replica {bdb.name} (uid {bdb.uid}) on {cluster} not updated: {exc}; "
+                        f"set its server_cert by hand"
+                    )
+                continue
             if causes:
                 updates.append(
                     ServerCertUpdate(cluster, bdb.uid, bdb.name, tuple(entries), tuple(causes))

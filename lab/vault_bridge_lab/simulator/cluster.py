@@ -85,6 +85,8 @@ class SimulatedCluster:
         self.host = host
         self.requests: list[RecordedRequest] = []
         self.install_count = 0
+        self.install_delay = 0.0  # seconds every install takes before it is applied
+        self._partial_installs = 0
         self._ports = {listener: int((ports or {}).get(listener, 0)) for listener in LISTENERS}
         self._connect_host = "127.0.0.1" if host in ("", "0.0.0.0") else host
         self._clock: Callable[[], datetime] = clock or partial(datetime.now, UTC)
@@ -232,10 +234,11 @@ class SimulatedCluster:
         *,
         times: int = 1,
         delay: float = 0.0,
-        body: dict[str, Any] | None = None,
+        body: dict[str, Any] | list[Any] | bytes | None = None,
     ) -> None:
         """The next ``times`` requests for ``method`` + exact ``path`` answer ``status`` after
-        sleeping ``delay`` seconds; ``status`` 0 only delays them, then handles them normally."""
+        sleeping ``delay`` seconds; ``status`` 0 only delays them, then handles them normally.
+        ``body``: the answer's JSON, or ``bytes`` sent as they are (a malformed answer)."""
         if status != 0 and not 100 <= status <= 599:
             raise ValueError(f"not an HTTP status: {status}")
         if times < 1 or delay < 0:
@@ -247,6 +250,19 @@ class SimulatedCluster:
             }
         with self._lock:
             self._faults.append(Fault(method.upper(), path, status, times, delay, body))
+
+    def partial_installs(self, times: int = 1) -> None:
+        """The next ``times`` installs are applied but answer 409 "not all nodes have been
+        updated" (requests/cluster/certificates/_index.md)."""
+        with self._lock:
+            self._partial_installs += times
+
+    def _take_partial(self) -> bool:
+        with self._lock:
+            if self._partial_installs <= 0:
+                return False
+            self._partial_installs -= 1
+            return True
 
     def add_crdb(
         self,

@@ -202,12 +202,17 @@ class RestHandler(_QuietHandler):
 
     def _dispatch(self) -> None:
         response = self.cluster._rest.handle(
-            self.command, self.path, self.headers.get("Authorization"), self._read_body
+            self.command,
+            self.path,
+            self.headers.get("Authorization"),
+            self._read_body,
+            headers={k: v for k, v in self.headers.items() if k.lower() == "x-task-id"},
         )
         headers = dict(response.headers)
         if response.close:
             headers["Connection"] = "close"  # also makes BaseHTTPRequestHandler close
-        payload = json.dumps(response.body).encode()
+        body = response.body
+        payload = body if isinstance(body, bytes) else json.dumps(body).encode()
         self._send(response.status, "application/json", payload, headers)
 
 
