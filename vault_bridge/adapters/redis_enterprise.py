@@ -71,6 +71,13 @@ DATABASE_STATUS_MESSAGES: Mapping[int, str] = {
     503: "the node is not answering or not in the cluster",
 }
 
+# GET /v1/users/role and GET /v1/users
+ROLE_STATUS_MESSAGES: Mapping[int, str] = {
+    401: "authentication failed: wrong username or password",
+    403: "forbidden: the user may not read users",
+    404: "no such endpoint on this cluster version",
+}
+
 
 class _FingerprintAdapter(HTTPAdapter):
     """Accepts exactly the server certificate with the pinned SHA-256 fingerprint."""
@@ -151,6 +158,11 @@ class ClusterClient:
         path = Path(self._bundle_dir.name) / "ca.pem"
         path.write_text("\n".join(p.strip() for p in pems) + "\n", encoding="utf-8")
         self._verify = str(path)
+
+    @property
+    def backoff(self) -> float:
+        """The first retry delay, in seconds (doubled at each retry)."""
+        return self._backoff
 
     @property
     def verify(self) -> str | bool:
@@ -406,20 +418,47 @@ class ClusterClient:
             timeout=self.settings.install_timeout,
         )
 
-    def can_install(self) -> bool:
-        """PUT /v1/cluster/update_cert with an empty body: a permission probe that changes nothing.
-
-        An admin gets 400 (the body is invalid); a user without ``update_cluster`` gets 403.
-        """
+    def user_role(self) -> str | None:
+        """GET /v1/users/role (in the OpenAPI document): the management role of the user we
+        log in as; None when the cluster does not have the endpoint (404: older clusters)."""
+        path = "/v1/users/role"
         try:
-            self.request("PUT", "/v1/cluster/update_cert", {}, retry=False)
+            data = self.request("GET", path, retry=False, messages=ROLE_STATUS_MESSAGES)
+        except ClusterError as exc:
+            if exc.status in (404, 405):
+                return None
+            raise
+        return self._typed("GET", path, lambda: _str_field(data, "role"))
+
+    def role_from_users(self) -> str | None:
+        """GET /v1/users: the role of our user's entry (matched by ``email``); None when the
+        user may not list users (403: only ``admin`` and ``user_manager`` may)."""
+        path = "/v1/users"
+        try:
+            data = self.request("GET", path, retry=False, messages=ROLE_STATUS_MESSAGES)
         except ClusterError as exc:
             if exc.status == 403:
-                return False
-            if exc.status in (400, 404):
-                return True
+                return None
             raise
-        return True
+
+        def find(items: Any) -> str | None:
+            for user in _list(items):
+                if isinstance(user, dict) and user.get("email") == self.settings.username:
+                    return _str_field(user, "role")
+            return None
+
+        return self._typed("GET", path, lambda: find(data))
+
+    def can_install(self) -> bool:
+        """Whether our user holds the ``admin`` role, the one role with ``update_cluster``:
+        GET /v1/users/role, or on a cluster without it GET /v1/users. Neither changes anything,
+        and neither 403 can be confused with the "unknown certificate" 403 of the install
+        endpoints (the old probe, PUT /v1/cluster/update_cert, was both deprecated and
+        ambiguous)."""
+        role = self.user_role()
+        if role is None:
+            role = self.role_from_users()
+        return role == "admin"
 
     # -- databases and Active-Active (the follow-ups) ------------------------------------
 
@@ -498,6 +537,12 @@ def _list(data: Any) -> list[Any]:
     if not isinstance(data, list):
         raise TypeError(f"expected a list, got {type(data).__name__}")
     return data
+
+
+def _str_field(data: Any, key: str) -> str:
+    if not isinstance(data, dict) or not isinstance(data.get(key), str):
+        raise TypeError(f"expected an object with a string {key!r}")
+    return str(data[key])
 
 
 def _pem_text(value: Any) -> bool:

@@ -45,6 +45,7 @@ def result_json(result: PassResult) -> dict[str, Any]:
                 "not_after": iso(o.not_after) if o.not_after else None,
                 "error": o.error,
                 "reason": o.reason,
+                "note": o.note,
             }
             for o in result.outcomes
         ],
@@ -65,6 +66,7 @@ def result_from_json(data: dict[str, Any]) -> PassResult:
                 not_after=datetime.fromisoformat(not_after) if not_after else None,
                 error=item.get("error"),
                 reason=str(item.get("reason") or ""),
+                note=item.get("note"),
             )
         )
     result.cluster_errors.update(

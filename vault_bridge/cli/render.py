@@ -60,10 +60,17 @@ def plan_text(actions: Sequence[Action]) -> str:
 
 def pass_lines(result: PassResult) -> list[str]:
     lines = []
+    labels = {
+        "installed": "installed",
+        "partial": "installed (partially applied)",
+        "unconfirmed": "installed (not yet confirmed)",
+    }
     for outcome in result.outcomes:
-        if outcome.result == "installed":
+        label = labels.get(outcome.result)
+        if label is not None:
+            note = f" ({outcome.note})" if outcome.note else ""
             lines.append(
-                f"installed {outcome.name} on {outcome.cluster}: serial {outcome.serial}, "
-                f"not_after {_time(outcome.not_after)}"
+                f"{label} {outcome.name} on {outcome.cluster}: serial {outcome.serial}, "
+                f"not_after {_time(outcome.not_after)}{note}"
             )
     return lines

@@ -52,15 +52,25 @@ class Change:
         return CertChange(self.cluster, self.name, self.issued.chain_pem, old)
 
 
+# How many times one install request is sent, at most, when each attempt timed out or failed
+# with nothing in place on the read-back (the read-back always comes first).
+INSTALL_ATTEMPTS = 3
+# Between two read-backs of an internode install (the REST API may be away for minutes).
+INTERNODE_POLL = 5.0
+
+
 @dataclass(frozen=True)
 class Outcome:
     cluster: str
     name: str
-    result: str  # "installed" | "failed"
+    # "installed" | "partial" (in place, but not every node confirmed: HTTP 409) |
+    # "unconfirmed" (an internode install the cluster has not confirmed yet) | "failed"
+    result: str
     serial: str | None = None
     not_after: datetime | None = None
     error: str | None = None
     reason: str = ""
+    note: str | None = None  # what "partial" / "unconfirmed" means for this one
 
 
 @dataclass
@@ -80,6 +90,11 @@ class PassResult:
     def summary(self) -> str:
         installed = sum(1 for o in self.outcomes if o.result == "installed")
         parts = [f"{installed} installed"]
+        for result, label in (("partial", "partially applied"), ("unconfirmed", "not confirmed")):
+            those = [o for o in self.outcomes if o.result == result]
+            if those:
+                names = ", ".join(f"{o.name} on {o.cluster}" for o in those)
+                parts.append(f"{len(those)} installed, {label} ({names}: {those[0].note})")
         if self.failed:
             first = self.failed[0]
             parts.append(
@@ -184,6 +199,8 @@ class Rotator:
         self._issuers: dict[str, list[x509.Certificate]] = {}
         self._chains: dict[str, list[str]] = {}
         self._bulk_unsupported: set[str] = set()
+        # (cluster, name) -> ("partial" | "unconfirmed", why), for this pass's outcomes
+        self._notes: dict[tuple[str, str], tuple[str, str]] = {}
 
     # -- reading -------------------------------------------------------------------------
 
@@ -282,6 +299,7 @@ class Rotator:
         only: set[tuple[str, str]] | None = None,
     ) -> PassResult:
         """One reconcile pass over every cluster and certificate."""
+        self._notes = {}
         actions, result = self.plan(force)
         if only is not None:
             actions = [a for a in actions if (a.cluster, a.name) in only]
@@ -305,14 +323,17 @@ class Rotator:
                 followup_errors = self.run_followups(changes)
                 for change in changes:
                     error = followup_errors.get((change.cluster, change.name))
+                    note = self._notes.get((change.cluster, change.name))
+                    done = note[0] if note else "installed"
                     result.outcomes.append(
                         Outcome(
                             change.cluster,
                             change.name,
-                            "failed" if error else "installed",
+                            "failed" if error else done,
                             change.issued.serial,
                             change.issued.not_after,
                             f"follow-up failed: {error}" if error else None,
+                            note=note[1] if note else None,
                         )
                     )
                 self.hooks.completed(
@@ -448,11 +469,10 @@ class Rotator:
     def _send_batch(
         self, client: ClusterClient, batch: InstallBatch, changes: Sequence[Change]
     ) -> dict[str, str]:
-        uploads = [CertUpload.of(c.name, c.issued) for c in changes]
+        uploads = [self._upload(c) for c in changes]
         if batch.endpoint == "bulk":
             try:
-                client.put_certificates(uploads)
-                return {}
+                return self._send_checked(client, uploads, bulk=True)
             except ClusterError as exc:
                 if exc.status in (404, 405):
                     logger.info(
@@ -469,23 +489,85 @@ class Rotator:
                     return {u.name: str(exc) for u in uploads}
         return self._one_by_one(client, uploads, bulk=False)
 
+    def _upload(self, change: Change) -> CertUpload:
+        """The install item; an internode certificate carries its whole chain, root included
+        (security/encryption/internode-encryption.md: the cluster builds its internode trust
+        from it)."""
+        if not CertName(change.name).internode:
+            return CertUpload.of(change.name, change.issued)
+        spec = self.settings.cluster(change.cluster).spec(change.name)
+        mount_chain = self._chains.get(spec.pki_mount, []) if spec is not None else []
+        return CertUpload.with_root(change.name, change.issued, mount_chain)
+
     def _one_by_one(
         self, client: ClusterClient, uploads: Sequence[CertUpload], *, bulk: bool
     ) -> dict[str, str]:
         errors: dict[str, str] = {}
         for upload in uploads:
             try:
-                if bulk:
-                    client.put_certificates([upload])
-                else:
-                    client.update_cert(upload)
+                errors.update(self._send_checked(client, [upload], bulk=bulk))
             except ClusterError as exc:
                 errors[upload.name] = str(exc)
         return errors
 
+    def _send_checked(
+        self, client: ClusterClient, uploads: Sequence[CertUpload], *, bulk: bool
+    ) -> dict[str, str]:
+        """Send one install request; after a timeout, a dropped connection, a 409 or a 5xx,
+        read the certificates back and send again only what is not in place (at most
+        :data:`INSTALL_ATTEMPTS` requests). Returns an error per certificate not in place;
+        a request the cluster refused outright is raised."""
+        pending = list(uploads)
+        last: ClusterError | None = None
+        for attempt in range(INSTALL_ATTEMPTS):
+            try:
+                if bulk:
+                    client.put_certificates(pending)
+                else:
+                    client.update_cert(pending[0])
+                return {}
+            except ClusterError as exc:
+                if not exc.retryable:
+                    raise
+                last = exc
+            try:
+                installed = client.certificates()
+            except VaultBridgeError as exc:
+                # Cannot tell whether it went in: never send it blind; the journal keeps the
+                # intent and the next pass reads it back.
+                return {u.name: f"{last}; the read-back failed too: {exc}" for u in pending}
+            in_place = [u for u in pending if _is_installed(installed, u)]
+            for upload in in_place:
+                if last.status == 409:
+                    why = "HTTP 409, not all nodes have been updated; the cluster reports it"
+                    self._notes[(client.name, upload.name)] = ("partial", why)
+                logger.warning(
+                    "%s on %s: %s, but the read-back shows it installed",
+                    upload.name,
+                    client.name,
+                    last.message,
+                )
+            pending = [u for u in pending if u not in in_place]
+            if not pending:
+                return {}
+            if attempt < INSTALL_ATTEMPTS - 1:
+                logger.warning(
+                    "%s on %s: %s and not in place; sending again (%d/%d)",
+                    ", ".join(u.name for u in pending),
+                    client.name,
+                    last.message,
+                    attempt + 2,
+                    INSTALL_ATTEMPTS,
+                )
+                self._sleep(client.backoff * (2**attempt))
+        return {u.name: str(last) for u in pending}
+
     def _verify(self, settings: ClusterSettings, client: ClusterClient, change: Change) -> None:
         """Read the certificate back and check the served leaf."""
         expected = change.issued.info.fingerprint
+        if CertName(change.name).internode:
+            self._verify_internode(settings, client, change)
+            return
         installed = client.certificates().get(change.name)
         if installed is None or installed.info.fingerprint != expected:
             raise VerificationError(
@@ -512,3 +594,52 @@ class Rotator:
             cluster=settings.name,
             certificate=change.name,
         )
+
+    def _verify_internode(
+        self, settings: ClusterSettings, client: ClusterClient, change: Change
+    ) -> None:
+        """After an internode change the REST API may stay away for minutes (release notes
+        RS208996): read back until ``internode_confirm_timeout``; while it cannot answer, the
+        outcome is "installed, not yet confirmed", never a failure. A read-back that shows
+        another certificate is a failure."""
+        waited = 0.0
+        while True:
+            try:
+                installed = client.certificates().get(change.name)
+            except ClusterError as exc:
+                if not exc.retryable:
+                    raise
+                if waited >= settings.internode_confirm_timeout:
+                    why = (
+                        f"the REST API did not answer for {waited:g}s after the install "
+                        f"({exc.message}); the next pass reads it back"
+                    )
+                    self._notes[(settings.name, change.name)] = ("unconfirmed", why)
+                    logger.warning(
+                        "%s on %s: installed, not yet confirmed: %s",
+                        change.name,
+                        settings.name,
+                        why,
+                    )
+                    return
+                self._sleep(INTERNODE_POLL)
+                waited += INTERNODE_POLL
+                continue
+            if installed is None or installed.info.fingerprint != change.issued.info.fingerprint:
+                raise VerificationError(
+                    "the cluster reports a different certificate after the install",
+                    cluster=settings.name,
+                    certificate=change.name,
+                )
+            return
+
+
+def _is_installed(installed: Mapping[str, InstalledCertificate], upload: CertUpload) -> bool:
+    """The read-back holds exactly the leaf of ``upload``."""
+    current = installed.get(upload.name)
+    if current is None:
+        return False
+    try:
+        return current.info.fingerprint == CertificateInfo.from_pem(upload.certificate).fingerprint
+    except VaultBridgeError:
+        return False
