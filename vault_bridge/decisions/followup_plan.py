@@ -38,6 +38,18 @@ def subject(pem: str) -> str:
         return "an unreadable certificate"
 
 
+class WaitingOn(str):
+    """A follow-up error that belongs to other clusters (``clusters``, unreadable): the change
+    itself went well where it could be checked and stays pending until they can be read."""
+
+    clusters: tuple[str, ...]
+
+    def __new__(cls, text: str, clusters: tuple[str, ...]) -> WaitingOn:
+        made = super().__new__(cls, text)
+        made.clusters = clusters
+        return made
+
+
 @dataclass(frozen=True)
 class ClusterView:
     """What discovery read from one configured cluster (public data only)."""
@@ -173,9 +185,12 @@ def plan_followups(
         if change.cluster in unreadable:
             errors[key] = f"cannot read cluster {change.cluster}: {views[change.cluster].error}"
         elif unreadable:
-            # A replica on an unreadable cluster would be missed: keep the change pending.
-            errors[key] = "cannot read the databases of " + ", ".join(
-                f"{n} ({views[n].error})" for n in unreadable
+            # A replica on an unreadable cluster would be missed: the change stays pending,
+            # but the failure is that cluster's, not this one's.
+            errors[key] = WaitingOn(
+                f"follow-ups of {change.name} on {change.cluster} wait for this cluster: its "
+                f"databases could not be read",
+                tuple(unreadable),
             )
     followup = [c for c in changes if CertName(c.name).needs_followup]
     changed = [c for c in views if any(ch.cluster == c for ch in followup)]

@@ -20,6 +20,7 @@ from vault_bridge.adapters.tls_probe import served_certificate
 from vault_bridge.adapters.vault.client import VaultClient
 from vault_bridge.config.durations import parse_duration
 from vault_bridge.config.schema import CertSpec, ClusterSettings, Settings
+from vault_bridge.decisions.followup_plan import WaitingOn
 from vault_bridge.decisions.install import CertUpload, InstallBatch, install_batches
 from vault_bridge.decisions.renewal import Action, CertStatus, classify, plan
 from vault_bridge.errors import ClusterError, DeferredError, VaultBridgeError, VerificationError
@@ -323,6 +324,11 @@ class Rotator:
                 followup_errors = self.run_followups(changes)
                 for change in changes:
                     error = followup_errors.get((change.cluster, change.name))
+                    if isinstance(error, WaitingOn):
+                        # Reported against the clusters it waits for; the change stays pending.
+                        for other in error.clusters:
+                            _add_cluster_error(result, other, error)
+                        error = None
                     note = self._notes.get((change.cluster, change.name))
                     done = note[0] if note else "installed"
                     result.outcomes.append(
@@ -530,6 +536,8 @@ class Rotator:
                 if not exc.retryable:
                     raise
                 last = exc
+            # An install that timed out may still be applying: give it the backoff first.
+            self._sleep(client.backoff * (2**attempt))
             try:
                 installed = client.certificates()
             except VaultBridgeError as exc:
@@ -559,7 +567,6 @@ class Rotator:
                     attempt + 2,
                     INSTALL_ATTEMPTS,
                 )
-                self._sleep(client.backoff * (2**attempt))
         return {u.name: str(last) for u in pending}
 
     def _verify(self, settings: ClusterSettings, client: ClusterClient, change: Change) -> None:
@@ -632,6 +639,14 @@ class Rotator:
                     certificate=change.name,
                 )
             return
+
+
+def _add_cluster_error(result: PassResult, cluster: str, error: str) -> None:
+    current = result.cluster_errors.get(cluster)
+    if current is None:
+        result.cluster_errors[cluster] = error
+    elif error not in current:
+        result.cluster_errors[cluster] = f"{current}; {error}"
 
 
 def _is_installed(installed: Mapping[str, InstalledCertificate], upload: CertUpload) -> bool:
