@@ -17,7 +17,7 @@ from vault_bridge_lab.simulator import DatabaseWorld, SimulatedCluster
 
 from vault_bridge.cli.main import cli
 from vault_bridge.config.schema import parse_config
-from vault_bridge.models.certificates import split_pem_chain
+from vault_bridge.models.certificates import CertificateInfo, split_pem_chain
 from vault_bridge.rotation.app import App, build
 from vault_bridge.rotation.followups import FollowUps, Limits
 
@@ -334,3 +334,20 @@ def test_defect14_unreachable_cluster_owns_its_failure(
     assert "installed syncer on east" in ran.output
     assert "failed cluster west" in ran.output
     assert east.world.crdb_in_sync(guid)
+
+
+def test_defect11_a_revoked_certificate_of_ours_is_not_ok(
+    openbao: OpenBaoServer, pki: PkiSetup, east: SimulatedCluster, tmp_path: Path
+) -> None:
+    doc = config_doc(openbao, pki, [east], tmp_path)
+    config = write(doc, tmp_path)
+    assert invoke("--config", config, "run", "--once").exit_code == 0
+    serial = CertificateInfo.from_pem(east.installed_pem("proxy")).serial
+    openbao.client().write_data(f"{pki.issuing_mount}/revoke", data={"serial_number": serial})
+    status = json.loads(invoke("--config", config, "status", "--json").stdout)
+    assert [(row["name"], row["state"]) for row in status] == [("proxy", "revoked")]
+    ran = invoke("--config", config, "run", "--once")
+    assert ran.exit_code == 0, ran.output
+    assert CertificateInfo.from_pem(east.installed_pem("proxy")).serial != serial
+    status = json.loads(invoke("--config", config, "status", "--json").stdout)
+    assert [row["state"] for row in status] == ["ok"]

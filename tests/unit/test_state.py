@@ -414,6 +414,11 @@ class FakeFollowUps:
 class FakeRotator:
     clusters: dict[str, FakeCluster]
     followups: FakeFollowUps | None
+    # what the TLS probe proves: True, the listener serves another certificate
+    proof: bool = True
+
+    def served_elsewhere(self, cluster: str, name: str, fingerprint: str) -> bool:
+        return self.proof
 
 
 def intent(phase: str, name: str, issued: IssuedCertificate, old: str | None = None) -> Intent:
@@ -458,6 +463,21 @@ def test_replay_of_an_install_that_did_not_happen(keeper: Keeper, test_ca: Offli
     keeper.replay(FakeRotator({"east": FakeCluster({})}, followups))  # type: ignore[arg-type]
     assert [e.serial for e in keeper.state.superseded] == [lost.serial]
     assert keeper.state.journal == {} and followups.calls == []
+
+
+def test_defect11_no_revocation_without_proof_from_the_listener(
+    keeper: Keeper, test_ca: OfflineCA
+) -> None:
+    """The read-back shows another certificate, but the listener cannot be shown to serve
+    another: the certificate may be in use, so it stays in the journal, never revoked."""
+    assert keeper.state is not None
+    maybe = issued_cert(test_ca)
+    keeper.state.journal_installing(intent("installing", "proxy", maybe))
+    rotator = FakeRotator({"east": FakeCluster({})}, FakeFollowUps(), proof=False)
+    errors = keeper.replay(rotator)  # type: ignore[arg-type]
+    assert "not revoked" in errors[("east", "proxy")]
+    assert keeper.state.superseded == []
+    assert set(keeper.state.journal) == {("east", "proxy")}
 
 
 def test_replay_keeps_what_it_cannot_resolve(keeper: Keeper, test_ca: OfflineCA) -> None:

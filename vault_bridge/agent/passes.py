@@ -51,6 +51,7 @@ _STATE_MESSAGES = {
     "missing": "missing",
     "foreign": "not issued by our Vault (foreign)",
     "expired": "expired",
+    "revoked": "revoked in Vault",
 }
 
 

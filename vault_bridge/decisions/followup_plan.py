@@ -188,8 +188,9 @@ def plan_followups(
             # A replica on an unreadable cluster would be missed: the change stays pending,
             # but the failure is that cluster's, not this one's.
             errors[key] = WaitingOn(
-                f"follow-ups of {change.name} on {change.cluster} wait for this cluster: its "
-                f"databases could not be read",
+                f"follow-ups of {change.name} on {change.cluster} wait until the databases of "
+                + ", ".join(f"{n} ({views[n].error})" for n in unreadable)
+                + " can be read",
                 tuple(unreadable),
             )
     followup = [c for c in changes if CertName(c.name).needs_followup]

@@ -100,8 +100,11 @@ def classify(
     installed: InstalledCertificate | None,
     issuers: Sequence[x509.Certificate],
     now: datetime,
+    *,
+    revoked: bool = False,
 ) -> CertStatus:
-    """The state of one configured certificate."""
+    """The state of one configured certificate; ``revoked``: Vault says it revoked it (a
+    certificate of ours that is revoked is never ``ok``)."""
     if installed is None:
         return CertStatus(spec.cluster, spec.name.value, "missing", *([None] * 6))
     info = installed.info
@@ -112,6 +115,8 @@ def classify(
         state = "foreign"
     elif info.not_after <= now:
         state = "expired"
+    elif revoked:
+        state = "revoked"
     elif renew is not None and now >= renew:
         state = "due"
     else:

@@ -226,11 +226,38 @@ class Rotator:
         self._trust_own_api_cert(cluster)
         installed = self.clusters[cluster.name].certificates()
         now = self.clock()
-        statuses = [
-            classify(spec, installed.get(spec.name.value), self.issuers(spec.pki_mount), now)
-            for spec in cluster.certificates
-        ]
+        statuses = []
+        for spec in cluster.certificates:
+            current = installed.get(spec.name.value)
+            status = classify(spec, current, self.issuers(spec.pki_mount), now)
+            ours_valid = status.state in ("ok", "due") and status.serial is not None
+            if ours_valid and self._revoked(spec, str(status.serial)):
+                status = classify(spec, current, self.issuers(spec.pki_mount), now, revoked=True)
+            statuses.append(status)
         return statuses, installed
+
+    def _revoked(self, spec: CertSpec, serial: str) -> bool:
+        """Whether Vault revoked our certificate ``serial``: only a positive answer counts (a
+        Vault that cannot tell, or cannot be asked, leaves the certificate as it is)."""
+        try:
+            revoked = self.vault.is_revoked(spec.pki_mount, serial)
+        except VaultBridgeError as exc:
+            logger.warning(
+                "%s on %s: cannot ask Vault whether serial %s is revoked: %s",
+                spec.name.value,
+                spec.cluster,
+                serial,
+                exc,
+            )
+            return False
+        if revoked:
+            logger.error(
+                "%s on %s: serial %s is revoked in Vault; replacing it",
+                spec.name.value,
+                spec.cluster,
+                serial,
+            )
+        return bool(revoked)
 
     def status(self) -> PassResult:
         """Classify every configured certificate; clusters that fail are reported apart."""
@@ -601,6 +628,20 @@ class Rotator:
             cluster=settings.name,
             certificate=change.name,
         )
+
+    def served_elsewhere(self, cluster: str, name: str, fingerprint: str) -> bool:
+        """Positive proof that the certificate ``fingerprint`` is not served for ``name``: the
+        TLS probe of its listener answers another certificate, or ``name`` has no listener.
+        A probe that fails (nothing answers, a handshake error) proves nothing."""
+        endpoint = self.settings.cluster(cluster).endpoint_for(CertName(name))
+        if endpoint is None:
+            return True
+        try:
+            served = self._probe(endpoint)
+        except VaultBridgeError as exc:
+            logger.warning("%s on %s: %s serves nothing readable: %s", name, cluster, endpoint, exc)
+            return False
+        return served.fingerprint != fingerprint
 
     def _verify_internode(
         self, settings: ClusterSettings, client: ClusterClient, change: Change

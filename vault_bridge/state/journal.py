@@ -285,12 +285,20 @@ class Keeper:
                         errors[key] = str(exc)
                         continue
                     served[intent.cluster] = {n: c.info.fingerprint for n, c in certs.items()}
-                if served[intent.cluster].get(intent.name) == intent.info.fingerprint:
+                fingerprint = intent.info.fingerprint
+                if served[intent.cluster].get(intent.name) == fingerprint:
                     state.journal_installed(key, now + self._grace())
                     _log_intent("the interrupted install did happen", intent)
-                else:
+                elif rotator.served_elsewhere(intent.cluster, intent.name, fingerprint):
+                    # Revoked only on positive proof: the read-back shows another certificate
+                    # AND the listener (where there is one) serves another.
                     state.orphan(intent, now)
                     _log_intent("the interrupted install did not happen (will be revoked)", intent)
+                else:
+                    errors[key] = (
+                        f"{key_text(key)}: the read-back shows another certificate, but the "
+                        f"listener does not prove it; kept in the journal, not revoked"
+                    )
         pending = list(state.pending.values())
         needing = [i for i in pending if _needs_followup(i.name)]
         if needing and rotator.followups is not None:

@@ -560,6 +560,33 @@ class VaultClient:
             raise VaultError(f"{path} returned no certificates", method="GET", url=self._url(path))
         return pems
 
+    def is_revoked(self, mount: str, serial: str) -> bool | None:
+        """GET: /{mount}/cert/{serial} (an unauthenticated PKI path): True when Vault has
+        revoked the certificate (``revocation_time`` > 0), False when it has not, None when
+        Vault keeps no copy (404: a role with ``no_store``) and so cannot tell."""
+        path = f"{mount}/cert/{serial}"
+        try:
+            resp = self._call(
+                "GET",
+                path,
+                lambda: self._hvac.secrets.pki.read_certificate(serial=serial, mount_point=mount),
+                capability=None,
+                not_found=f"no certificate {serial} on {mount}",
+            )
+        except VaultError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        if resp is None:  # hvac: a 404 without a body
+            return None
+        revoked = _data(resp, path).get("revocation_time", 0)
+        if isinstance(revoked, bool) or not isinstance(revoked, (int, float, str)):
+            raise VaultError(f"{path}: revocation_time is not a number", method="GET")
+        try:
+            return float(revoked) > 0
+        except ValueError:
+            raise VaultError(f"{path}: revocation_time is not a number", method="GET") from None
+
     def read_kv(self, mount: str, path: str, key: str) -> str:
         """GET: /{mount}/data/{path} (KV version 2); returns the value of ``key``.
 
