@@ -566,3 +566,31 @@ def test_a_second_issue_orphans_the_first(test_ca: OfflineCA) -> None:
 
 def test_record_defaults() -> None:
     assert State().record(("x", "y")) == CertRecord()
+
+
+def test_defect1_failing_follow_ups_hold_back_only_until_expiring(
+    keeper: Keeper, settings: Settings, clock: Clock, test_ca: OfflineCA
+) -> None:
+    """Follow-ups that keep failing hold the next rotation back, are published for the
+    metric, and stop holding it once the certificate is expiring."""
+    from vault_bridge.agent.health import Metrics, Snapshot
+    from vault_bridge.state.journal import JournalPendingError
+
+    assert keeper.state is not None
+    pending, old = issued_cert(test_ca), issued_cert(test_ca)
+    keeper.state.pending[("east", "proxy")] = intent("followups", "proxy", pending, old.chain_pem)
+    with pytest.raises(JournalPendingError, match="follow-ups of the last change"):
+        keeper.before_issue(spec(settings, "proxy"))
+    assert keeper.blocked_by_journal(clock()) == {("east", "proxy")}
+    since = keeper.followups_pending()
+    assert since == {("east", "proxy"): T0}
+    metrics = Metrics()
+    metrics.publish(Snapshot(followups_pending=since))
+    text = metrics.exposition().decode()
+    assert (
+        'vault_bridge_followups_pending_since_timestamp_seconds{cluster="east",name="proxy"}'
+        in (text)
+    )
+    clock.advance(timedelta(days=28))  # less than 10% of the 30-day lifetime left
+    keeper.before_issue(spec(settings, "proxy"))  # renewed anyway
+    assert keeper.blocked_by_journal(clock()) == set()

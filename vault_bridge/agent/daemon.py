@@ -403,6 +403,7 @@ class Agent:
                 token_expires_at=vault.token_expires_at if vault else None,
                 ready=not reasons,
                 reasons=tuple(reasons),
+                followups_pending=self.keeper.followups_pending(),
             )
         )
 

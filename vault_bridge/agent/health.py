@@ -79,6 +79,8 @@ class Snapshot:
     token_expires_at: datetime | None = None
     ready: bool = False
     reasons: tuple[str, ...] = ("the agent is starting",)
+    # (cluster, name) -> since when the follow-ups of its last change have been pending
+    followups_pending: Mapping[tuple[str, str], datetime] = field(default_factory=dict)
 
 
 class Metrics:
@@ -158,7 +160,15 @@ class _SnapshotCollector(Collector):
         )
         if snap.token_expires_at is not None:
             token.add_metric([], snap.token_expires_at.timestamp())
-        yield from (expiration, renewal, ready, expiring, rotations, token)
+        pending = GaugeMetricFamily(
+            "vault_bridge_followups_pending_since_timestamp_seconds",
+            "Since when the Active-Active / Replica Of follow-ups of the certificate's last "
+            "change have been pending (Unix time); absent when none are.",
+            labels=labels,
+        )
+        for (cluster, name), since in sorted(snap.followups_pending.items()):
+            pending.add_metric([cluster, name], since.timestamp())
+        yield from (expiration, renewal, ready, expiring, rotations, token, pending)
 
 
 # -- the listener ----------------------------------------------------------------------------

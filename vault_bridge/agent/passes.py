@@ -387,11 +387,17 @@ class Passes:
                 rng=self.rng,
                 error="; ".join(errors.values()),
             )
-            logger.warning(
-                "journal: %d entr%s still pending (retrying at %s)",
+            # Follow-ups that keep failing hold back the next renewal of their certificate
+            # (until it is expiring): an ERROR, and vault_bridge_followups_pending_since_...
+            state = self.keeper.state
+            followups = state is not None and any(k in state.pending for k in errors)
+            logger.log(
+                logging.ERROR if followups else logging.WARNING,
+                "journal: %d entr%s still pending (retrying at %s)%s",
                 len(errors),
                 "y" if len(errors) == 1 else "ies",
                 iso(self.replay_backoff.next_attempt),
+                "; the certificate is renewed anyway once it is expiring" if followups else "",
             )
         else:
             self.replay_backoff = Backoff()

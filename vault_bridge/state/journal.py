@@ -170,6 +170,14 @@ class Keeper:
                 key_text(key),
             )
 
+    def followups_pending(self) -> dict[Key, datetime]:
+        """Since when each change with pending follow-ups has waited (for the metric)."""
+        if self.state is None:
+            return {}
+        return {
+            key: intent.started_at or self.clock() for key, intent in self.state.pending.items()
+        }
+
     def blocked_by_journal(self, now: datetime) -> set[Key]:
         """Certificates a pass must leave alone until the journal replay succeeded."""
         if self.state is None:
