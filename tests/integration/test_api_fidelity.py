@@ -351,3 +351,34 @@ def test_defect11_a_revoked_certificate_of_ours_is_not_ok(
     assert CertificateInfo.from_pem(east.installed_pem("proxy")).serial != serial
     status = json.loads(invoke("--config", config, "status", "--json").stdout)
     assert [row["state"] for row in status] == ["ok"]
+
+
+# -- defect 9: an Active-Active database as a Replica Of source -----------------------------
+
+
+def test_defect9_crdb_source_trusts_the_new_syncer_through_the_crdb(
+    openbao: OpenBaoServer, pki: PkiSetup, tmp_path: Path
+) -> None:
+    world = DatabaseWorld(queued_time=0.005, run_time=0.3, resync_time=0.05)
+    with (
+        SimulatedCluster("east", world=world) as east,
+        SimulatedCluster("west", world=world) as west,
+    ):
+        guid = east.add_crdb("cache", participants=[east, west])
+        source_uid = world._crdbs[guid].db_uids["east"]
+        west.add_bdb("cache-copy", replica_of=[(east, source_uid)])
+        doc = config_doc(openbao, pki, [east, west], tmp_path, names=("syncer",))
+        doc["clusters"][0]["certificates"] = {}  # only west's syncer changes
+        with make_app(doc) as app:
+            result = app.rotator.run_once()
+        assert result.ok, result.summary()
+        new_syncer = CertificateInfo.from_pem(west.installed_pem("syncer")).fingerprint
+        trusted = {
+            CertificateInfo.from_pem(c["client_cert"]).fingerprint
+            for c in east.bdb(source_uid)["authentication_ssl_client_certs"]
+        }
+        assert new_syncer in trusted  # survived the CRDB's own force update
+        assert world.rejecting() == []
+        posts = [r for r in east.requests if r.method == "POST"]
+        assert not [r for r in east.requests if r.method == "PUT" and r.path.startswith("/v1/bdbs")]
+        assert len(posts) >= 2  # the client certificates through the CRDB (add, then remove)

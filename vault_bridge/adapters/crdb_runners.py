@@ -97,7 +97,12 @@ class RestRunner:
 
     def update(self, guid: str, *, on_sent: Callable[[], None]) -> UpdateResult:
         on_sent()
-        task = self._post(guid, {"force_update": True})
+        return self.apply(guid, {"force_update": True})
+
+    def apply(self, guid: str, body: Mapping[str, Any]) -> UpdateResult:
+        """POST /v1/crdbs/<guid>/updates with a modify_request ``body``, then poll its task
+        (GET /v1/crdb_tasks/<id>) until it ends."""
+        task = self._post(guid, body)
         logger.debug("CRDB %s: task %s %s", guid, task.id, task.status)
         return self._wait(guid, task)
 

@@ -62,6 +62,12 @@ class Crdb:
     name: str
     instances: tuple[CrdbInstance, ...]
     local_bdb_uids: tuple[str, ...]
+    # bdb uid -> instance id, from ``local_databases`` (UNDOCUMENTED: its ``id`` taken as the
+    # instance ID a modify_request's ``instances[].id`` names)
+    local_instance_ids: Mapping[str, int] = field(default_factory=dict)
+
+    def instance_id_of(self, bdb_uid: int | str) -> int | None:
+        return self.local_instance_ids.get(str(bdb_uid))
 
     @classmethod
     def from_json(cls, data: Any) -> Crdb:
@@ -75,8 +81,10 @@ class Crdb:
             )
             for i in data.get("instances") or []
         )
-        local = tuple(str(d.get("bdb_uid", "")) for d in data.get("local_databases") or [])
-        return cls(str(data["guid"]), str(data.get("name", "")), instances, local)
+        local_dbs = [_obj(d, "local_databases entry") for d in data.get("local_databases") or []]
+        local = tuple(str(d.get("bdb_uid", "")) for d in local_dbs)
+        ids = {str(d["bdb_uid"]): int(d["id"]) for d in local_dbs if "id" in d and "bdb_uid" in d}
+        return cls(str(data["guid"]), str(data.get("name", "")), instances, local, ids)
 
 
 @dataclass(frozen=True)

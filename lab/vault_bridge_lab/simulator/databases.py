@@ -98,6 +98,10 @@ class Crdb:
     db_uids: dict[str, int]  # cluster name -> bdb uid
     known: dict[str, tuple[str | None, str | None]]  # cluster -> (proxy fp, syncer fp)
     outage: Outage | None = None
+    # cluster -> the per-instance db_config the CRDB holds (objects/crdb/database_config.md);
+    # every update task that finishes pushes it to the instance's bdb again, so a change made
+    # with a local PUT /v1/bdbs/<uid> of an instance does not survive it.
+    instance_configs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass

@@ -286,7 +286,7 @@ class RestApi:
         task_id = req.headers.get("x-task-id")
         return self._world(
             lambda: self._cluster.world.create_update(
-                self._cluster.name, guid, body, task_id=task_id
+                self._cluster.name, guid, body, task_id=task_id, now_utc=self._cluster._now()
             )
         )
 

@@ -182,6 +182,11 @@ class DatabaseWorld:
                     leaf_fingerprint(c["client_cert"]) for c in certs
                 }:
                     certs.append({"client_cert": syncer})
+                source_crdb = self._crdbs.get(str(source.fields.get("crdt_guid") or ""))
+                if source_crdb is not None:  # an Active-Active instance: the CRDB holds them
+                    source_crdb.instance_configs.setdefault(source.cluster, {})[
+                        "authentication_ssl_client_certs"
+                    ] = [dict(c) for c in certs]
             bdb.fields["replica_sources"] = sources
             self._evaluate(self._clock())
             return bdb.uid
@@ -287,7 +292,13 @@ class DatabaseWorld:
         }
 
     def create_update(
-        self, cluster: str, guid: str, body: Any, *, task_id: str | None = None
+        self,
+        cluster: str,
+        guid: str,
+        body: Any,
+        *,
+        task_id: str | None = None,
+        now_utc: datetime | None = None,
     ) -> dict[str, Any]:
         """POST /v1/crdbs/<guid>/updates: a modify_request; ``task_id`` from ``X-Task-ID``
         (requests/crdbs/updates.md) names the task. UNDOCUMENTED what a second request with
@@ -308,13 +319,13 @@ class DatabaseWorld:
                 self._advance(now)
                 return self._task_json(self._tasks[task_id], now)
             if "crdb" in body:
-                self._apply_instance_configs(crdb, body["crdb"])
+                self._apply_instance_configs(crdb, body["crdb"], now_utc or datetime.now(UTC))
             self.update_requests += 1
             return self._create_task(
                 guid, cluster, force=force, run_time=self.run_time, task_id=task_id
             )
 
-    def _apply_instance_configs(self, crdb: Crdb, value: Any) -> None:
+    def _apply_instance_configs(self, crdb: Crdb, value: Any, now_utc: datetime) -> None:
         """``crdb.instances[].db_config`` of a modify_request: per-instance settings
         (objects/crdb/database_config.md) applied to that instance's bdb."""
         try:
@@ -331,8 +342,9 @@ class DatabaseWorld:
                 bdb = self._bdb(member, crdb.db_uids[member])
                 for key, field_value in config.items():
                     if key == "authentication_ssl_client_certs":
-                        field_value = check_client_certs(field_value, datetime.now(UTC))
+                        field_value = check_client_certs(field_value, now_utc)
                     bdb.fields[key] = field_value
+                    crdb.instance_configs.setdefault(member, {})[key] = field_value
         except ApiError as err:
             raise DatabaseError(err.status, err.error_code, err.description) from err
         self._evaluate(self._clock())
@@ -496,6 +508,13 @@ class DatabaseWorld:
                 ]
                 continue
             crdb.known = dict(task.snapshot)
+            for member, config in crdb.instance_configs.items():
+                self._bdb(member, crdb.db_uids[member]).fields.update(
+                    {
+                        k: [dict(v) for v in value] if isinstance(value, list) else value
+                        for k, value in config.items()
+                    }
+                )
             self._evaluate(at)
 
     def _evaluate(self, at: float) -> None:
