@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime
 
 from vault_bridge.decisions.renewal import Action, CertStatus
+from vault_bridge.models.times import table_time
 from vault_bridge.rotation.executor import PassResult
-
-
-def _time(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%SZ") if value else "-"
 
 
 def _short_issuer(issuer: str | None) -> str:
@@ -32,8 +28,8 @@ def status_table(statuses: Sequence[CertStatus]) -> str:
             s.state,
             (s.serial or "-")[:23] + ("..." if s.serial and len(s.serial) > 23 else ""),
             _short_issuer(s.issuer),
-            _time(s.not_after),
-            _time(s.renew_at),
+            table_time(s.not_after),
+            table_time(s.renew_at),
         )
         for s in statuses
     ]
@@ -71,6 +67,6 @@ def pass_lines(result: PassResult) -> list[str]:
             note = f" ({outcome.note})" if outcome.note else ""
             lines.append(
                 f"{label} {outcome.name} on {outcome.cluster}: serial {outcome.serial}, "
-                f"not_after {_time(outcome.not_after)}{note}"
+                f"not_after {table_time(outcome.not_after)}{note}"
             )
     return lines
