@@ -383,3 +383,30 @@ def test_defect9_crdb_source_trusts_the_new_syncer_through_the_crdb(
         posts = [r for r in east.requests if r.method == "POST"]
         assert not [r for r in east.requests if r.method == "PUT" and r.path.startswith("/v1/bdbs")]
         assert len(posts) >= 2  # the client certificates through the CRDB (add, then remove)
+
+
+# -- defect 8: the REST API away after an internode install ----------------------------------
+
+
+def test_defect8_internode_install_not_yet_confirmed_is_not_a_failure(
+    openbao: OpenBaoServer, pki: PkiSetup, east: SimulatedCluster, tmp_path: Path
+) -> None:
+    east.internode_outage = 5.0
+    doc = config_doc(
+        openbao,
+        pki,
+        [east],
+        tmp_path,
+        names=("ccs_internode_encryption",),
+        defaults={"key_type": "rsa", "key_bits": 2048},
+        internode_confirm_timeout=0,
+    )
+    config = write(doc, tmp_path)
+    ran = invoke("--config", config, "run", "--once")
+    assert ran.exit_code == 0, ran.output
+    assert "installed (not yet confirmed) ccs_internode_encryption on east" in ran.output
+    assert "failed" not in ran.output
+    while east._rest_down():
+        time.sleep(0.2)
+    status = json.loads(invoke("--config", config, "status", "--json").stdout)
+    assert [row["state"] for row in status] == ["ok"]

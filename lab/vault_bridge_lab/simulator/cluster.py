@@ -12,6 +12,7 @@ import socketserver
 import ssl
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 from functools import partial
@@ -87,6 +88,10 @@ class SimulatedCluster:
         self.requests: list[RecordedRequest] = []
         self.install_count = 0
         self.install_delay = 0.0  # seconds every install takes before it is applied
+        # seconds the REST API drops every connection after an internode install (some 8.0
+        # builds leave 9443 unreachable for minutes then: release notes RS208996)
+        self.internode_outage = 0.0
+        self._rest_down_until = 0.0
         self._partial_installs = 0
         self._ports = {listener: int((ports or {}).get(listener, 0)) for listener in LISTENERS}
         self._connect_host = "127.0.0.1" if host in ("", "0.0.0.0") else host
@@ -258,6 +263,9 @@ class SimulatedCluster:
         with self._lock:
             self._partial_installs += times
 
+    def _rest_down(self) -> bool:
+        return time.monotonic() < self._rest_down_until
+
     def _take_partial(self) -> bool:
         with self._lock:
             if self._partial_installs <= 0:
@@ -409,6 +417,8 @@ class SimulatedCluster:
                 self._contexts.update(contexts)
             self.install_count += len(installed)
         self.world.certificates_changed(self.name)
+        if self.internode_outage > 0 and any(i.name in INTERNODE_NAMES for i in installed):
+            self._rest_down_until = time.monotonic() + self.internode_outage
         for item in installed:
             info = CertificateInfo.from_cert(item.leaf)
             logger.info(

@@ -201,6 +201,9 @@ class RestHandler(_QuietHandler):
         return self.rfile.read(length) if length else b""
 
     def _dispatch(self) -> None:
+        if self.cluster._rest_down():  # the API is away: the connection drops unanswered
+            self.close_connection = True
+            return
         response = self.cluster._rest.handle(
             self.command,
             self.path,
