@@ -6,6 +6,7 @@ from click.testing import CliRunner, Result
 from vault_bridge_lab.simulator import SimulatedCluster
 
 from tests.conftest import find_secrets
+from vault_bridge.adapters.tls_probe import served_certificate
 from vault_bridge.cli.main import cli
 
 
@@ -28,4 +29,10 @@ def assert_clear_failure(result: Result, code: int, *needles: str) -> str:
 
 
 def installed(sim: SimulatedCluster, names: tuple[str, ...]) -> dict[str, str]:
-    return {name: sim.installed_pem(name) for name in names}
+    """What the cluster holds for each name and, for those with a listener, what it serves
+    (a TLS handshake): the old certificates must still be both after a fault."""
+    out = {name: sim.installed_pem(name) for name in names}
+    for name in names:
+        if name in ("api", "cm", "metrics_exporter", "proxy"):
+            out[f"{name} served"] = served_certificate(sim.endpoint(name)).fingerprint
+    return out

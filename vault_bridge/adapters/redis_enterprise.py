@@ -449,16 +449,17 @@ class ClusterClient:
 
         return self._typed("GET", path, lambda: find(data))
 
-    def can_install(self) -> bool:
-        """Whether our user holds the ``admin`` role, the one role with ``update_cluster``:
-        GET /v1/users/role, or on a cluster without it GET /v1/users. Neither changes anything,
-        and neither 403 can be confused with the "unknown certificate" 403 of the install
-        endpoints (the old probe, PUT /v1/cluster/update_cert, was both deprecated and
-        ambiguous)."""
+    def management_role(self) -> str | None:
+        """The management role of our user: GET /v1/users/role, or on a cluster without it
+        GET /v1/users; None when neither tells. Neither changes anything, and neither 403 can
+        be confused with the "unknown certificate" 403 of the install endpoints (the old
+        probe, PUT /v1/cluster/update_cert, was both deprecated and ambiguous)."""
         role = self.user_role()
-        if role is None:
-            role = self.role_from_users()
-        return role == "admin"
+        return role if role is not None else self.role_from_users()
+
+    def can_install(self) -> bool:
+        """Whether our user holds ``admin``, the one role with ``update_cluster``."""
+        return self.management_role() == "admin"
 
     # -- databases and Active-Active (the follow-ups) ------------------------------------
 
