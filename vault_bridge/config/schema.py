@@ -121,7 +121,8 @@ class CertSettings(_Strict):
     _dur = field_validator("ttl", "renew_before")(_check_duration)
 
 
-_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+# RFC 1123 labels; "_" is allowed too, as service names and some internal zones use it.
+_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
 
 
 def check_dns_name(value: str, *, wildcard: bool = True) -> str:

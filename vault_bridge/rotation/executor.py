@@ -1,4 +1,4 @@
-"""The executor: carries out a plan through the adapters (Vault, clusters, TLS probes).
+"""The executor: carries out a plan through the ports (Vault, clusters, TLS probes).
 
 A pass reads what every cluster serves, classifies it (:mod:`vault_bridge.decisions.renewal`), obtains a
 certificate from Vault for each one due, checks it, installs it, reads it back and checks the
@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,9 +18,8 @@ from typing import Protocol, runtime_checkable
 
 from cryptography import x509
 
-from vault_bridge.adapters.redis_enterprise import ClusterClient
+from vault_bridge.adapters.ports import Clock, ClusterCertificates, Sleep, TlsProbe, Vault
 from vault_bridge.adapters.tls_probe import served_certificate
-from vault_bridge.adapters.vault.client import VaultClient
 from vault_bridge.config.schema import CertSpec, ClusterSettings, Settings
 from vault_bridge.decisions.followup_plan import WaitingOn
 from vault_bridge.decisions.install import CertUpload, InstallBatch, install_batches
@@ -37,7 +37,6 @@ from vault_bridge.rotation.keys import build_csr, check_before_install, generate
 
 logger = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
 Key = tuple[str, str]  # (cluster, certificate name)
 
 
@@ -206,14 +205,14 @@ class Rotator:
     def __init__(
         self,
         settings: Settings,
-        vault: VaultClient,
-        clusters: Mapping[str, ClusterClient],
+        vault: Vault,
+        clusters: Mapping[str, ClusterCertificates],
         *,
         clock: Clock,
         hooks: RotationHooks | None = None,
         followups: FollowUpRunner | None = None,
-        probe: Callable[[str], CertificateInfo] = served_certificate,
-        sleep: Callable[[float], None] | None = None,
+        probe: TlsProbe = served_certificate,
+        sleep: Sleep = time.sleep,
         probe_attempts: int = 5,
     ) -> None:
         self.settings = settings
@@ -223,7 +222,7 @@ class Rotator:
         self.hooks: RotationHooks = hooks or NoHooks()
         self.followups = followups
         self._probe = probe
-        self._sleep = sleep or (lambda s: None)
+        self._sleep = sleep
         self._probe_attempts = probe_attempts
         self._issuers: dict[str, list[x509.Certificate]] = {}
         self._chains: dict[str, list[str]] = {}
@@ -508,7 +507,7 @@ class Rotator:
         return installed
 
     def _install(
-        self, client: ClusterClient, changes: Sequence[Change], version: tuple[int, ...]
+        self, client: ClusterCertificates, changes: Sequence[Change], version: tuple[int, ...]
     ) -> dict[str, str]:
         """Install ``changes``; returns an error message per certificate that failed."""
         by_name = {c.name: c for c in changes}
@@ -522,7 +521,7 @@ class Rotator:
         return errors
 
     def _send_batch(
-        self, client: ClusterClient, batch: InstallBatch, changes: Sequence[Change]
+        self, client: ClusterCertificates, batch: InstallBatch, changes: Sequence[Change]
     ) -> dict[str, str]:
         uploads = [self._upload(c) for c in changes]
         if batch.endpoint == "bulk":
@@ -555,7 +554,7 @@ class Rotator:
         return CertUpload.with_root(change.name, change.issued, mount_chain)
 
     def _one_by_one(
-        self, client: ClusterClient, uploads: Sequence[CertUpload], *, bulk: bool
+        self, client: ClusterCertificates, uploads: Sequence[CertUpload], *, bulk: bool
     ) -> dict[str, str]:
         errors: dict[str, str] = {}
         for upload in uploads:
@@ -566,7 +565,7 @@ class Rotator:
         return errors
 
     def _send_checked(
-        self, client: ClusterClient, uploads: Sequence[CertUpload], *, bulk: bool
+        self, client: ClusterCertificates, uploads: Sequence[CertUpload], *, bulk: bool
     ) -> dict[str, str]:
         """Send one install request; after a timeout, a dropped connection, a 409 or a 5xx,
         read the certificates back and send again only what is not in place (at most
@@ -618,7 +617,9 @@ class Rotator:
                 )
         return {u.name: str(last) for u in pending}
 
-    def _verify(self, settings: ClusterSettings, client: ClusterClient, change: Change) -> None:
+    def _verify(
+        self, settings: ClusterSettings, client: ClusterCertificates, change: Change
+    ) -> None:
         """Read the certificate back and check the served leaf."""
         expected = change.issued.info.fingerprint
         if CertName(change.name).internode:
@@ -666,7 +667,7 @@ class Rotator:
         return served.fingerprint != fingerprint
 
     def _verify_internode(
-        self, settings: ClusterSettings, client: ClusterClient, change: Change
+        self, settings: ClusterSettings, client: ClusterCertificates, change: Change
     ) -> None:
         """After an internode change the REST API may stay away for minutes (release notes
         RS208996): read back until ``internode_confirm_timeout``; while it cannot answer, the

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from vault_bridge.adapters.crdb_runners import RestRunner
-from vault_bridge.adapters.redis_enterprise import ClusterClient
+from vault_bridge.adapters.ports import ClusterDatabases, Monotonic, Sleep
 from vault_bridge.decisions.followup_plan import ClientCertUpdate, ServerCertUpdate, leaf_fp
 from vault_bridge.errors import FollowUpError, VaultBridgeError
 from vault_bridge.models.cluster import Bdb
@@ -21,10 +21,10 @@ class ReplicaOf:
 
     def __init__(
         self,
-        client: Callable[[str], ClusterClient],
+        client: Callable[[str], ClusterDatabases],
         *,
-        clock: Callable[[], float],
-        sleep: Callable[[float], None],
+        clock: Monotonic,
+        sleep: Sleep,
         limits: Limits,
     ) -> None:
         self.client = client
@@ -76,7 +76,7 @@ class ReplicaOf:
         except VaultBridgeError as exc:
             raise FollowUpError(f"{where}: {exc}") from exc
 
-    def _set_client_certs(self, client: ClusterClient, source: Bdb, pems: Sequence[str]) -> None:
+    def _set_client_certs(self, client: ClusterDatabases, source: Bdb, pems: Sequence[str]) -> None:
         """The source database's ``authentication_ssl_client_certs``: PUT /v1/bdbs/<uid>, or
         for an Active-Active instance its per-instance ``db_config`` through
         POST /v1/crdbs/<guid>/updates (objects/crdb/database_config.md): a local PUT there

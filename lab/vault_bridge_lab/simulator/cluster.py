@@ -273,6 +273,11 @@ class SimulatedCluster:
             self._partial_installs -= 1
             return True
 
+    def faults_pending(self) -> int:
+        """How many injected faults no request has taken yet (a held request has taken its)."""
+        with self._lock:
+            return sum(f.remaining for f in self._faults)
+
     def add_crdb(
         self,
         name: str,
