@@ -44,7 +44,10 @@ from vault_bridge.models.vault import (
     AppRoleAuth,
     AuthMethod,
     CertAuth,
+    IssuerEntry,
     KubernetesAuth,
+    MountIssuers,
+    PkiIssuer,
     PkiRole,
     TokenAuth,
     TokenInfo,
@@ -56,7 +59,10 @@ __all__ = [
     "AppRoleAuth",
     "AuthMethod",
     "CertAuth",
+    "IssuerEntry",
     "KubernetesAuth",
+    "MountIssuers",
+    "PkiIssuer",
     "PkiRole",
     "TokenAction",
     "TokenAuth",
@@ -467,8 +473,9 @@ class VaultClient:
         alt_names: Sequence[str] = (),
         ip_sans: Sequence[str] = (),
         ttl: str | None = None,
+        issuer_ref: str | None = None,
     ) -> dict[str, Any]:
-        """POST: /{mount}/sign/{role}
+        """POST: /{mount}/sign/{role}, or /{mount}/issuer/{issuer_ref}/sign/{role}
 
         Returns the answer's ``data`` (with ``lease_id`` when the role makes leases); the
         caller builds the :class:`IssuedCertificate` with its local private key. With Vault's
@@ -476,20 +483,20 @@ class VaultClient:
         come from the CSR and ``common_name``/``alt_names``/``ip_sans`` are not used: put them
         into the CSR too.
         """
-        path = f"{mount}/sign/{role}"
+        path = _pki_path(mount, "sign", role, issuer_ref)
         params = _cert_params(alt_names, ip_sans, ttl)
-        resp = self._call(
-            "POST",
-            path,
-            lambda: self._hvac.secrets.pki.sign_certificate(
+        if issuer_ref:
+            body = {"csr": csr_pem, "common_name": common_name, **params}
+            call: Callable[[], Any] = lambda: self._hvac.write_data(path, data=body)  # noqa: E731
+        else:
+            call = lambda: self._hvac.secrets.pki.sign_certificate(  # noqa: E731
                 name=role,
                 csr=csr_pem,
                 common_name=common_name,
                 extra_params=params,
                 mount_point=mount,
-            ),
-            capability="update",
-        )
+            )
+        resp = self._call("POST", path, call, capability="update")
         return _data_with_lease(resp, path)
 
     def issue(
@@ -501,18 +508,19 @@ class VaultClient:
         alt_names: Sequence[str] = (),
         ip_sans: Sequence[str] = (),
         ttl: str | None = None,
+        issuer_ref: str | None = None,
     ) -> IssuedCertificate:
-        """POST: /{mount}/issue/{role}"""
-        path = f"{mount}/issue/{role}"
+        """POST: /{mount}/issue/{role}, or /{mount}/issuer/{issuer_ref}/issue/{role}"""
+        path = _pki_path(mount, "issue", role, issuer_ref)
         params = _cert_params(alt_names, ip_sans, ttl)
-        resp = self._call(
-            "POST",
-            path,
-            lambda: self._hvac.secrets.pki.generate_certificate(
+        if issuer_ref:
+            body = {"common_name": common_name, **params}
+            call: Callable[[], Any] = lambda: self._hvac.write_data(path, data=body)  # noqa: E731
+        else:
+            call = lambda: self._hvac.secrets.pki.generate_certificate(  # noqa: E731
                 name=role, common_name=common_name, extra_params=params, mount_point=mount
-            ),
-            capability="update",
-        )
+            )
+        resp = self._call("POST", path, call, capability="update")
         # The answer holds the private key: only its shape may be logged.
         return IssuedCertificate.from_vault(_data_with_lease(resp, path))
 
@@ -559,6 +567,80 @@ class VaultClient:
         if not pems:
             raise VaultError(f"{path} returned no certificates", method="GET", url=self._url(path))
         return pems
+
+    def list_issuers(self, mount: str) -> tuple[IssuerEntry, ...]:
+        """LIST: /{mount}/issuers (unauthenticated) — every issuer of a multi-issuer mount.
+
+        A Vault without multi-issuer support (before 1.11) answers 404: an empty tuple.
+        """
+        path = f"{mount}/issuers"
+        try:
+            resp = self._call(
+                "LIST",
+                path,
+                lambda: self._hvac.adapter.list(url=f"/v1/{path}"),
+                capability="list",
+            )
+        except VaultError as exc:
+            if exc.status == 404 and not isinstance(exc, VaultPermissionError):
+                return ()
+            raise
+        return IssuerEntry.list_from_vault(_data(resp, path))
+
+    def issuer(self, mount: str, ref: str) -> PkiIssuer:
+        """GET: /{mount}/issuer/{ref}/json (unauthenticated) — the issuer's certificate and
+        chain."""
+        path = f"{mount}/issuer/{ref}/json"
+        resp = self._call(
+            "GET",
+            path,
+            lambda: self._hvac.adapter.get(url=f"/v1/{path}"),
+            capability="read",
+            not_found=f"no issuer {ref!r} on {mount}",
+        )
+        return self._issuer_from(mount, path, _data(resp, path))
+
+    def read_issuer(self, mount: str, ref: str) -> PkiIssuer:
+        """GET: /{mount}/issuer/{ref} — with its usage and revocation (``validate --connect``)."""
+        path = f"{mount}/issuer/{ref}"
+        resp = self._call(
+            "GET",
+            path,
+            lambda: self._hvac.adapter.get(url=f"/v1/{path}"),
+            capability="read",
+            not_found=f"no issuer {ref!r} on {mount}",
+        )
+        return self._issuer_from(mount, path, _data(resp, path))
+
+    def _issuer_from(self, mount: str, path: str, data: dict[str, Any]) -> PkiIssuer:
+        raw = data.get("ca_chain") or []
+        if isinstance(raw, list):
+            raw = "\n".join(str(item) for item in raw)
+        try:
+            return PkiIssuer.from_vault(mount, data, split_pem_chain(str(raw)))
+        except ValueError as exc:
+            raise VaultError(
+                f"{path} returned no usable certificate", method="GET", url=self._url(path)
+            ) from exc
+
+    def mount_issuers(self, mount: str) -> MountIssuers:
+        """Every issuer of ``mount`` with its chain: LIST /{mount}/issuers, then GET
+        /{mount}/issuer/{id}/json for each. Without multi-issuer support (an empty list), the
+        one CA of GET /{mount}/cert/ca_chain."""
+        entries = self.list_issuers(mount)
+        if not entries:
+            pems = self.ca_chain(mount)
+            try:
+                single = PkiIssuer.from_vault(mount, {"certificate": pems[0]}, pems)
+            except ValueError as exc:
+                path = f"{mount}/cert/ca_chain"
+                raise VaultError(
+                    f"{path} returned no usable certificate", method="GET", url=self._url(path)
+                ) from exc
+            return MountIssuers(mount, (single,), None)
+        issuers = tuple(self.issuer(mount, entry.issuer_id) for entry in entries)
+        default = next((e.issuer_id for e in entries if e.is_default), None)
+        return MountIssuers(mount, issuers, default)
 
     def read_kv(self, mount: str, path: str, key: str) -> str:
         """GET: /{mount}/data/{path} (KV version 2); returns the value of ``key``.
@@ -646,6 +728,12 @@ def _read_secret_file(path: Path, what: str) -> str:
     if not value:
         raise ConfigError(f"the {what} file {path} is empty")
     return value
+
+
+def _pki_path(mount: str, verb: str, role: str, issuer_ref: str | None) -> str:
+    if issuer_ref:
+        return f"{mount}/issuer/{issuer_ref}/{verb}/{role}"
+    return f"{mount}/{verb}/{role}"
 
 
 def _cert_params(
