@@ -642,6 +642,32 @@ class VaultClient:
         default = next((e.issuer_id for e in entries if e.is_default), None)
         return MountIssuers(mount, issuers, default)
 
+    def certificate_revoked(self, mount: str, serial: str) -> bool | None:
+        """GET: /{mount}/cert/{serial} (unauthenticated) — whether Vault revoked it.
+
+        True only on positive proof (a ``revocation_time`` after the epoch); None when Vault
+        does not know the serial (a role with ``no_store``) or answers something unreadable.
+        """
+        path = f"{mount}/cert/{serial}"
+        try:
+            resp = self._call(
+                "GET",
+                path,
+                lambda: self._hvac.adapter.get(url=f"/v1/{path}"),
+                capability="read",
+            )
+        except VaultError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        data = resp.get("data") if isinstance(resp, dict) else None
+        if not isinstance(data, dict):
+            return None
+        when = data.get("revocation_time")
+        if isinstance(when, bool) or not isinstance(when, int | float):
+            return None
+        return when > 0
+
     def read_kv(self, mount: str, path: str, key: str) -> str:
         """GET: /{mount}/data/{path} (KV version 2); returns the value of ``key``.
 
