@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -51,6 +52,7 @@ _STATE_MESSAGES = {
     "missing": "missing",
     "foreign": "not issued by our Vault (foreign)",
     "expired": "expired",
+    "revoked": "revoked in Vault",
 }
 
 
@@ -62,9 +64,9 @@ class AgentRotator(Rotator):
         super().__init__(*args, **kwargs)
         self.obtain_errors: dict[Key, VaultBridgeError] = {}
 
-    def obtain(self, spec: CertSpec) -> IssuedCertificate:
+    def obtain(self, spec: CertSpec, *, explicit: bool = False) -> IssuedCertificate:
         try:
-            return super().obtain(spec)
+            return super().obtain(spec, explicit=explicit)
         except VaultBridgeError as exc:
             self.obtain_errors[(spec.cluster, spec.name.value)] = exc
             raise
@@ -80,6 +82,9 @@ class View:
     not_after: datetime | None
     renew_at: datetime | None
     answered: bool = True  # its cluster answered on the last pass
+    overdue_at: datetime | None = None
+    issuer_expiring: bool = False
+    window: str | None = None
 
     @classmethod
     def of(cls, status: CertStatus) -> View:
@@ -88,8 +93,15 @@ class View:
             status.serial,
             status.not_before,
             status.not_after,
-            status.renew_at if status.state == "ok" else None,
+            # a due certificate keeps the time it goes: its maintenance window's opening
+            status.renew_at if status.state in ("ok", "due") else None,
+            overdue_at=status.overdue_at,
+            issuer_expiring=status.issuer_expiring,
+            window=status.window,
         )
+
+    def overdue(self, now: datetime) -> bool:
+        return self.overdue_at is not None and now >= self.overdue_at
 
 
 class Passes:
@@ -111,6 +123,7 @@ class Passes:
         self.last_pass_at: datetime | None = None
         self.pass_now = True
         self._installed_now: set[Key] = set()
+        self.window_overrides: Counter[Key] = Counter()
 
     @property
     def resync(self) -> timedelta:
@@ -234,6 +247,7 @@ class Passes:
         now = self.clock()
         installed_now, self._installed_now = self._installed_now, set()
         self.cluster_errors = dict(result.cluster_errors)
+        self.window_overrides.update(result.window_overrides)
         for status in result.statuses:
             key = (status.cluster, status.name)
             if key in installed_now:
@@ -246,6 +260,9 @@ class Passes:
                 message = _STATE_MESSAGES.get(new.state or "", str(new.state))
                 if new.state == "ok":
                     message += f" (renewal at {iso(new.renew_at)})"
+                if status.held(now):
+                    message += f" (waits for maintenance window {status.window!r} at "
+                    message += f"{iso(new.renew_at)})"
                 if new.state == "foreign" and not self.settings.agent.replace_foreign:
                     level, message = logging.WARNING, message + " (left in place: replace_foreign)"
                 log_change(
@@ -288,6 +305,7 @@ class Passes:
         failed = {(o.cluster, o.name): o for o in result.failed}
         for key, outcome in failed.items():
             self._failed(key, outcome, rotator.obtain_errors.get(key), now, vault)
+        self._escalate_overdue(result, attempted, installed_now, failed, now)
         # A certificate left due without any outcome (should not happen): back off anyway,
         # so that it can never turn into a busy loop.
         for status in result.statuses:
@@ -297,9 +315,36 @@ class Passes:
                 and key not in failed
                 and key not in installed_now
                 and status.state not in ("ok",)
+                and not status.held(now)
                 and not (status.state == "foreign" and not self.settings.agent.replace_foreign)
             ):
                 self._backoff_cert(key, "no outcome in the last pass", now)
+
+    def _escalate_overdue(
+        self,
+        result: PassResult,
+        attempted: set[Key],
+        installed_now: set[Key],
+        failed: dict[Key, Outcome],
+        now: datetime,
+    ) -> None:
+        """An ERROR line for every overdue certificate this pass tried and did not renew."""
+        for status in result.statuses:
+            key = (status.cluster, status.name)
+            if key not in attempted or key in installed_now or not status.overdue(now):
+                continue
+            outcome = failed.get(key)
+            why = outcome.error if outcome and outcome.error else "not renewed"
+            logger.error(
+                "%s on %s is overdue: its renewal time %s has passed and it is still not "
+                "renewed (not_after %s): %s",
+                status.name,
+                status.cluster,
+                iso(status.renew_at if status.state == "due" else None) or "-",
+                iso(status.not_after),
+                why,
+                extra={"cluster": status.cluster, "certificate": status.name},
+            )
 
     def _failed(
         self,
@@ -414,6 +459,9 @@ class Passes:
                     renew_at=self._renew_at(key, view, now),
                     condition=condition,
                     expiring=self.expiring(key, now),
+                    overdue=view is not None and view.overdue(now),
+                    issuer_expiring=view is not None and view.issuer_expiring,
+                    window_overrides=self.window_overrides[key],
                 )
             )
         return tuple(samples)
@@ -432,6 +480,8 @@ class Passes:
     def _renew_at(self, key: Key, view: View | None, now: datetime) -> datetime | None:
         if view is None:
             return None
+        if view.state in ("ok", "due") and view.renew_at is not None and view.renew_at > now:
+            return view.renew_at  # ours and valid, or due and waiting for its window
         if view.state == "ok":
             return view.renew_at
         state = self.keeper.state

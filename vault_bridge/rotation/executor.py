@@ -95,8 +95,10 @@ class PassResult:
 class RotationHooks(Protocol):
     """Points where the agent (state journal) and the follow-ups plug into a pass."""
 
-    def before_issue(self, spec: CertSpec) -> None:
-        """Called before asking Vault; raising skips the certificate (e.g. runaway guard)."""
+    def before_issue(self, spec: CertSpec, *, explicit: bool = False) -> None:
+        """Called before asking Vault; raising skips the certificate (e.g. runaway guard).
+        ``explicit``: the operator asked for this certificate (``issue``); it is passed only
+        when true."""
 
     def issued(self, spec: CertSpec, issued: IssuedCertificate) -> None:
         """Called once Vault issued (before the install)."""
@@ -143,7 +145,7 @@ class PreparingFollowUps(FollowUpRunner, Protocol):
 
 
 class NoHooks:
-    def before_issue(self, spec: CertSpec) -> None:
+    def before_issue(self, spec: CertSpec, *, explicit: bool = False) -> None:
         return None
 
     def issued(self, spec: CertSpec, issued: IssuedCertificate) -> None:
@@ -271,9 +273,13 @@ class Rotator:
 
     # -- acting --------------------------------------------------------------------------
 
-    def obtain(self, spec: CertSpec) -> IssuedCertificate:
-        """Get a new certificate from Vault and check it; never returns one unfit to install."""
-        self.hooks.before_issue(spec)
+    def obtain(self, spec: CertSpec, *, explicit: bool = False) -> IssuedCertificate:
+        """Get a new certificate from Vault and check it; never returns one unfit to install.
+        ``explicit``: the operator asked for it (``issue``), past the runaway guard too."""
+        if explicit:
+            self.hooks.before_issue(spec, explicit=True)
+        else:
+            self.hooks.before_issue(spec)
         self.vault.ensure_token()
         if spec.mode == "sign":
             key = generate_key(spec.key_type, spec.key_bits)
@@ -436,7 +442,7 @@ class Rotator:
             spec = settings.spec(action.name)
             assert spec is not None
             try:
-                issued = self.obtain(spec)
+                issued = self.obtain(spec, explicit=action.reason == "forced")
             except DeferredError as exc:
                 logger.info("%s on %s: deferred: %s", action.name, cluster_name, exc)
                 result.outcomes.append(Outcome(cluster_name, action.name, "failed", error=str(exc)))
