@@ -4,14 +4,25 @@ rotation, issuer choice."""
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from vault_bridge_lab.lab import ROTATED, cluster_table, lab_config
 from vault_bridge_lab.openbao import OpenBaoServer, PkiSetup, rotate_intermediate, setup_pki
+from vault_bridge_lab.simulator import SimulatedCluster
 
 from tests.integration.conftest import PKI_ROLES
+from vault_bridge.adapters.tls_probe import verify_chain
 from vault_bridge.adapters.vault.client import TokenAuth, VaultClient
-from vault_bridge.errors import VaultError
+from vault_bridge.config.schema import parse_config
+from vault_bridge.decisions.policy import policy_rules
+from vault_bridge.errors import VaultError, VerificationError
+from vault_bridge.rotation.app import App, build
+from vault_bridge.rotation.connect_checks import connect_checks, issuer_warnings
 from vault_bridge.rotation.keys import build_csr, generate_key
 
 pytestmark = pytest.mark.usefixtures("lab_env")
@@ -81,3 +92,179 @@ def test_sign_and_issue_through_a_chosen_issuer(
             vault.issuer(mount, "no-such-issuer")
         detail = vault.read_issuer(mount, old.issuer_id)
     assert detail.can_issue is True and detail.revoked is False
+
+
+# -- the pass through a CA rotation ----------------------------------------------------------
+
+
+class Clock:
+    """An injected clock: real time plus an offset the test moves."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+
+def lifecycle_app(
+    openbao: OpenBaoServer,
+    pki: PkiSetup,
+    sim: SimulatedCluster,
+    tmp_path: Path,
+    clock: Clock,
+    *,
+    names: tuple[str, ...] = ROTATED,
+    defaults: dict[str, Any] | None = None,
+) -> App:
+    doc = lab_config(
+        openbao,
+        pki,
+        [cluster_table(sim, tmp_path, role="redis", names=names)],
+        state_dir=tmp_path / "state",
+        defaults={"key_type": "ec", "key_bits": 256, "ttl": "720h", **(defaults or {})},
+    )
+    return build(parse_config(doc), clock=clock, sleep=lambda s: None)
+
+
+def signed_by(pem: str, ca_pem: str) -> bool:
+    leaf = x509.load_pem_x509_certificate(pem.encode())
+    try:
+        leaf.verify_directly_issued_by(x509.load_pem_x509_certificate(ca_pem.encode()))
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def test_new_default_intermediate_keeps_old_certificates_ok_until_renewal(
+    openbao: OpenBaoServer, fresh_pki: PkiSetup, sim: SimulatedCluster, tmp_path: Path
+) -> None:
+    clock = Clock()
+    with lifecycle_app(openbao, fresh_pki, sim, tmp_path, clock) as app:
+        assert app.rotator.run_once().ok
+        old_int = fresh_pki.intermediate_pem or ""
+        rotated = rotate_intermediate(openbao.client(), fresh_pki)
+        installs = sim.install_count
+        status = app.rotator.status()
+        assert {s.state for s in status.statuses} == {"ok"}, status.statuses
+        for s in status.statuses:
+            assert any("not the mount's default" in w for w in s.warnings), s.warnings
+        result = app.rotator.run_once()
+        assert result.ok and result.outcomes == [] and sim.install_count == installs
+        for name in ROTATED:
+            assert signed_by(sim.installed_pem(name), old_int)
+        # at the renewal time, each moves to the new default issuer
+        latest = max(s.renew_at for s in status.statuses if s.renew_at)
+        clock.offset = latest - datetime.now(UTC) + timedelta(minutes=1)
+        result = app.rotator.run_once()
+        assert result.ok, result.summary()
+        assert sorted(o.name for o in result.outcomes) == sorted(ROTATED)
+        for name in ROTATED:
+            assert signed_by(sim.installed_pem(name), rotated.intermediate_pem)
+        for endpoint in ("api", "cm", "metrics_exporter", "proxy"):
+            verify_chain(sim.endpoint(endpoint), fresh_pki.root_pem)
+        assert {s.warnings for s in app.rotator.status().statuses} == {()}
+
+
+def test_issuer_migration_spreads_the_move_over_the_window(
+    openbao: OpenBaoServer, fresh_pki: PkiSetup, sim: SimulatedCluster, tmp_path: Path
+) -> None:
+    clock = Clock()
+    with lifecycle_app(
+        openbao, fresh_pki, sim, tmp_path, clock, defaults={"issuer_migration": "72h"}
+    ) as app:
+        assert app.rotator.run_once().ok
+        rotated = rotate_intermediate(openbao.client(), fresh_pki)
+        seen = clock()
+        statuses = app.rotator.status().statuses  # the new default is first seen here
+        times = sorted(s.renew_at for s in statuses if s.renew_at)
+        assert len(times) == len(ROTATED) and len(set(times)) == len(ROTATED)  # spread
+        assert all(seen - timedelta(seconds=5) <= t <= seen + timedelta(hours=72) for t in times)
+        # half way through the window only those whose turn came move
+        clock.offset = times[2] - datetime.now(UTC) + timedelta(seconds=1)
+        first = app.rotator.run_once()
+        assert first.ok and len(first.outcomes) == 3, first.summary()
+        clock.offset = timedelta(hours=72, minutes=1)
+        rest = app.rotator.run_once()
+        assert rest.ok and len(rest.outcomes) == 2, rest.summary()
+        for name in ROTATED:
+            assert signed_by(sim.installed_pem(name), rotated.intermediate_pem)
+
+
+def test_root_rotation_with_api_managed_never_locks_out(
+    openbao: OpenBaoServer, fresh_pki: PkiSetup, sim: SimulatedCluster, tmp_path: Path
+) -> None:
+    clock = Clock()
+    with lifecycle_app(openbao, fresh_pki, sim, tmp_path, clock) as app:
+        assert app.rotator.run_once().ok
+    verify_chain(sim.endpoint("api"), fresh_pki.root_pem)
+    rotated = rotate_intermediate(openbao.client(), fresh_pki, new_root=True)
+    assert rotated.root_pem.strip() != fresh_pki.root_pem.strip()
+    # a fresh start with the same configuration: the served api chains to the old root
+    with lifecycle_app(openbao, fresh_pki, sim, tmp_path, clock) as app:
+        status = app.rotator.status()
+        assert not status.cluster_errors and {s.state for s in status.statuses} == {"ok"}
+        result = app.rotator.run_once(force=[("east", "api")], only={("east", "api")})
+        assert result.ok, result.summary()
+    verify_chain(sim.endpoint("api"), rotated.root_pem)
+    with pytest.raises(VerificationError):
+        verify_chain(sim.endpoint("api"), fresh_pki.root_pem)
+    # and again from scratch: the api now chains to the new root, still trusted
+    with lifecycle_app(openbao, fresh_pki, sim, tmp_path, clock) as app:
+        status = app.rotator.status()
+        assert not status.cluster_errors, status.cluster_errors
+        states = {s.name: s.state for s in status.statuses}
+        assert set(states.values()) == {"ok"}
+
+
+def test_issuer_ref_chooses_the_issuer_and_the_policy_grants_it(
+    openbao: OpenBaoServer, fresh_pki: PkiSetup, sim: SimulatedCluster, tmp_path: Path
+) -> None:
+    mount = fresh_pki.issuing_mount
+    old_int = fresh_pki.intermediate_pem or ""
+    with vault_client(openbao) as vault:
+        old = vault.mount_issuers(mount).default
+    assert old is not None
+    openbao.client().adapter.post(
+        f"/v1/{mount}/issuer/{old.issuer_id}", json={"issuer_name": "int-old"}
+    )
+    rotate_intermediate(openbao.client(), fresh_pki)  # a new default the config does not want
+    clock = Clock()
+    with lifecycle_app(
+        openbao,
+        fresh_pki,
+        sim,
+        tmp_path,
+        clock,
+        names=("proxy",),
+        defaults={"issuer_ref": "int-old"},
+    ) as app:
+        assert connect_checks(app) == []
+        result = app.rotator.run_once()
+        assert result.ok, result.summary()
+        assert signed_by(sim.installed_pem("proxy"), old_int)
+        paths = [r.path for r in policy_rules(app.settings)]
+        assert f"{mount}/issuer/int-old/sign/redis" in paths
+        assert f"{mount}/sign/redis" not in paths
+        assert f"{mount}/issuer/int-old" in paths
+        (status,) = app.rotator.status().statuses
+        assert status.state == "ok" and status.warnings == ()
+    with lifecycle_app(
+        openbao, fresh_pki, sim, tmp_path, clock, names=("proxy",), defaults={"issuer_ref": "nope"}
+    ) as app:
+        problems = connect_checks(app)
+    assert any("issuer_ref 'nope'" in p and "no such issuer" in p for p in problems), problems
+
+
+def test_issuer_expiring_sooner_than_a_lifetime_is_warned(
+    openbao: OpenBaoServer, fresh_pki: PkiSetup, sim: SimulatedCluster, tmp_path: Path
+) -> None:
+    clock = Clock()
+    with lifecycle_app(openbao, fresh_pki, sim, tmp_path, clock, names=("proxy",)) as app:
+        assert app.rotator.run_once().ok
+        rotate_intermediate(openbao.client(), fresh_pki, ttl="500h")  # shorter than 720h
+        (status,) = app.rotator.status().statuses
+        assert status.issuer_expiring
+        assert any("sooner than one lifetime (720h)" in w for w in status.warnings)
+        warnings = issuer_warnings(app)
+    assert any(w.startswith("proxy on east: issuer ") and "expires" in w for w in warnings)

@@ -21,7 +21,7 @@ from vault_bridge.adapters.vault.client import VaultClient
 from vault_bridge.agent.health import CertSample, Condition
 from vault_bridge.config.durations import parse_duration
 from vault_bridge.config.schema import CertSpec, Settings
-from vault_bridge.decisions.renewal import CertStatus, renewal_time
+from vault_bridge.decisions.renewal import CertStatus, renewal_time, windowed
 from vault_bridge.decisions.schedule import (
     Backoff,
     Tracked,
@@ -234,10 +234,21 @@ class Passes:
     def installed(self, change: Change) -> None:
         spec = self.settings.cluster(change.cluster).spec(change.name)
         info = change.issued.info
-        renew = renewal_time(spec, info) if spec else None
-        self.views[(change.cluster, change.name)] = View(
-            "ok", info.serial, info.not_before, info.not_after, renew
-        )
+        if spec is None:
+            view = View("ok", info.serial, info.not_before, info.not_after, None)
+        else:
+            planned = windowed(spec, info, renewal_time(spec, info), self.clock())
+            slack = (info.not_after - info.not_before) * spec.overdue_after
+            view = View(
+                "ok",
+                info.serial,
+                info.not_before,
+                info.not_after,
+                planned.at,
+                overdue_at=planned.at + slack,
+                window=planned.window,
+            )
+        self.views[(change.cluster, change.name)] = view
         self._installed_now.add((change.cluster, change.name))
         self.permission.pop((change.cluster, change.name), None)
 

@@ -22,7 +22,7 @@ from cryptography.exceptions import InvalidSignature
 
 from vault_bridge.config.durations import parse_duration
 from vault_bridge.config.schema import DEFAULT_RENEW_AT, CertSpec
-from vault_bridge.decisions.windows import window_decision
+from vault_bridge.decisions.windows import WindowDecision, window_decision
 from vault_bridge.models.certificates import (
     CertificateInfo,
     CertState,
@@ -114,6 +114,20 @@ def renewal_time(spec: CertSpec, info: CertificateInfo) -> datetime:
     else:
         base = info.not_before + lifetime * (spec.renew_at or DEFAULT_RENEW_AT)
     return base - jitter(spec.cluster, spec.name.value, info.serial, lifetime)
+
+
+def windowed(
+    spec: CertSpec, info: CertificateInfo, renew: datetime, now: datetime
+) -> WindowDecision:
+    """When a renewal due at ``renew`` goes, given the certificate's maintenance windows."""
+    return window_decision(
+        spec.maintenance_windows,
+        renew_at=renew,
+        not_before=info.not_before,
+        not_after=info.not_after,
+        margin=spec.window_safety_margin,
+        now=now,
+    )
 
 
 def issued_by(cert_pem: str, issuers: Sequence[x509.Certificate]) -> bool:
@@ -217,14 +231,7 @@ def classify(
             issuer_expiring=issuer_expiring,
             warnings=tuple(warnings),
         )
-    decision = window_decision(
-        spec.maintenance_windows,
-        renew_at=renew,
-        not_before=info.not_before,
-        not_after=info.not_after,
-        margin=spec.window_safety_margin,
-        now=now,
-    )
+    decision = windowed(spec, info, renew, now)
     state: CertState = "due" if now >= renew else "ok"
     return replace(
         foreign,
