@@ -4,6 +4,7 @@ operator's `issue` past the runaway guard. Real OpenBao, the simulated cluster o
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -11,14 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
-from vault_bridge_lab.lab import cluster_table, lab_config
+from vault_bridge_lab.lab import cluster_table, lab_config, to_toml
 from vault_bridge_lab.openbao import OpenBaoServer, PkiSetup
 from vault_bridge_lab.simulator import SimulatedCluster
 
 from vault_bridge.agent.daemon import Agent
 from vault_bridge.agent.health import Metrics
 from vault_bridge.agent.oneshot import rotate_once
+from vault_bridge.cli.main import cli
 from vault_bridge.config.schema import Settings, parse_config
 from vault_bridge.config.windows import DAYS
 from vault_bridge.decisions.renewal import renewal_time
@@ -42,6 +45,25 @@ class Clock:
         self.offset = at - datetime.now(UTC)
 
 
+def document_for(
+    openbao: OpenBaoServer,
+    pki: PkiSetup,
+    sim: SimulatedCluster,
+    tmp_path: Path,
+    *,
+    defaults: dict[str, Any] | None = None,
+    agent: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return lab_config(
+        openbao,
+        pki,
+        [cluster_table(sim, tmp_path, role="redis", names=("proxy",))],
+        state_dir=tmp_path / "state",
+        defaults={"key_type": "ec", "key_bits": 256, "ttl": "720h", **(defaults or {})},
+        agent={"max_issues_per_hour": 100, **(agent or {})},
+    )
+
+
 def settings_for(
     openbao: OpenBaoServer,
     pki: PkiSetup,
@@ -51,15 +73,7 @@ def settings_for(
     defaults: dict[str, Any] | None = None,
     agent: dict[str, Any] | None = None,
 ) -> Settings:
-    doc = lab_config(
-        openbao,
-        pki,
-        [cluster_table(sim, tmp_path, role="redis", names=("proxy",))],
-        state_dir=tmp_path / "state",
-        defaults={"key_type": "ec", "key_bits": 256, "ttl": "720h", **(defaults or {})},
-        agent={"max_issues_per_hour": 100, **(agent or {})},
-    )
-    return parse_config(doc)
+    return parse_config(document_for(openbao, pki, sim, tmp_path, defaults=defaults, agent=agent))
 
 
 class InProcessAgent:
@@ -227,6 +241,16 @@ def test_overdue_certificate_escalates_and_clears_once_renewed(
         assert len(errors) == 1 and errors[0].levelno == logging.ERROR  # one each attempt
         assert agent.sample(overdue[0], **overdue[1]) == 1
         assert served(sim).serial == first.serial
+
+    # status --json: the last error and the next attempt, from the agent's state directory
+    config = tmp_path / "config.toml"
+    config.write_text(to_toml(document_for(openbao, pki, sim, tmp_path)), encoding="utf-8")
+    shown = CliRunner().invoke(cli, ["--config", str(config), "status", "--json"])
+    assert shown.exit_code == 0, shown.output
+    (row,) = json.loads(shown.stdout)
+    assert "injected fault: 400" in (row["last_error"] or "")
+    next_attempt = datetime.fromisoformat(row["next_attempt"].replace("Z", "+00:00"))
+    assert next_attempt > overdue_at  # the backoff of the last failure (by the agent's clock)
 
     clock.set(overdue_at + timedelta(hours=1))  # the faults are used up: renewed
     agent.step()

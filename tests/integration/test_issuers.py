@@ -16,6 +16,7 @@ from vault_bridge_lab.openbao import OpenBaoServer, PkiSetup, rotate_intermediat
 from vault_bridge_lab.simulator import SimulatedCluster
 
 from tests.integration.conftest import PKI_ROLES
+from tests.integration.test_policy import limited_token
 from vault_bridge.adapters.tls_probe import verify_chain
 from vault_bridge.adapters.vault.client import TokenAuth, VaultClient
 from vault_bridge.config.schema import parse_config
@@ -268,3 +269,33 @@ def test_issuer_expiring_sooner_than_a_lifetime_is_warned(
         assert any("sooner than one lifetime (720h)" in w for w in status.warnings)
         warnings = issuer_warnings(app)
     assert any(w.startswith("proxy on east: issuer ") and "expires" in w for w in warnings)
+
+
+def test_the_generated_policy_is_enough_for_issuer_ref(
+    openbao: OpenBaoServer,
+    fresh_pki: PkiSetup,
+    sim: SimulatedCluster,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A token holding only `vault-bridge policy`'s output: the issuers are listed and read,
+    revocation looked up, the chosen issuer signs and validate --connect reads it."""
+    mount = fresh_pki.issuing_mount
+    with vault_client(openbao) as vault:
+        old = vault.mount_issuers(mount).default
+    assert old is not None
+    rotate_intermediate(openbao.client(), fresh_pki)
+    clock = Clock()
+    doc_defaults = {"issuer_ref": old.issuer_id}
+    with lifecycle_app(
+        openbao, fresh_pki, sim, tmp_path, clock, names=("proxy",), defaults=doc_defaults
+    ) as app:
+        settings = app.settings
+    monkeypatch.setenv("VAULT_TOKEN", limited_token(openbao, settings))
+    with build(settings, clock=clock, sleep=lambda s: None) as app:
+        assert connect_checks(app) == []
+        result = app.rotator.run_once()
+        assert result.ok, result.summary()
+        (status,) = app.rotator.status().statuses
+    assert status.state == "ok" and status.signed_by == old.issuer_id
+    assert signed_by(sim.installed_pem("proxy"), fresh_pki.intermediate_pem or "")

@@ -31,7 +31,7 @@ def test_a_certificate_of_a_previous_issuer_stays_ok_with_a_warning() -> None:
         issuer(old, "id-old", "int-2025"), issuer(new, "id-new", "int-2026"), default="id-new"
     )
     status = classify(spec(), installed(old), issuers, T0 + timedelta(days=1))
-    assert status.state == "ok" and status.signed_by == "int-2025"
+    assert status.state == "ok" and status.signed_by == "int-2025" and status.issuer_outdated
     assert status.warnings == (
         "signed by issuer int-2025, not the mount's default int-2026 (moves to it at renewal)",
     )

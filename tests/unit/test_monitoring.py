@@ -45,6 +45,7 @@ def test_the_agent_exports_the_lifecycle_metrics() -> None:
     for name in (
         "vault_bridge_certificate_renewal_overdue",
         "vault_bridge_certificate_issuer_expiring",
+        "vault_bridge_certificate_issuer_outdated",
         "vault_bridge_window_overrides_total",
         "vault_bridge_certificate_expiring",
     ):

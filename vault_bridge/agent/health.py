@@ -70,6 +70,7 @@ class CertSample:
     expiring: bool
     overdue: bool = False  # renewal time passed by more than overdue_after, not renewed
     issuer_expiring: bool = False  # the issuer of its next certificate expires within a lifetime
+    issuer_outdated: bool = False  # signed by another issuer than the one that signs the next
     window_overrides: int = 0  # renewals outside every maintenance window since the start
 
 
@@ -151,6 +152,12 @@ class _SnapshotCollector(Collector):
             "lifetime of it, else 0.",
             labels=labels,
         )
+        outdated = GaugeMetricFamily(
+            "vault_bridge_certificate_issuer_outdated",
+            "1 when the installed certificate was signed by another issuer of the mount than the "
+            "one that signs its next certificate (the default, or issuer_ref), else 0.",
+            labels=labels,
+        )
         overrides = CounterMetricFamily(
             "vault_bridge_window_overrides",
             "Planned renewals done outside every maintenance window (safety margin reached).",
@@ -160,6 +167,7 @@ class _SnapshotCollector(Collector):
             key = [cert.cluster, cert.name]
             overdue.add_metric(key, 1.0 if cert.overdue else 0.0)
             issuer_expiring.add_metric(key, 1.0 if cert.issuer_expiring else 0.0)
+            outdated.add_metric(key, 1.0 if cert.issuer_outdated else 0.0)
             overrides.add_metric(key, cert.window_overrides)
             if cert.not_after is not None:
                 expiration.add_metric(key, cert.not_after.timestamp())
@@ -181,7 +189,8 @@ class _SnapshotCollector(Collector):
         )
         if snap.token_expires_at is not None:
             token.add_metric([], snap.token_expires_at.timestamp())
-        yield from (expiration, renewal, ready, expiring, overdue, issuer_expiring, overrides)
+        yield from (expiration, renewal, ready, expiring, overdue, issuer_expiring, outdated)
+        yield overrides
         yield from (rotations, token)
 
 

@@ -84,6 +84,7 @@ class View:
     answered: bool = True  # its cluster answered on the last pass
     overdue_at: datetime | None = None
     issuer_expiring: bool = False
+    issuer_outdated: bool = False
     window: str | None = None
 
     @classmethod
@@ -97,6 +98,7 @@ class View:
             status.renew_at if status.state in ("ok", "due") else None,
             overdue_at=status.overdue_at,
             issuer_expiring=status.issuer_expiring,
+            issuer_outdated=status.issuer_outdated,
             window=status.window,
         )
 
@@ -472,6 +474,7 @@ class Passes:
                     expiring=self.expiring(key, now),
                     overdue=view is not None and view.overdue(now),
                     issuer_expiring=view is not None and view.issuer_expiring,
+                    issuer_outdated=view is not None and view.issuer_outdated,
                     window_overrides=self.window_overrides[key],
                 )
             )

@@ -57,6 +57,8 @@ class CertStatus:
     signed_by: str | None = None
     # the issuer that signs its next certificate expires within one lifetime of it
     issuer_expiring: bool = False
+    # signed by another issuer of the mount than the one that signs its next certificate
+    issuer_outdated: bool = False
     warnings: tuple[str, ...] = ()
     # filled in from the agent's retry state (status), not by the classification
     last_error: str | None = None
@@ -229,6 +231,7 @@ def classify(
             state="expired",
             overdue_at=renew + overdue_slack,
             issuer_expiring=issuer_expiring,
+            issuer_outdated=moving,
             warnings=tuple(warnings),
         )
     decision = windowed(spec, info, renew, now)
@@ -241,6 +244,7 @@ def classify(
         window_override=decision.override,
         overdue_at=decision.at + overdue_slack,
         issuer_expiring=issuer_expiring,
+        issuer_outdated=moving,
         warnings=tuple(warnings),
     )
 
