@@ -585,7 +585,14 @@ class VaultClient:
             if exc.status == 404 and not isinstance(exc, VaultPermissionError):
                 return ()
             raise
-        return IssuerEntry.list_from_vault(_data(resp, path))
+        data = _data(resp, path)
+        entries = IssuerEntry.list_from_vault(data)
+        if not entries:
+            # an answer without issuers is no proof that the mount has none: never guess
+            raise VaultError(
+                f"LIST {path} answered without issuer IDs", method="LIST", url=self._url(path)
+            )
+        return entries
 
     def issuer(self, mount: str, ref: str) -> PkiIssuer:
         """GET: /{mount}/issuer/{ref}/json (unauthenticated) — the issuer's certificate and
@@ -629,15 +636,19 @@ class VaultClient:
         one CA of GET /{mount}/cert/ca_chain."""
         entries = self.list_issuers(mount)
         if not entries:
+            # each CA of the chain may have signed a leaf (a root mount signs directly)
             pems = self.ca_chain(mount)
             try:
-                single = PkiIssuer.from_vault(mount, {"certificate": pems[0]}, pems)
+                cas = tuple(
+                    PkiIssuer.from_vault(mount, {"certificate": pem}, pems[index:])
+                    for index, pem in enumerate(pems)
+                )
             except ValueError as exc:
                 path = f"{mount}/cert/ca_chain"
                 raise VaultError(
                     f"{path} returned no usable certificate", method="GET", url=self._url(path)
                 ) from exc
-            return MountIssuers(mount, (single,), None)
+            return MountIssuers(mount, cas, None)
         issuers = tuple(self.issuer(mount, entry.issuer_id) for entry in entries)
         default = next((e.issuer_id for e in entries if e.is_default), None)
         return MountIssuers(mount, issuers, default)
