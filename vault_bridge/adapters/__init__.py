@@ -1,1 +1,3 @@
-
+"""One adapter per outside system: Vault (``vault``), the Redis Enterprise REST API
+(``redis_enterprise``), TLS probing (``tls_probe``), crdb-cli / docker exec (``crdb_runners``).
+"""

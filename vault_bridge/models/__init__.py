@@ -1,1 +1,1 @@
-
+"""Typed values at the boundary: what the adapters make of Vault and cluster answers."""

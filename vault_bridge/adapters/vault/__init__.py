@@ -1,1 +1,1 @@
-
+"""The one adapter for Vault (hvac): authentication, token upkeep and the PKI calls."""
