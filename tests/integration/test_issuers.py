@@ -299,3 +299,19 @@ def test_the_generated_policy_is_enough_for_issuer_ref(
         (status,) = app.rotator.status().statuses
     assert status.state == "ok" and status.signed_by == old.issuer_id
     assert signed_by(sim.installed_pem("proxy"), fresh_pki.intermediate_pem or "")
+
+
+def test_validate_connect_refuses_a_default_issuer_without_key(
+    openbao: OpenBaoServer, fresh_pki: PkiSetup, sim: SimulatedCluster, tmp_path: Path
+) -> None:
+    mount = fresh_pki.issuing_mount
+    with vault_client(openbao) as vault:
+        keyless = next(e for e in vault.list_issuers(mount) if not e.has_key)  # the root copy
+    clock = Clock()
+    with lifecycle_app(openbao, fresh_pki, sim, tmp_path, clock, names=("proxy",)) as app:
+        assert connect_checks(app) == []
+        openbao.client().adapter.post(
+            f"/v1/{mount}/config/issuers", json={"default": keyless.issuer_id}
+        )
+        problems = connect_checks(app)
+    assert any("has no key and cannot issue" in p for p in problems), problems

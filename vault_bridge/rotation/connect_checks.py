@@ -6,9 +6,30 @@ from vault_bridge.errors import VaultBridgeError
 from vault_bridge.rotation.app import App
 
 
+def default_issuer_problems(app: App) -> list[str]:
+    """The default issuer of each mount used without ``issuer_ref`` holds a key (LIST
+    <mount>/issuers): an issuer imported without its key cannot sign."""
+    problems: list[str] = []
+    mounts = sorted({s.pki_mount for s in app.settings.specs() if not s.issuer_ref})
+    for mount in mounts:
+        try:
+            entries = app.vault.list_issuers(mount)
+        except VaultBridgeError as exc:
+            problems.append(f"cannot list the issuers of {mount}: {exc}")
+            continue
+        default = next((e for e in entries if e.is_default), None)
+        if default is not None and not default.has_key:
+            name = default.name or default.issuer_id
+            problems.append(
+                f"the default issuer {name} of {mount} has no key and cannot issue: make an "
+                f"issuer with a key the default ({mount}/config/issuers) or set issuer_ref"
+            )
+    return problems
+
+
 def issuer_problems(app: App) -> list[str]:
     """Each ``issuer_ref`` exists on its mount and may issue (GET <mount>/issuer/<ref>)."""
-    problems: list[str] = []
+    problems: list[str] = default_issuer_problems(app)
     seen: set[tuple[str, str]] = set()
     for spec in app.settings.specs():
         if not spec.issuer_ref or (spec.pki_mount, spec.issuer_ref) in seen:
