@@ -22,6 +22,7 @@ from vault_bridge.adapters.vault.client import TokenAuth, VaultClient
 from vault_bridge.config.schema import parse_config
 from vault_bridge.decisions.policy import policy_rules
 from vault_bridge.errors import VaultError, VerificationError
+from vault_bridge.models.certificates import CertificateInfo
 from vault_bridge.rotation.app import App, build
 from vault_bridge.rotation.connect_checks import connect_checks, issuer_warnings
 from vault_bridge.rotation.keys import build_csr, generate_key
@@ -315,3 +316,18 @@ def test_validate_connect_refuses_a_default_issuer_without_key(
         )
         problems = connect_checks(app)
     assert any("has no key and cannot issue" in p for p in problems), problems
+
+
+def test_a_certificate_revoked_in_vault_is_replaced(
+    openbao: OpenBaoServer, fresh_pki: PkiSetup, sim: SimulatedCluster, tmp_path: Path
+) -> None:
+    clock = Clock()
+    with lifecycle_app(openbao, fresh_pki, sim, tmp_path, clock, names=("proxy", "cm")) as app:
+        assert app.rotator.run_once().ok
+        serial = CertificateInfo.from_pem(sim.installed_pem("proxy")).serial
+        openbao.client().secrets.pki.revoke_certificate(serial, mount_point=fresh_pki.issuing_mount)
+        states = {s.name: s.state for s in app.rotator.status().statuses}
+        assert states == {"proxy": "revoked", "cm": "ok"}
+        result = app.rotator.run_once()
+        assert result.ok and [o.name for o in result.outcomes] == ["proxy"], result.summary()
+        assert {s.state for s in app.rotator.status().statuses} == {"ok"}
