@@ -9,11 +9,11 @@ import pytest
 
 from tests.unit.test_state import T0, Clock, clock, keeper, settings, spec, state_dir  # noqa: F401
 from vault_bridge.config.schema import Settings
-from vault_bridge.state.journal import Keeper, RunawayGuardError
+from vault_bridge.state.journal import IntentJournal, RunawayGuardError
 
 
 def test_explicit_issue_passes_the_guard_and_counts_towards_it(
-    keeper: Keeper,  # noqa: F811
+    keeper: IntentJournal,  # noqa: F811
     settings: Settings,  # noqa: F811
     clock: Clock,  # noqa: F811
     caplog: pytest.LogCaptureFixture,

@@ -7,11 +7,8 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from vault_bridge.decisions.renewal import Action, CertStatus
+from vault_bridge.models.times import table_time
 from vault_bridge.rotation.executor import PassResult
-
-
-def _time(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%SZ") if value else "-"
 
 
 def _short_issuer(issuer: str | None) -> str:
@@ -32,8 +29,8 @@ def status_table(statuses: Sequence[CertStatus]) -> str:
             s.state,
             (s.serial or "-")[:23] + ("..." if s.serial and len(s.serial) > 23 else ""),
             _short_issuer(s.issuer),
-            _time(s.not_after),
-            _time(s.renew_at),
+            table_time(s.not_after),
+            table_time(s.renew_at),
         )
         for s in statuses
     ]
@@ -59,7 +56,7 @@ def _notes(statuses: Sequence[CertStatus]) -> list[str]:
         notes.extend(f"warning: {where}: {w}" for w in s.warnings)
         if s.last_error:
             notes.append(
-                f"{where}: last error: {s.last_error} (next attempt {_time(s.next_attempt)})"
+                f"{where}: last error: {s.last_error} (next attempt {table_time(s.next_attempt)})"
             )
     return notes
 
@@ -82,7 +79,9 @@ def plan_text(
         lines += [f"  + {a.name} on {a.cluster} ({a.reason})" for a in actions]
     for s in waiting:
         what = f"maintenance window {s.window!r}" if s.window else "the safety margin"
-        lines.append(f"  ~ {s.name} on {s.cluster}: due, waits for {what} at {_time(s.renew_at)}")
+        lines.append(
+            f"  ~ {s.name} on {s.cluster}: due, waits for {what} at {table_time(s.renew_at)}"
+        )
     return "\n".join(lines)
 
 
@@ -92,6 +91,6 @@ def pass_lines(result: PassResult) -> list[str]:
         if outcome.result == "installed":
             lines.append(
                 f"installed {outcome.name} on {outcome.cluster}: serial {outcome.serial}, "
-                f"not_after {_time(outcome.not_after)}"
+                f"not_after {table_time(outcome.not_after)}"
             )
     return lines

@@ -13,11 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -25,6 +26,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from vault_bridge.config.durations import parse_duration
 from vault_bridge.config.windows import MaintenanceWindow, parse_windows
@@ -85,6 +87,19 @@ class WindowSettings(_Strict):
     window_safety_margin: float | None = Field(default=None, gt=0, lt=1)
 
     _win = field_validator("maintenance_window")(_check_windows)
+
+
+def _to_timedelta(value: Any) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    if not isinstance(value, str):
+        raise PydanticCustomError("string_type", "Input should be a valid string")
+    return parse_duration(value)
+
+
+# A duration key: written as Vault writes them ("10m", "1h"), held as a timedelta once loaded,
+# so nothing parses a duration from the configuration at run time.
+Duration = Annotated[timedelta, BeforeValidator(_to_timedelta)]
 
 
 class AuthConfig(_Strict):
@@ -204,14 +219,12 @@ class AgentConfig(_Strict):
     state_dir: str = "/var/lib/vault-bridge"
     listen: str = "127.0.0.1:9109"
     log_format: LogFormat = "text"
-    resync_interval: str = "10m"
+    resync_interval: Duration = timedelta(minutes=10)
     max_issues_per_hour: int = Field(default=6, ge=1)
     replace_foreign: bool = True
     revoke_superseded: bool = True
-    revoke_grace: str = "1h"
-    stop_grace: str = "30s"
-
-    _dur = field_validator("resync_interval", "revoke_grace", "stop_grace")(_check_duration)
+    revoke_grace: Duration = timedelta(hours=1)
+    stop_grace: Duration = timedelta(seconds=30)
 
     @field_validator("listen")
     @classmethod
@@ -246,7 +259,7 @@ class CertSpec:
     mode: Mode
     key_type: KeyType
     key_bits: int
-    ttl: str
+    ttl: timedelta
     renew_at: float | None
     renew_before: timedelta | None
     issuer_ref: str | None = None
@@ -474,10 +487,11 @@ def _resolve_spec(
         raise ConfigError(f"{where}: set either 'renew_at' or 'renew_before', not both")
     if renew_at is None and renew_before_s is None:
         renew_at = DEFAULT_RENEW_AT
-    ttl = pick("ttl", "720h")
+    ttl_text = pick("ttl", "720h")
+    ttl = parse_duration(ttl_text)
     renew_before = parse_duration(renew_before_s) if renew_before_s else None
-    if renew_before is not None and renew_before >= parse_duration(ttl):
-        raise ConfigError(f"{where}.renew_before: expected less than ttl {ttl!r}")
+    if renew_before is not None and renew_before >= ttl:
+        raise ConfigError(f"{where}.renew_before: expected less than ttl {ttl_text!r}")
     migration = pick("issuer_migration", None)
     return CertSpec(
         cluster=cluster.name,

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from vault_bridge.config.durations import parse_duration
+from vault_bridge.config.durations import format_duration
 from vault_bridge.config.schema import DEFAULT_RENEW_AT, CertSpec
 from vault_bridge.decisions.windows import WindowDecision, window_decision
 from vault_bridge.models.certificates import (
@@ -29,6 +29,7 @@ from vault_bridge.models.certificates import (
     InstalledCertificate,
     load_leaf,
 )
+from vault_bridge.models.times import iso, iso_or_none
 from vault_bridge.models.vault import MountIssuers, PkiIssuer
 
 JITTER_FRACTION = 0.05
@@ -72,22 +73,19 @@ class CertStatus:
         return self.state == "due" and self.renew_at is not None and self.renew_at > now
 
     def as_json(self) -> dict[str, str | None]:
-        def iso(value: datetime | None) -> str | None:
-            return value.isoformat().replace("+00:00", "Z") if value else None
-
         return {
             "cluster": self.cluster,
             "name": self.name,
             "serial": self.serial,
             "issuer": self.issuer,
-            "not_after": iso(self.not_after),
-            "renew_at": iso(self.renew_at),
+            "not_after": iso_or_none(self.not_after),
+            "renew_at": iso_or_none(self.renew_at),
             "state": self.state,
             "window": self.window,
             "signed_by": self.signed_by,
             "warnings": "; ".join(self.warnings) or None,
             "last_error": self.last_error,
-            "next_attempt": iso(self.next_attempt),
+            "next_attempt": iso_or_none(self.next_attempt),
         }
 
 
@@ -217,12 +215,12 @@ def classify(
             f"signed by issuer {signer.ref}, not {which} {target.ref} (moves to it at renewal)"
         )
     issuer_expiring = False
-    if target is not None and target.not_after - now < parse_duration(spec.ttl):
+    if target is not None and target.not_after - now < spec.ttl:
         issuer_expiring = True
         warnings.append(
-            f"issuer {target.ref} of {target.mount} expires "
-            f"{target.not_after.isoformat().replace('+00:00', 'Z')}, sooner than one lifetime "
-            f"({spec.ttl}) of this certificate: Vault will shorten or refuse the next one"
+            f"issuer {target.ref} of {target.mount} expires {iso(target.not_after)}, sooner "
+            f"than one lifetime ({format_duration(spec.ttl)}) of this certificate: Vault will "
+            f"shorten or refuse the next one"
         )
     overdue_slack = lifetime * spec.overdue_after
     if info.not_after <= now:
