@@ -283,6 +283,21 @@ def test_explicit_issue_past_the_runaway_guard(
     assert len(serials) == 3
     past = [r for r in caplog.records if "explicit issue past the runaway guard" in r.getMessage()]
     assert len(past) == 2 and all(r.levelno == logging.WARNING for r in past)
+    # the command itself, past the guard: exit 0 and a new certificate
+    config = tmp_path / "config.toml"
+    document = document_for(
+        openbao,
+        pki,
+        sim,
+        tmp_path,
+        defaults={"ttl": "2h", "renew_before": "119m"},
+        agent={"max_issues_per_hour": 1},
+    )
+    config.write_text(to_toml(document), encoding="utf-8")
+    done = CliRunner().invoke(cli, ["--config", str(config), "issue", "proxy"])
+    assert done.exit_code == 0, done.output
+    assert served(sim).serial not in serials
+    serials.add(served(sim).serial)
     # the explicit issues count towards the guard of the automatic decisions
     later = datetime.now(UTC) + timedelta(minutes=5)
     result = rotate_once(settings, clock=lambda: later)
