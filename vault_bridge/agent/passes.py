@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from vault_bridge.adapters.vault.client import VaultClient
+from vault_bridge.adapters.ports import VaultAuth
 from vault_bridge.agent.health import CertSample, Condition
 from vault_bridge.config.schema import CertSpec, Settings
 from vault_bridge.decisions.renewal import CertStatus, renewal_time, windowed
@@ -32,7 +32,7 @@ from vault_bridge.decisions.schedule import (
 from vault_bridge.errors import StateError, VaultBridgeError, VaultPermissionError
 from vault_bridge.models.certificates import CertState, IssuedCertificate
 from vault_bridge.models.times import iso
-from vault_bridge.rotation.app import App
+from vault_bridge.rotation.app import AppPorts
 from vault_bridge.rotation.executor import Change, Outcome, PassResult, Rotator
 from vault_bridge.state.journal import (
     Clock,
@@ -193,7 +193,7 @@ class Passes:
 
     def run(
         self,
-        app: App,
+        app: AppPorts,
         *,
         force: Iterable[Key] = (),
         only: set[Key] | None = None,
@@ -255,7 +255,7 @@ class Passes:
         self.permission.pop((change.cluster, change.name), None)
 
     def _after_pass(
-        self, result: PassResult, rotator: AgentRotator, attempted: set[Key], vault: VaultClient
+        self, result: PassResult, rotator: AgentRotator, attempted: set[Key], vault: VaultAuth
     ) -> None:
         now = self.clock()
         installed_now, self._installed_now = self._installed_now, set()
@@ -377,7 +377,7 @@ class Passes:
         outcome: Outcome,
         error: VaultBridgeError | None,
         now: datetime,
-        vault: VaultClient,
+        vault: VaultAuth,
     ) -> None:
         if isinstance(error, (StoppingError, StateError, RunawayGuardError, JournalPendingError)):
             return  # not the certificate's fault; the guard logged already
@@ -406,7 +406,7 @@ class Passes:
             return
         self._backoff_cert(key, outcome.error or "failed", now)
 
-    def _token_was_rejected(self, vault: VaultClient) -> bool:
+    def _token_was_rejected(self, vault: VaultAuth) -> bool:
         """After a 403: was it the token (expired or revoked: a new login fixes it, so the
         certificate is retried with the usual backoff) rather than the policy?"""
         before = vault.token_info.accessor if vault.token_info else None
@@ -445,7 +445,7 @@ class Passes:
         view = self.views.get(key)
         return view is not None and is_expiring(view.not_before, view.not_after, now)
 
-    def replay(self, app: App) -> None:
+    def replay(self, app: AppPorts) -> None:
         now = self.clock()
         errors = self.keeper.replay(app.rotator)
         if errors:

@@ -12,7 +12,7 @@ import random
 from dataclasses import replace
 from datetime import timedelta
 
-from vault_bridge.adapters.vault.client import VaultClient
+from vault_bridge.adapters.ports import Vault
 from vault_bridge.decisions.schedule import after_failure, revocation_decision
 from vault_bridge.errors import VaultError, VaultPermissionError
 from vault_bridge.models.times import iso
@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 def revoke_due(
     keeper: IntentJournal,
-    vault: VaultClient,
+    vault: Vault,
     *,
     enabled: bool,
     rng: random.Random,

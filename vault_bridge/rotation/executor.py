@@ -1,4 +1,4 @@
-"""The executor: carries out a plan through the adapters (Vault, clusters, TLS probes).
+"""The executor: carries out a plan through the ports (Vault, clusters, TLS probes).
 
 A pass reads what every cluster serves, classifies it (:mod:`vault_bridge.decisions.renewal`), obtains a
 certificate from Vault for each one due, checks it, installs it, reads it back and checks the
@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-from vault_bridge.adapters.redis_enterprise import ClusterClient
+from vault_bridge.adapters.ports import Clock, ClusterCertificates, Sleep, TlsProbe, Vault
 from vault_bridge.adapters.tls_probe import served_certificate
-from vault_bridge.adapters.vault.client import VaultClient
 from vault_bridge.config.schema import CertSpec, ClusterSettings, Settings
 from vault_bridge.decisions.install import CertUpload, InstallBatch, install_batches
 from vault_bridge.decisions.renewal import Action, CertStatus, classify, plan
@@ -35,7 +35,6 @@ from vault_bridge.rotation.keys import build_csr, check_before_install, generate
 
 logger = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
 Key = tuple[str, str]  # (cluster, certificate name)
 
 
@@ -193,14 +192,14 @@ class Rotator:
     def __init__(
         self,
         settings: Settings,
-        vault: VaultClient,
-        clusters: Mapping[str, ClusterClient],
+        vault: Vault,
+        clusters: Mapping[str, ClusterCertificates],
         *,
         clock: Clock,
         hooks: RotationHooks | None = None,
         followups: FollowUpRunner | None = None,
-        probe: Callable[[str], CertificateInfo] = served_certificate,
-        sleep: Callable[[float], None] | None = None,
+        probe: TlsProbe = served_certificate,
+        sleep: Sleep = time.sleep,
         probe_attempts: int = 5,
     ) -> None:
         self.settings = settings
@@ -210,7 +209,7 @@ class Rotator:
         self.hooks: RotationHooks = hooks or NoHooks()
         self.followups = followups
         self._probe = probe
-        self._sleep = sleep or (lambda s: None)
+        self._sleep = sleep
         self._probe_attempts = probe_attempts
         self._issuers: dict[str, MountIssuers] = {}
         # (mount, issuer ID) -> when this process first saw that issuer sign new certificates
@@ -521,7 +520,7 @@ class Rotator:
         return installed
 
     def _install(
-        self, client: ClusterClient, changes: Sequence[Change], version: tuple[int, ...]
+        self, client: ClusterCertificates, changes: Sequence[Change], version: tuple[int, ...]
     ) -> dict[str, str]:
         """Install ``changes``; returns an error message per certificate that failed."""
         by_name = {c.name: c for c in changes}
@@ -535,7 +534,7 @@ class Rotator:
         return errors
 
     def _send_batch(
-        self, client: ClusterClient, batch: InstallBatch, changes: Sequence[Change]
+        self, client: ClusterCertificates, batch: InstallBatch, changes: Sequence[Change]
     ) -> dict[str, str]:
         uploads = [CertUpload.of(c.name, c.issued) for c in changes]
         if batch.endpoint == "bulk":
@@ -559,7 +558,7 @@ class Rotator:
         return self._one_by_one(client, uploads, bulk=False)
 
     def _one_by_one(
-        self, client: ClusterClient, uploads: Sequence[CertUpload], *, bulk: bool
+        self, client: ClusterCertificates, uploads: Sequence[CertUpload], *, bulk: bool
     ) -> dict[str, str]:
         errors: dict[str, str] = {}
         for upload in uploads:
@@ -572,7 +571,9 @@ class Rotator:
                 errors[upload.name] = str(exc)
         return errors
 
-    def _verify(self, settings: ClusterSettings, client: ClusterClient, change: Change) -> None:
+    def _verify(
+        self, settings: ClusterSettings, client: ClusterCertificates, change: Change
+    ) -> None:
         """Read the certificate back and check the served leaf."""
         expected = change.issued.info.fingerprint
         installed = client.certificates().get(change.name)
