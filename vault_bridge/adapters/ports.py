@@ -28,7 +28,7 @@ from vault_bridge.models.certificates import (
     IssuedCertificate,
 )
 from vault_bridge.models.cluster import Bdb, Crdb, CrdbTask
-from vault_bridge.models.vault import TokenInfo
+from vault_bridge.models.vault import MountIssuers, TokenInfo
 
 # -- time ------------------------------------------------------------------------------------
 
@@ -86,8 +86,10 @@ class VaultPki(Protocol):
         alt_names: Sequence[str] = (),
         ip_sans: Sequence[str] = (),
         ttl: timedelta | str | None = None,
+        issuer_ref: str | None = None,
     ) -> dict[str, Any]:
-        """POST: /{mount}/sign/{role}; the answer's ``data`` (``lease_id`` added)."""
+        """POST: /{mount}/sign/{role} (or /{mount}/issuer/{issuer_ref}/sign/{role}); the
+        answer's ``data`` (``lease_id`` added)."""
         ...
 
     def issue(
@@ -99,8 +101,18 @@ class VaultPki(Protocol):
         alt_names: Sequence[str] = (),
         ip_sans: Sequence[str] = (),
         ttl: timedelta | str | None = None,
+        issuer_ref: str | None = None,
     ) -> IssuedCertificate:
-        """POST: /{mount}/issue/{role}"""
+        """POST: /{mount}/issue/{role} (or /{mount}/issuer/{issuer_ref}/issue/{role})"""
+        ...
+
+    def mount_issuers(self, mount: str) -> MountIssuers:
+        """LIST: /{mount}/issuers, then GET: /{mount}/issuer/{id}/json for each: every issuer
+        of the mount with its chain, and the default."""
+        ...
+
+    def certificate_revoked(self, mount: str, serial: str) -> bool | None:
+        """GET: /{mount}/cert/{serial}: True only when Vault says it is revoked."""
         ...
 
     def ca_chain(self, mount: str) -> list[str]:
@@ -111,10 +123,6 @@ class VaultPki(Protocol):
         self, mount: str, *, serial: str | None = None, certificate: str | None = None
     ) -> None:
         """POST: /{mount}/revoke (by ``serial`` or by ``certificate`` PEM, exactly one)."""
-        ...
-
-    def is_revoked(self, mount: str, serial: str) -> bool | None:
-        """GET: /{mount}/cert/{serial}: True revoked, False not, None Vault cannot tell."""
         ...
 
 

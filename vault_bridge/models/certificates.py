@@ -43,7 +43,6 @@ class CertName(enum.StrEnum):
 
 Mode = Literal["sign", "issue"]
 KeyType = Literal["rsa", "ec"]
-# "revoked": ours, but Vault has revoked it (replaced like an expired one)
 CertState = Literal["ok", "due", "foreign", "missing", "expired", "revoked"]
 
 PEM_CERT_BEGIN = "-----BEGIN CERTIFICATE-----"
