@@ -410,3 +410,39 @@ def test_defect8_internode_install_not_yet_confirmed_is_not_a_failure(
         time.sleep(0.2)
     status = json.loads(invoke("--config", config, "status", "--json").stdout)
     assert [row["state"] for row in status] == ["ok"]
+
+
+# -- defect 1: replica_sources sent back with writable fields only, client_key never erased -
+
+
+def test_defect1_replica_update_sends_writable_fields_and_never_erases_a_key(
+    openbao: OpenBaoServer,
+    pki: PkiSetup,
+    east: SimulatedCluster,
+    west: SimulatedCluster,
+    tmp_path: Path,
+) -> None:
+    source = east.add_bdb("orders")
+    replica = west.add_bdb(
+        "orders-replica", replica_of=[(east, source)], source_fields={"client_key": "KEY-PEM"}
+    )
+    doc = config_doc(openbao, pki, [east, west], tmp_path)
+    doc["clusters"][1]["certificates"] = {}  # east's proxy changes
+    with make_app(doc) as app:
+        result = app.rotator.run_once()
+    assert result.ok, result.summary()  # the strict simulator accepted the PUT
+    [entry] = west.world._bdbs[("west", replica)].fields["replica_sources"]
+    assert entry["client_key"] == "KEY-PEM"  # echoed, so kept
+    assert entry["server_cert"].strip() == east.installed_pem("proxy").strip()
+    assert west.world.rejecting() == []
+
+    # a cluster that does not return client_key: the database is left alone and reported
+    west.world.hide_client_key = True
+    before = [r for r in west.requests if r.method == "PUT"]
+    with make_app(doc) as app:
+        result = app.rotator.run_once(force=[("east", "proxy")])
+    [failed] = result.failed
+    assert "client_key" in (failed.error or "") and "by hand" in (failed.error or "")
+    assert [r for r in west.requests if r.method == "PUT"] == before  # nothing sent
+    [entry] = west.world._bdbs[("west", replica)].fields["replica_sources"]
+    assert entry["client_key"] == "KEY-PEM"
