@@ -79,6 +79,9 @@ class Snapshot:
     token_expires_at: datetime | None = None
     ready: bool = False
     reasons: tuple[str, ...] = ("the agent is starting",)
+    # With [ha]: by cluster, whether this replica leads it, and its lease renewal failures.
+    leaders: Mapping[str, bool] = field(default_factory=dict)
+    lease_renewal_failures: Mapping[str, int] = field(default_factory=dict)
 
 
 class Metrics:
@@ -159,6 +162,25 @@ class _SnapshotCollector(Collector):
         if snap.token_expires_at is not None:
             token.add_metric([], snap.token_expires_at.timestamp())
         yield from (expiration, renewal, ready, expiring, rotations, token)
+        if snap.leaders:
+            yield from _ha_families(snap)
+
+
+def _ha_families(snap: Snapshot) -> Iterable[Any]:
+    leader = GaugeMetricFamily(
+        "vault_bridge_leader",
+        "1 on the replica that leads the cluster (holds its lease), else 0.",
+        labels=["cluster"],
+    )
+    failures = CounterMetricFamily(
+        "vault_bridge_lease_renewal_failures",
+        "Lease renewals of the cluster that failed on this replica, since it started.",
+        labels=["cluster"],
+    )
+    for cluster, leads in sorted(snap.leaders.items()):
+        leader.add_metric([cluster], 1.0 if leads else 0.0)
+        failures.add_metric([cluster], snap.lease_renewal_failures.get(cluster, 0))
+    yield from (leader, failures)
 
 
 # -- the listener ----------------------------------------------------------------------------

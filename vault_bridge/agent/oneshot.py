@@ -20,7 +20,7 @@ from typing import Any
 from vault_bridge.agent.revocation import revoke_due
 from vault_bridge.config.durations import parse_duration
 from vault_bridge.config.schema import Settings
-from vault_bridge.errors import StateError
+from vault_bridge.errors import ConfigError, StateError
 from vault_bridge.rotation.app import build, utc_now
 from vault_bridge.rotation.executor import Outcome, PassResult
 from vault_bridge.state.journal import Clock, Keeper
@@ -95,6 +95,14 @@ def rotate_once(
     while True:
         try:
             with state_dir.locked("cli"):
+                if settings.ha is not None:
+                    # The state is in Vault and the clusters are led by the replicas: a pass
+                    # of its own here would bypass their leases.
+                    raise ConfigError(
+                        "ha: with [ha], `run --once` and `issue` go through a running replica "
+                        f"(`vault-bridge run` on the state directory {state_dir.path}); none "
+                        "runs there"
+                    )
                 return _rotate_locked(settings, state_dir, forced, only, clock)
         except LockHeld as exc:
             if exc.agent_pid is not None:

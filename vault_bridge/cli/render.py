@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from vault_bridge.decisions.renewal import Action, CertStatus
@@ -23,8 +23,13 @@ def _short_issuer(issuer: str | None) -> str:
     return issuer
 
 
-def status_table(statuses: Sequence[CertStatus]) -> str:
-    headers = ("CLUSTER", "NAME", "STATE", "SERIAL", "ISSUER", "NOT AFTER", "RENEW AT")
+# [ha]: by cluster, the replica that leads it (None: nobody) and when its lease expires.
+Leaders = Mapping[str, tuple[str | None, datetime | None]]
+
+
+def status_table(statuses: Sequence[CertStatus], leaders: Leaders | None = None) -> str:
+    headers: tuple[str, ...] = ("CLUSTER", "NAME", "STATE", "SERIAL", "ISSUER", "NOT AFTER")
+    headers += ("RENEW AT", "LEADER", "LEASE EXPIRES") if leaders is not None else ("RENEW AT",)
     rows = [
         (
             s.cluster,
@@ -35,6 +40,7 @@ def status_table(statuses: Sequence[CertStatus]) -> str:
             _time(s.not_after),
             _time(s.renew_at),
         )
+        + (_leader_cells(leaders, s.cluster) if leaders is not None else ())
         for s in statuses
     ]
     widths = [
@@ -46,8 +52,25 @@ def status_table(statuses: Sequence[CertStatus]) -> str:
     return "\n".join(lines)
 
 
-def status_json(statuses: Sequence[CertStatus]) -> str:
-    return json.dumps([s.as_json() for s in statuses], indent=2)
+def _leader_cells(leaders: Leaders, cluster: str) -> tuple[str, str]:
+    leader, expires = leaders.get(cluster, (None, None))
+    return (leader or "-", _time(expires))
+
+
+def status_json(statuses: Sequence[CertStatus], leaders: Leaders | None = None) -> str:
+    """A list of objects; each has ``leader`` (replica id or null) and ``lease_expires``
+    (ISO 8601 UTC or null): both null without ``[ha]``."""
+    rows = []
+    for s in statuses:
+        leader, expires = (leaders or {}).get(s.cluster, (None, None))
+        rows.append(
+            {
+                **s.as_json(),
+                "leader": leader,
+                "lease_expires": expires.isoformat().replace("+00:00", "Z") if expires else None,
+            }
+        )
+    return json.dumps(rows, indent=2)
 
 
 def plan_text(actions: Sequence[Action]) -> str:

@@ -30,6 +30,7 @@ are in :mod:`vault_bridge.adapters.crdb_runners`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import time
@@ -51,7 +52,15 @@ from vault_bridge.decisions.followup_plan import (
 )
 from vault_bridge.errors import FollowUpError, VaultBridgeError
 from vault_bridge.models.certificates import CertChange
-from vault_bridge.rotation.followup_jobs import FollowUpLock, Job, Limits, Lock, join, start
+from vault_bridge.rotation.followup_jobs import (
+    CrdbLocks,
+    FollowUpLock,
+    Job,
+    Limits,
+    Lock,
+    join,
+    start,
+)
 from vault_bridge.rotation.replica_of import ReplicaOf
 
 __all__ = ["FollowUpLock", "FollowUps", "Limits", "Lock", "Step2Report"]
@@ -108,8 +117,10 @@ class FollowUps:
         lock: Lock | None = None,
         limits: Limits | None = None,
         runners: Mapping[str, CrdbRunner] | None = None,
+        crdb_locks: CrdbLocks | None = None,
     ) -> None:
         self.settings = settings
+        self.crdb_locks = crdb_locks  # [ha]: the replicas' per-CRDB locks
         self.clock = clock
         self.sleep = sleep
         self.metrics = metrics
@@ -124,10 +135,16 @@ class FollowUps:
         self.replica_of = ReplicaOf(self.client, clock=clock, sleep=sleep, limits=self.limits)
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, metrics: HasWindow | None = None) -> FollowUps:
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        metrics: HasWindow | None = None,
+        crdb_locks: CrdbLocks | None = None,
+    ) -> FollowUps:
         """Unbound: :func:`vault_bridge.rotation.app.build` hands it the cluster clients (:meth:`bind`);
         used alone, it makes its own."""
-        return cls(settings, None, metrics=metrics)
+        return cls(settings, None, metrics=metrics, crdb_locks=crdb_locks)
 
     def bind(self, clusters: Mapping[str, ClusterClient]) -> None:
         self._clusters = clusters
@@ -177,6 +194,8 @@ class FollowUps:
         """End of the window: cancels armed jobs that never got the go, lets the next update
         start. Idempotent."""
         self._abandon()
+        if self.crdb_locks is not None:
+            self.crdb_locks.release_crdbs()
         if self._held:
             self._held = False
             self._lock.release()
@@ -207,6 +226,10 @@ class FollowUps:
         errors = {c: f"follow-ups not ready: {views[c].error}" for c in clusters if views[c].error}
         ready = [c for c in clusters if c not in errors]
         steps, _ = plan_crdb_updates(ready, views, self.modes)
+        for step, error in self._lock_crdbs(steps).items():
+            for cluster in step.clusters:
+                errors.setdefault(cluster, error)
+        ready = [c for c in ready if c not in errors]
         busy = self._wait_in_flight(steps, views)
         for cluster, guids in busy.items():
             errors[cluster] = (
@@ -342,9 +365,11 @@ class FollowUps:
                 rest = [c for c in changes if (c.cluster, c.name) not in covered]
             else:
                 rest = list(changes)
+            lock_errors: dict[tuple[str, str], str] = {}
             if rest:
                 views = prepared.views if prepared is not None else self._discover_for(rest)
                 plan = plan_followups(rest, views, self.modes)
+                plan, lock_errors = self._without_locked(plan, rest, done_guids)
                 more = [
                     j
                     for j in self._jobs(plan, rest)
@@ -363,6 +388,7 @@ class FollowUps:
             errors: dict[tuple[str, str], str] = {
                 k: v for plan in plans for k, v in plan.errors.items() if k in keys
             }
+            errors.update(lock_errors)
             for job in jobs:
                 if job.error is not None and not job.cancelled:
                     for key in job.keys:
@@ -392,6 +418,34 @@ class FollowUps:
                 busy,
             )
         return views
+
+    # -- [ha]: the replicas' CRDB locks -------------------------------------------------------
+
+    def _lock_crdbs(self, steps: Sequence[CrdbStep2]) -> dict[CrdbStep2, str]:
+        """Take the lock of every CRDB of ``steps``; the steps whose lock another replica
+        keeps, with why."""
+        if self.crdb_locks is None or not steps:
+            return {}
+        failed = self.crdb_locks.acquire_crdbs([s.guid for s in steps])
+        return {s: failed[s.guid] for s in steps if s.guid in failed}
+
+    def _without_locked(
+        self, plan: FollowUpPlan, changes: Sequence[CertChange], done: set[str]
+    ) -> tuple[FollowUpPlan, dict[tuple[str, str], str]]:
+        """``plan`` without the CRDB updates whose lock could not be had, and the error of
+        each change they carried (the journal retries them)."""
+        steps = [s for s in plan.crdb_updates if f"CRDB {s.guid} ({s.name})" not in done]
+        locked = self._lock_crdbs(steps)
+        if not locked:
+            return plan, {}
+        errors = {
+            (c.cluster, c.name): error
+            for step, error in locked.items()
+            for c in changes
+            if c.cluster in step.clusters
+        }
+        kept = tuple(s for s in plan.crdb_updates if s not in locked)
+        return dataclasses.replace(plan, crdb_updates=kept), errors
 
     # -- the jobs' threads --------------------------------------------------------------------
 
@@ -473,6 +527,8 @@ class FollowUps:
             raise FollowUpError(f"no runner for cluster {step.via}")
         last: VaultBridgeError | None = None
         for attempt in range(1, self.limits.attempts + 1):
+            if self.crdb_locks is not None:
+                self.crdb_locks.prove_crdb(step.guid)  # raises: nothing is sent
             try:
                 result = runner.update(step.guid, on_sent=lambda: job.mark_sent(self.clock()))
             except VaultBridgeError as exc:
