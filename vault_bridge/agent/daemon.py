@@ -120,10 +120,10 @@ class Agent:
             server = stack.enter_context(serving(self.settings.agent.listen, self.metrics))
             if server is not None and server.address:
                 logger.debug("listening on %s", server.address)
-            stack.callback(self._close)
             if self.ha is not None:
-                stack.callback(self.ha.close)
+                stack.callback(self.ha.close)  # after _close: the leases go last
                 self.ha.start()
+            stack.callback(self._close)
             logger.info(
                 "agent started: %d cluster(s), %d certificate(s), state in %s",
                 len(self.settings.clusters),

@@ -116,6 +116,7 @@ class Coordinator:
         self.ttl = self.config.ttl
         self.interval = self.ttl / 3
         self.margin = self.ttl / 5
+        self.crdb_wait = 2 * self.ttl.total_seconds()  # for a CRDB lock another replica holds
         self.store = KvStateStore(kv, self.prefix, self)
         self.held: dict[str, Held] = {}
         self.crdb_held: dict[str, Held] = {}
@@ -390,15 +391,14 @@ class Coordinator:
     # -- the fence ---------------------------------------------------------------------------
 
     def leads(self, cluster: str) -> bool:
-        """Held, and the last renewal still proves it (no I/O)."""
-        with self._io:
-            held = self.held.get(cluster)
-            return held is not None and self.local() < held.valid_until
+        """Held, and the last renewal still proves it. No I/O and no lock: a renewal that
+        hangs on Vault never stalls the pass (reading one dict entry is atomic)."""
+        held = self.held.get(cluster)
+        return held is not None and self.local() < held.valid_until
 
     def led(self) -> set[str]:
-        with self._io:
-            now = self.local()
-            return {c for c, h in self.held.items() if now < h.valid_until}
+        now = self.local()
+        return {c for c, h in list(self.held.items()) if now < h.valid_until}
 
     def prove(self, cluster: str) -> int:
         """Read ``cluster``'s lease afresh: ours, same fencing value, local deadline not
@@ -438,7 +438,7 @@ class Coordinator:
     def acquire_crdbs(self, guids: Sequence[str]) -> dict[str, str]:
         """Take the lock of every CRDB in ``guids``, waiting (up to two ``lease_ttl``) for
         one held by another replica; returns, by GUID, why a lock could not be had."""
-        deadline = self.local() + 2 * self.ttl.total_seconds()
+        deadline = self.local() + self.crdb_wait
         errors: dict[str, str] = {}
         for guid in sorted(set(guids)):
             while True:
