@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import hvac
 import hvac.exceptions
@@ -77,16 +78,25 @@ def rid(index: int) -> str:
 @pytest.fixture(scope="module")
 def raft() -> Iterator[RaftOpenBaoServer]:
     server = RaftOpenBaoServer()
-    server.start()
-    register_secret(server.root_token)
-    register_secret(server.unseal_key)
-    client = server.client()
-    client.sys.enable_secrets_engine("kv", path=KV, options={"version": "2"})
-    client.secrets.kv.v2.configure(max_versions=1000, mount_point=KV)  # the whole history
     try:
+        server.start()
+        register_secret(server.root_token)
+        register_secret(server.unseal_key)
+        client = server.client()
+        client.sys.enable_secrets_engine("kv", path=KV, options={"version": "2"})
+        # the whole history; a new KV v2 mount answers 400 while it upgrades itself
+        wait_for("the KV mount", lambda: _configure(client), timeout=30, every=0.2)
         yield server
     finally:
         server.close()
+
+
+def _configure(client: hvac.Client) -> bool:
+    try:
+        client.secrets.kv.v2.configure(max_versions=1000, mount_point=KV)
+    except hvac.exceptions.InvalidRequest:
+        return False
+    return True
 
 
 @pytest.fixture
@@ -229,8 +239,8 @@ class Fleet:
 
     def _policy_token(self) -> str:
         """A token holding only the policy `vault-bridge policy` prints (no default policy)."""
-        os.environ.setdefault(PASSWORD_ENV, ADMIN_PASSWORD)
-        settings = parse_config(self.documents[0])
+        with mock.patch.dict(os.environ, {PASSWORD_ENV: ADMIN_PASSWORD}):
+            settings = parse_config(self.documents[0])
         client = self.raft.client()
         name = f"vault-bridge-{self.path}"
         client.sys.create_or_update_policy(name=name, policy=render_policy(settings))

@@ -242,6 +242,30 @@ def test_vault_down_the_lease_runs_out_and_counts_failures(world: Any) -> None:
     assert kv.read("vault-bridge/lease/cluster/c0").data["fencing"] == 1
 
 
+def test_a_lease_that_ran_out_between_steps_is_taken_anew_with_its_state(world: Any) -> None:
+    kv, clocks, replica = world
+    a = replica("a", 1)
+    a.step()
+    clocks.advance(10)
+    a.step()
+    a.keeper.state.certificates[("c0", "proxy")] = CertRecord(serial="05")
+    a.keeper.save()
+    kv.down = True
+    clocks.advance(30)
+    a.step()  # run out: the cluster and its state are dropped
+    assert ("c0", "proxy") not in a.keeper.state.certificates
+    kv.down = False
+    clocks.advance(10)
+    assert a.step() is True
+    assert a.keeper.state.certificates[("c0", "proxy")].serial == "05"  # read back
+    assert kv.read("vault-bridge/lease/cluster/c0").data["fencing"] == 2
+    a.keeper.state.certificates[("c0", "proxy")] = CertRecord(serial="06")
+    a.keeper.save()  # claimed again: its writes go through
+    assert (
+        kv.read("vault-bridge/state/c0").data["state"]["certificates"]["c0/proxy"]["serial"] == "06"
+    )
+
+
 def test_a_corrupt_state_record_is_left_alone(world: Any) -> None:
     kv, clocks, replica = world
     kv.write("vault-bridge/state/c0", {"fencing": 0, "state": {"version": 99}}, cas=0)

@@ -331,6 +331,9 @@ class Coordinator:
         now = self.clock()
         with self._io:
             for cluster in sorted(self.store.claimed - self.led()):
+                # Lost, or run out unrenewed (Vault down): what we knew may be stale. It is
+                # taken anew (a new fencing value) and its state read again, or not at all.
+                self.held.pop(cluster, None)
                 self._drop(keeper, cluster)
             clusters = [c.name for c in self.settings.clusters]
             members = live_members(self.members, now) if self.registered else [self.replica_id]
