@@ -575,7 +575,7 @@ class FollowUps:
             start = step1.get(cluster)
             sent = [j.sent for j in mine if j.sent is not None]
             done = [j.done for j in mine if j.done is not None]
-            if start is None or not mine:
+            if start is None or not mine or not sent:  # nothing sent (no proof of a lock)
                 logger.info(
                     "follow-ups of %s on %s: %d CRDB(s), %d replica update(s)%s",
                     names,
