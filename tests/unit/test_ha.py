@@ -20,7 +20,7 @@ from vault_bridge.config.schema import Settings, load_config, parse_config
 from vault_bridge.decisions.policy import policy_rules
 from vault_bridge.decisions.renewal import CertStatus
 from vault_bridge.errors import CasConflictError, ConfigError, LeaseLostError, VaultUnavailableError
-from vault_bridge.state.journal import Keeper
+from vault_bridge.state.journal import IntentJournal
 from vault_bridge.state.records import CertRecord, State
 from vault_bridge.state.store import StateDir
 
@@ -105,7 +105,7 @@ class Replica:
             clock=lambda: clocks.wall,
             local=lambda: clocks.local,  # type: ignore[arg-type]
         )
-        self.keeper = Keeper(
+        self.keeper = IntentJournal(
             StateDir(tmp_path / name), settings, clock=lambda: clocks.wall, store=self.ha.store
         )
         self.keeper.load()

@@ -40,7 +40,6 @@ from vault_bridge.decisions.lease import (
     Lease,
     fair_share,
     heartbeat,
-    iso_utc,
     live_members,
     next_lease,
     preference,
@@ -49,8 +48,9 @@ from vault_bridge.decisions.lease import (
     without,
 )
 from vault_bridge.errors import CasConflictError, LeaseLostError, StateError, VaultBridgeError
-from vault_bridge.rotation.app import utc_now, vault_client
-from vault_bridge.state.journal import Keeper
+from vault_bridge.models.times import iso, utc_now
+from vault_bridge.rotation.app import vault_client
+from vault_bridge.state.journal import IntentJournal
 from vault_bridge.state.kv_store import KvStateStore, drop_cluster, merge_part
 
 logger = logging.getLogger(__name__)
@@ -217,7 +217,7 @@ class Coordinator:
                 try:
                     self.kv.write(
                         path,
-                        {"members": {m: iso_utc(t) for m, t in sorted(new.items())}},
+                        {"members": {m: iso(t) for m, t in sorted(new.items())}},
                         cas=entry.version if entry else 0,
                     )
                 except CasConflictError:
@@ -321,7 +321,7 @@ class Coordinator:
 
     # -- the main thread's step --------------------------------------------------------------
 
-    def step(self, keeper: Keeper) -> bool:
+    def step(self, keeper: IntentJournal) -> bool:
         """Between passes: forget the clusters whose lease is gone, give up what exceeds the
         fair share (never a cluster with a change in flight), take free leases up to it and
         claim their state. True when a cluster was taken (a pass is due at once)."""
@@ -373,12 +373,12 @@ class Coordinator:
                     "until %s)",
                     cluster,
                     lease.fencing,
-                    iso_utc(lease.expires_at) if lease.expires_at else "-",
+                    iso(lease.expires_at),
                     extra={"cluster": cluster},
                 )
             return taken
 
-    def _drop(self, keeper: Keeper, cluster: str) -> None:
+    def _drop(self, keeper: IntentJournal, cluster: str) -> None:
         self.store.forget(cluster)
         if keeper.state is not None:
             drop_cluster(keeper.state, cluster)
@@ -458,7 +458,7 @@ class Coordinator:
                 if self.local() >= deadline:
                     errors[guid] = (
                         f"CRDB {guid} is locked by replica {current.holder} until "
-                        f"{iso_utc(current.expires_at) if current.expires_at else '-'} "
+                        f"{iso(current.expires_at)} "
                         "(its follow-ups are running); not installing in between"
                     )
                     break

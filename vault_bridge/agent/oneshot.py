@@ -14,17 +14,16 @@ import random
 import signal
 import time
 from collections.abc import Iterable
-from datetime import datetime
 from typing import Any
 
 from vault_bridge.agent.revocation import revoke_due
-from vault_bridge.config.durations import parse_duration
 from vault_bridge.config.schema import Settings
 from vault_bridge.errors import ConfigError, StateError
-from vault_bridge.rotation.app import build, utc_now
+from vault_bridge.models.times import iso_or_none, parse_iso, utc_now
+from vault_bridge.rotation.app import build
 from vault_bridge.rotation.executor import Outcome, PassResult
-from vault_bridge.state.journal import Clock, Keeper
-from vault_bridge.state.records import Key, iso, key_text
+from vault_bridge.state.journal import Clock, IntentJournal
+from vault_bridge.state.records import Key, key_text
 from vault_bridge.state.store import LockHeld, StateDir
 
 logger = logging.getLogger(__name__)
@@ -42,7 +41,7 @@ def result_json(result: PassResult) -> dict[str, Any]:
                 "name": o.name,
                 "result": o.result,
                 "serial": o.serial,
-                "not_after": iso(o.not_after) if o.not_after else None,
+                "not_after": iso_or_none(o.not_after),
                 "error": o.error,
                 "reason": o.reason,
             }
@@ -62,7 +61,7 @@ def result_from_json(data: dict[str, Any]) -> PassResult:
                 name=str(item["name"]),
                 result=str(item["result"]),
                 serial=item.get("serial"),
-                not_after=datetime.fromisoformat(not_after) if not_after else None,
+                not_after=parse_iso(not_after) if not_after else None,
                 error=item.get("error"),
                 reason=str(item.get("reason") or ""),
             )
@@ -119,7 +118,7 @@ def rotate_once(
 def _rotate_locked(
     settings: Settings, state_dir: StateDir, force: set[Key], only: set[Key] | None, clock: Clock
 ) -> PassResult:
-    keeper = Keeper(state_dir, settings, clock=clock)
+    keeper = IntentJournal(state_dir, settings, clock=clock)
     keeper.load()
     with build(settings, clock=clock, hooks=keeper) as app:
         pending = keeper.replay(app.rotator)  # what a killed agent or pass left: first
@@ -135,7 +134,7 @@ def _rotate_locked(
             app.vault,
             enabled=settings.agent.revoke_superseded,
             rng=random.Random(),
-            blocked_for=parse_duration(settings.agent.resync_interval),
+            blocked_for=settings.agent.resync_interval,
         )
     return result
 

@@ -7,11 +7,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from vault_bridge.decisions.renewal import Action, CertStatus
+from vault_bridge.models.times import iso_or_none, table_time
 from vault_bridge.rotation.executor import PassResult
-
-
-def _time(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%SZ") if value else "-"
 
 
 def _short_issuer(issuer: str | None) -> str:
@@ -37,8 +34,8 @@ def status_table(statuses: Sequence[CertStatus], leaders: Leaders | None = None)
             s.state,
             (s.serial or "-")[:23] + ("..." if s.serial and len(s.serial) > 23 else ""),
             _short_issuer(s.issuer),
-            _time(s.not_after),
-            _time(s.renew_at),
+            table_time(s.not_after),
+            table_time(s.renew_at),
         )
         + (_leader_cells(leaders, s.cluster) if leaders is not None else ())
         for s in statuses
@@ -54,7 +51,7 @@ def status_table(statuses: Sequence[CertStatus], leaders: Leaders | None = None)
 
 def _leader_cells(leaders: Leaders, cluster: str) -> tuple[str, str]:
     leader, expires = leaders.get(cluster, (None, None))
-    return (leader or "-", _time(expires))
+    return (leader or "-", table_time(expires))
 
 
 def status_json(statuses: Sequence[CertStatus], leaders: Leaders | None = None) -> str:
@@ -67,7 +64,7 @@ def status_json(statuses: Sequence[CertStatus], leaders: Leaders | None = None) 
             {
                 **s.as_json(),
                 "leader": leader,
-                "lease_expires": expires.isoformat().replace("+00:00", "Z") if expires else None,
+                "lease_expires": iso_or_none(expires),
             }
         )
     return json.dumps(rows, indent=2)
@@ -87,6 +84,6 @@ def pass_lines(result: PassResult) -> list[str]:
         if outcome.result == "installed":
             lines.append(
                 f"installed {outcome.name} on {outcome.cluster}: serial {outcome.serial}, "
-                f"not_after {_time(outcome.not_after)}"
+                f"not_after {table_time(outcome.not_after)}"
             )
     return lines

@@ -14,11 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -26,6 +27,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from vault_bridge.config.durations import parse_duration
 from vault_bridge.errors import ConfigError
@@ -58,6 +60,19 @@ def _check_duration(value: str | None) -> str | None:
     if value is not None:
         parse_duration(value)
     return value
+
+
+def _to_timedelta(value: Any) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    if not isinstance(value, str):
+        raise PydanticCustomError("string_type", "Input should be a valid string")
+    return parse_duration(value)
+
+
+# A duration key: written as Vault writes them ("10m", "1h"), held as a timedelta once loaded,
+# so nothing parses a duration from the configuration at run time.
+Duration = Annotated[timedelta, BeforeValidator(_to_timedelta)]
 
 
 class AuthConfig(_Strict):
@@ -173,14 +188,12 @@ class AgentConfig(_Strict):
     state_dir: str = "/var/lib/vault-bridge"
     listen: str = "127.0.0.1:9109"
     log_format: LogFormat = "text"
-    resync_interval: str = "10m"
+    resync_interval: Duration = timedelta(minutes=10)
     max_issues_per_hour: int = Field(default=6, ge=1)
     replace_foreign: bool = True
     revoke_superseded: bool = True
-    revoke_grace: str = "1h"
-    stop_grace: str = "30s"
-
-    _dur = field_validator("resync_interval", "revoke_grace", "stop_grace")(_check_duration)
+    revoke_grace: Duration = timedelta(hours=1)
+    stop_grace: Duration = timedelta(seconds=30)
 
     @field_validator("listen")
     @classmethod
@@ -270,7 +283,7 @@ class CertSpec:
     mode: Mode
     key_type: KeyType
     key_bits: int
-    ttl: str
+    ttl: timedelta
     renew_at: float | None
     renew_before: timedelta | None
 
@@ -488,10 +501,11 @@ def _resolve_spec(
         raise ConfigError(f"{where}: set either 'renew_at' or 'renew_before', not both")
     if renew_at is None and renew_before_s is None:
         renew_at = DEFAULT_RENEW_AT
-    ttl = pick("ttl", "720h")
+    ttl_text = pick("ttl", "720h")
+    ttl = parse_duration(ttl_text)
     renew_before = parse_duration(renew_before_s) if renew_before_s else None
-    if renew_before is not None and renew_before >= parse_duration(ttl):
-        raise ConfigError(f"{where}.renew_before: expected less than ttl {ttl!r}")
+    if renew_before is not None and renew_before >= ttl:
+        raise ConfigError(f"{where}.renew_before: expected less than ttl {ttl_text!r}")
     return CertSpec(
         cluster=cluster,
         name=name,
@@ -507,6 +521,12 @@ def _resolve_spec(
         renew_at=renew_at,
         renew_before=renew_before,
     )
+
+
+def _resolve_ha(ha: HaConfig | None) -> HaConfig | None:
+    if ha is not None and not ha.replica_id:
+        return ha.model_copy(update={"replica_id": default_replica_id()})
+    return ha
 
 
 def _resolve(parsed: FileConfig, path: Path | None) -> Settings:
@@ -579,11 +599,12 @@ def _resolve(parsed: FileConfig, path: Path | None) -> Settings:
     resolved_vault = vault.model_copy(
         update={"address": address.rstrip("/"), "ca_cert": ca_cert, "namespace": namespace}
     )
-    ha = parsed.ha
-    if ha is not None and not ha.replica_id:
-        ha = ha.model_copy(update={"replica_id": default_replica_id()})
     return Settings(
-        path=path, vault=resolved_vault, agent=parsed.agent, clusters=tuple(clusters), ha=ha
+        path=path,
+        vault=resolved_vault,
+        agent=parsed.agent,
+        clusters=tuple(clusters),
+        ha=_resolve_ha(parsed.ha),
     )
 
 

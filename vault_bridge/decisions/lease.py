@@ -17,8 +17,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
+
+from vault_bridge.models.times import iso_or_none, parse_iso
 
 LeaseAction = Literal["renew", "take", "held"]
 
@@ -26,14 +28,7 @@ LeaseAction = Literal["renew", "take", "held"]
 def _time(value: Any) -> datetime:
     if not isinstance(value, str):
         raise ValueError(f"expected an ISO 8601 time, got {value!r}")
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if parsed.tzinfo is None:
-        raise ValueError(f"time without a timezone: {value!r}")
-    return parsed.astimezone(UTC)
-
-
-def iso_utc(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return parse_iso(value)
 
 
 @dataclass(frozen=True)
@@ -63,7 +58,7 @@ class Lease:
     def to_data(self) -> dict[str, Any]:
         return {
             "holder": self.holder,
-            "expires_at": iso_utc(self.expires_at) if self.expires_at else None,
+            "expires_at": iso_or_none(self.expires_at),
             "fencing": self.fencing,
         }
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from vault_bridge.adapters.redis_enterprise import ClusterClient
@@ -17,12 +17,9 @@ from vault_bridge.adapters.vault.client import (
     VaultClient,
 )
 from vault_bridge.config.schema import ClusterSettings, Settings
+from vault_bridge.models.times import utc_now
 from vault_bridge.models.vault import DEFAULT_K8S_JWT
 from vault_bridge.rotation.executor import FollowUpRunner, RotationHooks, Rotator
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def auth_from_settings(settings: Settings) -> AuthMethod:

@@ -7,8 +7,10 @@ served leaf. One certificate's failure never stops the others.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, runtime_checkable
@@ -18,7 +20,6 @@ from cryptography import x509
 from vault_bridge.adapters.redis_enterprise import ClusterClient
 from vault_bridge.adapters.tls_probe import served_certificate
 from vault_bridge.adapters.vault.client import VaultClient
-from vault_bridge.config.durations import parse_duration
 from vault_bridge.config.schema import CertSpec, ClusterSettings, Settings
 from vault_bridge.decisions.install import CertUpload, InstallBatch, install_batches
 from vault_bridge.decisions.renewal import Action, CertStatus, classify, plan
@@ -30,11 +31,13 @@ from vault_bridge.models.certificates import (
     InstalledCertificate,
     IssuedCertificate,
 )
+from vault_bridge.models.times import iso
 from vault_bridge.rotation.keys import build_csr, check_before_install, generate_key, key_to_pem
 
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+Key = tuple[str, str]  # (cluster, certificate name)
 
 
 @dataclass(frozen=True)
@@ -119,26 +122,51 @@ class FollowUpRunner(Protocol):
         ...
 
 
-@runtime_checkable
-class PreparingFollowUps(FollowUpRunner, Protocol):
-    """A follow-up runner that also wants the moments around step 1 (the install), to keep the
-    window between step 1 and step 2 short: :class:`vault_bridge.rotation.followups.FollowUps`."""
+class FollowUpWindow(Protocol):
+    """The follow-ups of one pass's proxy/syncer installs, open around them."""
 
-    def prepare(
-        self, clusters: Sequence[str], changes: Sequence[CertChange] = ()
-    ) -> dict[str, str]:
-        """Right before installing ``changes`` (proxy/syncer) on ``clusters`` (discovery,
-        tasks in flight, the lock, step 2 armed); returns, by cluster, why its proxy/syncer
-        install must not go ahead."""
+    @property
+    def refused(self) -> Mapping[str, str]:
+        """By cluster: why its proxy/syncer install must not go ahead in this pass."""
         ...
 
     def installed(self, cluster: str, names: Sequence[str]) -> None:
         """The install request on ``cluster`` answered 200 for ``names`` (proxy/syncer)."""
         ...
 
-    def release(self) -> None:
-        """The pass is over (releases what ``prepare`` took, whether ``run`` ran or not)."""
+    def finish(self, changes: Sequence[CertChange]) -> dict[tuple[str, str], str]:
+        """Step 2 for the installed and verified ``changes``; an error by (cluster, name)."""
         ...
+
+
+@runtime_checkable
+class WindowedFollowUps(FollowUpRunner, Protocol):
+    """A follow-up runner that opens a window around the installs, to keep the time between
+    step 1 and step 2 short: :class:`vault_bridge.rotation.followups.FollowUps`."""
+
+    def window(
+        self, clusters: Sequence[str], changes: Sequence[CertChange] = ()
+    ) -> AbstractContextManager[FollowUpWindow]:
+        """Opened right before installing ``changes`` (proxy/syncer) on ``clusters``
+        (discovery, tasks in flight, the lock, step 2 armed); closed once step 2 is over."""
+        ...
+
+
+class _WithoutWindow:
+    """The window of a runner that has none (or of no runner): step 2 after the installs."""
+
+    refused: Mapping[str, str] = {}
+
+    def __init__(self, runner: FollowUpRunner | None) -> None:
+        self._runner = runner
+
+    def installed(self, cluster: str, names: Sequence[str]) -> None:
+        return None
+
+    def finish(self, changes: Sequence[CertChange]) -> dict[tuple[str, str], str]:
+        if not changes or self._runner is None:
+            return {}
+        return self._runner.run(changes)
 
 
 class NoHooks:
@@ -263,15 +291,13 @@ class Rotator:
                 ttl=spec.ttl,
             )
         self.hooks.issued(spec, issued)
-        check_before_install(
-            issued, spec.name, now=self.clock(), requested_ttl=parse_duration(spec.ttl)
-        )
+        check_before_install(issued, spec.name, now=self.clock(), requested_ttl=spec.ttl)
         logger.info(
             "issued %s for %s: serial %s, not_after %s",
             spec.name.value,
             spec.cluster,
             issued.serial,
-            issued.not_after.isoformat(),
+            iso(issued.not_after),
         )
         return issued
 
@@ -296,65 +322,59 @@ class Rotator:
             name: self._obtain_cluster(name, cluster_actions, result)
             for name, cluster_actions in by_cluster.items()
         }
-        prepared = self._prepare_followups(ready, result)
-        try:
+        with self._followup_window(ready, result) as window:
             for cluster_name, cluster_ready in ready.items():
-                changes.extend(self._install_cluster(cluster_name, cluster_ready, result))
+                changes.extend(self._install_cluster(cluster_name, cluster_ready, result, window))
             if changes:
                 self.hooks.installed(changes)
-                followup_errors = self.run_followups(changes)
-                for change in changes:
-                    error = followup_errors.get((change.cluster, change.name))
-                    result.outcomes.append(
-                        Outcome(
-                            change.cluster,
-                            change.name,
-                            "failed" if error else "installed",
-                            change.issued.serial,
-                            change.issued.not_after,
-                            f"follow-up failed: {error}" if error else None,
-                        )
-                    )
-                self.hooks.completed(
-                    [c for c in changes if (c.cluster, c.name) not in followup_errors]
-                )
-        finally:
-            if prepared is not None:
-                prepared.release()
+                needed = [c.cert_change for c in changes if CertName(c.name).needs_followup]
+                self._book(changes, window.finish(needed), result)
         return result
 
-    def _prepare_followups(
+    def _book(
+        self, changes: Sequence[Change], followup_errors: Mapping[Key, str], result: PassResult
+    ) -> None:
+        """The outcome of each installed change, its follow-ups done or failed."""
+        for change in changes:
+            error = followup_errors.get((change.cluster, change.name))
+            result.outcomes.append(
+                Outcome(
+                    change.cluster,
+                    change.name,
+                    "failed" if error else "installed",
+                    change.issued.serial,
+                    change.issued.not_after,
+                    f"follow-up failed: {error}" if error else None,
+                )
+            )
+        self.hooks.completed([c for c in changes if (c.cluster, c.name) not in followup_errors])
+
+    @contextlib.contextmanager
+    def _followup_window(
         self, ready: Mapping[str, dict[str, Change]], result: PassResult
-    ) -> PreparingFollowUps | None:
-        """Let the follow-ups prepare for the proxy/syncer installs about to happen; a cluster
+    ) -> Iterator[FollowUpWindow]:
+        """The follow-ups' window around the proxy/syncer installs about to happen; a cluster
         they are not ready for keeps its current proxy/syncer this pass."""
         followups = self.followups
-        if not isinstance(followups, PreparingFollowUps):
-            return None
         clusters = [c for c, r in ready.items() if any(CertName(n).needs_followup for n in r)]
-        if not clusters:
-            return None
+        if not isinstance(followups, WindowedFollowUps) or not clusters:
+            yield _WithoutWindow(followups)
+            return
         changes = [
             change.cert_change
             for cluster in clusters
             for change in ready[cluster].values()
             if CertName(change.name).needs_followup
         ]
-        for cluster, error in followups.prepare(clusters, changes).items():
-            for name in [n for n in ready[cluster] if CertName(n).needs_followup]:
-                del ready[cluster][name]
-                logger.error("%s on %s: not installed: %s", name, cluster, error)
-                result.outcomes.append(
-                    Outcome(cluster, name, "failed", error=f"not installed: {error}")
-                )
-        return followups
-
-    def run_followups(self, changes: Sequence[Change]) -> dict[tuple[str, str], str]:
-        """Follow-ups for the proxy and syncer changes among ``changes`` (all clusters at once)."""
-        needed = [c.cert_change for c in changes if CertName(c.name).needs_followup]
-        if not needed or self.followups is None:
-            return {}
-        return self.followups.run(needed)
+        with followups.window(clusters, changes) as window:
+            for cluster, error in window.refused.items():
+                for name in [n for n in ready[cluster] if CertName(n).needs_followup]:
+                    del ready[cluster][name]
+                    logger.error("%s on %s: not installed: %s", name, cluster, error)
+                    result.outcomes.append(
+                        Outcome(cluster, name, "failed", error=f"not installed: {error}")
+                    )
+            yield window
 
     def _obtain_cluster(
         self, cluster_name: str, actions: Sequence[Action], result: PassResult
@@ -391,7 +411,11 @@ class Rotator:
         return ready
 
     def _install_cluster(
-        self, cluster_name: str, ready: Mapping[str, Change], result: PassResult
+        self,
+        cluster_name: str,
+        ready: Mapping[str, Change],
+        result: PassResult,
+        window: FollowUpWindow,
     ) -> list[Change]:
         """Install ``ready`` on one cluster, then read each back and check what is served."""
         if not ready:
@@ -405,10 +429,9 @@ class Rotator:
                 result.outcomes.append(Outcome(cluster_name, name, "failed", error=str(exc)))
             return []
         errors = self._install(client, list(ready.values()), version)
-        if isinstance(self.followups, PreparingFollowUps):
-            done = [n for n in ready if CertName(n).needs_followup and n not in errors]
-            if done:
-                self.followups.installed(cluster_name, done)
+        done = [n for n in ready if CertName(n).needs_followup and n not in errors]
+        if done:
+            window.installed(cluster_name, done)
         installed: list[Change] = []
         for name, change in ready.items():
             error = errors.get(name)
@@ -426,7 +449,7 @@ class Rotator:
                     name,
                     cluster_name,
                     change.issued.serial,
-                    change.issued.not_after.isoformat(),
+                    iso(change.issued.not_after),
                 )
                 installed.append(change)
         return installed

@@ -14,7 +14,7 @@ intent journal). Only the replica that leads a cluster writes its record, and ev
   fails instead of overwriting newer state.
 
 Only clusters whose part changed are written. The store keeps :class:`State` as the
-:class:`~vault_bridge.state.journal.Keeper` sees it (the clusters this replica leads);
+:class:`~vault_bridge.state.journal.IntentJournal` sees it (the clusters this replica leads);
 :mod:`vault_bridge.agent.ha` claims a cluster's part when it wins the lease and drops it
 when the lease is gone. Public data only, as in ``state.json``.
 """
@@ -82,7 +82,7 @@ def _text(part: State) -> str:
 
 
 class KvStateStore:
-    """``load`` / ``save`` of the :class:`~vault_bridge.state.journal.Keeper`, in KV v2."""
+    """``load`` / ``save`` of the :class:`~vault_bridge.state.journal.IntentJournal`, in KV v2."""
 
     def __init__(self, kv: KvV2, prefix: str, fence: Fence) -> None:
         self.kv = kv
@@ -153,7 +153,7 @@ class KvStateStore:
         self._versions.pop(cluster, None)
         self._written.pop(cluster, None)
 
-    # -- the Keeper's interface ------------------------------------------------------------------
+    # -- the IntentJournal's interface ------------------------------------------------------------------
 
     def load(self) -> State:
         """The parts of the clusters claimed so far (none at the start), read afresh."""
