@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,13 +16,14 @@ from vault_bridge_lab.lab import to_toml
 from vault_bridge.adapters.vault.kv import KvEntry
 from vault_bridge.agent.ha import Coordinator
 from vault_bridge.agent.health import Metrics, Snapshot
+from vault_bridge.agent.revocation import revoke_due
 from vault_bridge.cli.render import status_json, status_table
 from vault_bridge.config.schema import Settings, load_config, parse_config
 from vault_bridge.decisions.policy import policy_rules
 from vault_bridge.decisions.renewal import CertStatus
 from vault_bridge.errors import CasConflictError, ConfigError, LeaseLostError, VaultUnavailableError
 from vault_bridge.state.journal import IntentJournal
-from vault_bridge.state.records import CertRecord, State
+from vault_bridge.state.records import CertRecord, State, Superseded
 from vault_bridge.state.store import StateDir
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
@@ -402,3 +404,66 @@ def test_kv_state_keeps_clusters_apart(world: Any) -> None:
     c0 = kv.read("vault-bridge/state/c0").data["state"]["certificates"]
     c1 = kv.read("vault-bridge/state/c1").data["state"]["certificates"]
     assert set(c0) == {"c0/proxy"} and set(c1) == {"c1/proxy"}
+
+
+class RevokingVault:
+    def __init__(self) -> None:
+        self.revoked: list[str] = []
+
+    def ensure_token(self) -> None:
+        pass
+
+    def revoke(self, mount: str, *, serial: str | None = None, certificate: str | None = None):
+        self.revoked.append(str(serial))
+
+
+def test_revocations_need_a_fresh_proof_of_the_lease(world: Any) -> None:
+    kv, clocks, replica = world
+    a = replica("a", 1)
+    a.step()
+    clocks.advance(10)
+    a.step()
+    orphan = Superseded(
+        cluster="c0",
+        name="proxy",
+        serial="0f",
+        mount="pki",
+        not_after=clocks.wall + timedelta(days=1),
+        revoke_after=clocks.wall,
+        reason="orphan",
+    )
+    a.keeper.state.superseded.append(orphan)
+    a.keeper.save()
+    vault = RevokingVault()
+    # another replica took the lease over behind a's back: a revokes nothing
+    entry = kv.read("vault-bridge/lease/cluster/c0")
+    kv.write(
+        "vault-bridge/lease/cluster/c0",
+        {**entry.data, "holder": "b", "fencing": entry.data["fencing"] + 1},
+        cas=entry.version,
+    )
+    revoke_due(
+        a.keeper,
+        vault,  # type: ignore[arg-type]
+        enabled=True,
+        rng=random.Random(1),
+        blocked_for=timedelta(minutes=10),
+        prove=a.ha.prove,
+    )
+    assert vault.revoked == []
+    # the replica that leads it revokes it
+    b = replica("b", 1)
+    clocks.advance(60)
+    b.step()
+    clocks.advance(10)
+    b.step()
+    assert b.ha.led() == {"c0"}
+    revoke_due(
+        b.keeper,
+        vault,  # type: ignore[arg-type]
+        enabled=True,
+        rng=random.Random(1),
+        blocked_for=timedelta(minutes=10),
+        prove=b.ha.prove,
+    )
+    assert vault.revoked == ["0f"]

@@ -185,6 +185,7 @@ class Agent:
             enabled=self.settings.agent.revoke_superseded,
             rng=self.rng,
             blocked_for=self.resync,
+            prove=self.ha.prove if self.ha is not None else None,
         )
 
     # -- state directory ---------------------------------------------------------------------
