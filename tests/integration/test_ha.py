@@ -280,6 +280,12 @@ class Fleet:
         data: dict[str, Any] | None = answer["data"]["data"]
         return data
 
+    def kv_version(self, path: str) -> int:
+        meta = self.raft.client().secrets.kv.v2.read_secret_metadata(
+            path=f"{self.path}/{path}", mount_point=KV
+        )
+        return int(meta["data"]["current_version"])
+
     def kv_versions(self, path: str) -> list[dict[str, Any]]:
         """Every version of a record still kept, oldest first."""
         client = self.raft.client()
@@ -442,6 +448,7 @@ def test_fleet_spreads_rotates_once_and_survives_a_vault_restart(
     serials = {
         c: CertificateInfo.from_pem(s.installed_pem("proxy")).serial for c, s in sims.items()
     }
+    versions = {c: fleet.kv_version(f"lease/cluster/{c}") for c in sims}
     raft.stop()
     wait_for(
         "every lease to run out",
@@ -454,6 +461,8 @@ def test_fleet_spreads_rotates_once_and_survives_a_vault_restart(
         assert record is not None
         assert record["state"]["certificates"][f"{cluster}/proxy"]["serial"] == serials[cluster]
     wait_for("every cluster led again", lambda: all(fleet.leaders().values()), timeout=30)
+    for cluster in sims:  # the lease records survived: their versions went on from there
+        assert fleet.kv_version(f"lease/cluster/{cluster}") > versions[cluster]
     wait_for(
         "the gauges to follow",
         lambda: sum(sum(r.leader_gauge().values()) for r in replicas) == len(sims),
