@@ -467,3 +467,28 @@ def test_revocations_need_a_fresh_proof_of_the_lease(world: Any) -> None:
         prove=b.ha.prove,
     )
     assert vault.revoked == ["0f"]
+
+
+def test_a_lease_lost_in_the_background_stops_the_next_write(world: Any) -> None:
+    kv, clocks, replica = world
+    a = replica("a", 1)
+    a.step()
+    clocks.advance(10)
+    a.step()
+    entry = kv.read("vault-bridge/lease/cluster/c0")
+    kv.write(
+        "vault-bridge/lease/cluster/c0",
+        {**entry.data, "holder": "b", "fencing": entry.data["fencing"] + 1},
+        cas=entry.version,
+    )
+    a.ha.upkeep()  # the renewal finds the lease taken
+    assert not a.ha.leads("c0")
+    writes = len(kv.writes)
+    a.keeper.state.certificates[("c0", "proxy")] = CertRecord(serial="07")  # say, "installing"
+    with pytest.raises(LeaseLostError, match="no longer leads cluster c0"):
+        a.keeper.save()  # what would come right before an install
+    assert [p for p, _ in kv.writes[writes:] if "/state/" in p] == []
+    a.ha.step(a.keeper)  # drops c0's state: the replica is healthy again
+    a.keeper.save()
+    assert a.keeper.healthy
+    assert ("c0", "proxy") not in a.keeper.state.certificates

@@ -165,12 +165,12 @@ class Agent:
             return
         app = self._app()
         now = self.clock()
-        if not self.keeper.healthy and self.state_backoff.allows(now):
-            self._recover_state(now)
-        self._token(app, now)
         passes = self.passes
         if self.ha is not None and self.ha.step(self.keeper):
             passes.pass_now = True  # a cluster taken over: its journal first, then a pass
+        if not self.keeper.healthy and self.state_backoff.allows(now):
+            self._recover_state(now)
+        self._token(app, now)
         if self._journal_open() and (passes.replay_backoff.allows(now) or passes.pass_now):
             passes.replay(app)
         for request in self.state_dir.take_requests():

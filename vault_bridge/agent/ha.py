@@ -51,7 +51,7 @@ from vault_bridge.errors import CasConflictError, LeaseLostError, StateError, Va
 from vault_bridge.models.times import iso, utc_now
 from vault_bridge.rotation.app import vault_client
 from vault_bridge.state.journal import IntentJournal
-from vault_bridge.state.kv_store import KvStateStore, drop_cluster, merge_part
+from vault_bridge.state.kv_store import KvStateStore, clusters_in, drop_cluster, merge_part
 
 logger = logging.getLogger(__name__)
 
@@ -274,6 +274,8 @@ class Coordinator:
         table = self.held if kind == "cluster" else self.crdb_held
         if table.pop(name, None) is None:
             return
+        if kind == "cluster":
+            self.store.forget(name)  # not one more write; the next step drops its state
         holder = current.holder if current is not None else None
         logger.warning(
             "high availability: lost the lease of %s %s%s; nothing more is written or sent for it",
@@ -330,7 +332,7 @@ class Coordinator:
             return False
         now = self.clock()
         with self._io:
-            for cluster in sorted(self.store.claimed - self.led()):
+            for cluster in sorted((self.store.claimed | clusters_in(state)) - self.led()):
                 # Lost, or run out unrenewed (Vault down): what we knew may be stale. It is
                 # taken anew (a new fencing value) and its state read again, or not at all.
                 self.held.pop(cluster, None)

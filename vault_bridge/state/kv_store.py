@@ -59,6 +59,12 @@ def cluster_part(state: State, cluster: str) -> State:
     )
 
 
+def clusters_in(state: State) -> set[str]:
+    """Every cluster ``state`` holds something of."""
+    keys = [*state.certificates, *state.journal, *state.pending]
+    return {k[0] for k in keys} | {e.cluster for e in state.superseded}
+
+
 def drop_cluster(state: State, cluster: str) -> None:
     """Forget everything of ``cluster`` (its lease is gone: another replica knows better)."""
     state.certificates = {k: v for k, v in state.certificates.items() if k[0] != cluster}
@@ -167,7 +173,14 @@ class KvStateStore:
 
     def save(self, state: State) -> None:
         """Write the part of every claimed cluster that changed, each after a fresh proof of
-        its lease. Raises :class:`StateError` (:class:`LeaseLostError` for a lost lease)."""
+        its lease. Raises :class:`StateError` (:class:`LeaseLostError` for a lost lease, and
+        for a cluster in ``state`` that is not claimed: its lease was lost, and whatever
+        changed for it must not be acted on)."""
+        for cluster in sorted(clusters_in(state) - set(self._versions)):
+            raise LeaseLostError(
+                f"this replica no longer leads cluster {cluster}: nothing is written for it",
+                cluster=cluster,
+            )
         for cluster in sorted(self._versions):
             part = cluster_part(state, cluster)
             if _text(part) == self._written.get(cluster):
