@@ -19,6 +19,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -302,9 +303,13 @@ class Fleet:
         return out
 
     def leader(self, cluster: str) -> str | None:
+        """The holder of the cluster's lease while it has not expired."""
         lease = self.kv(f"lease/cluster/{cluster}") or {}
-        holder = lease.get("holder")
-        return str(holder) if holder else None
+        holder, expires = lease.get("holder"), lease.get("expires_at")
+        if not holder or not expires:
+            return None
+        live = datetime.fromisoformat(str(expires).replace("Z", "+00:00")) > datetime.now(UTC)
+        return str(holder) if live else None
 
     def leaders(self) -> dict[str, str | None]:
         return {name: self.leader(name) for name in self.sims}
