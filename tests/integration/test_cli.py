@@ -69,6 +69,11 @@ def test_run_once_status_plan_issue(
         "not_after",
         "renew_at",
         "state",
+        "window",
+        "signed_by",
+        "warnings",
+        "last_error",
+        "next_attempt",
         "leader",
         "lease_expires",
     }

@@ -407,10 +407,11 @@ def test_fleet_spreads_rotates_once_and_survives_a_vault_restart(
     replicas = fleet.start()
     wait_for("every certificate rotated", fleet.settled, timeout=90)
     for guid, members in crdbs.items():
-        wait_for(
-            f"the force update of CRDB {guid}",
-            lambda g=guid, m=members: check_serialised(crdb_events(fleet, g, m)) >= 1,
-        )
+
+        def updated(g: str = guid, m: tuple[str, str] = members) -> bool:
+            return check_serialised(crdb_events(fleet, g, m)) >= 1
+
+        wait_for(f"the force update of CRDB {guid}", updated)
     wait_for("every replica ready", lambda: all(r.ready() for r in replicas))
     # spread: shares of 4 clusters over 3 replicas are 2, 1, 1
     leaders = wait_for("the fleet to spread", lambda: spread(fleet), timeout=30)
@@ -569,6 +570,7 @@ def test_the_policy_token_reaches_nothing_else(fleet_factory: Callable[..., Flee
         kv.create_or_update_secret(
             path=f"{fleet.path}/state/probe", secret={"x": 1}, mount_point=KV
         )
+        denied: Callable[[], object]
         for denied in (
             lambda: kv.create_or_update_secret(path="elsewhere", secret={"x": 1}, mount_point=KV),
             lambda: kv.create_or_update_secret(

@@ -44,7 +44,8 @@ def test_defaults_are_applied(password_file: Path) -> None:
         timedelta(hours=720),
     )
     assert spec.renew_at == pytest.approx(0.667)
-    assert settings.clusters[0].password.get_secret_value() == "s3cret"
+    password = settings.clusters[0].password
+    assert password is not None and password.get_secret_value() == "s3cret"
     assert "s3cret" not in repr(settings)
 
 
@@ -207,7 +208,8 @@ def test_password_env(monkeypatch: pytest.MonkeyPatch, password_file: Path) -> N
     with pytest.raises(ConfigError, match="environment variable 'RE_EAST_PASSWORD' is not set"):
         parse_config(data)
     monkeypatch.setenv("RE_EAST_PASSWORD", "pw")
-    assert parse_config(data).clusters[0].password.get_secret_value() == "pw"
+    password = parse_config(data).clusters[0].password
+    assert password is not None and password.get_secret_value() == "pw"
 
 
 def test_password_from_vault_kv(password_file: Path) -> None:

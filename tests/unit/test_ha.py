@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,13 +30,6 @@ from vault_bridge.state.store import StateDir
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 
 
-class FakeVault:
-    address = "https://vault.example.com:8200"
-
-    def close(self) -> None:
-        pass
-
-
 class FakeKv:
     """KV v2 semantics that matter here: versions, check-and-set, outages."""
 
@@ -44,8 +38,11 @@ class FakeKv:
     def __init__(self) -> None:
         self.records: dict[str, list[dict[str, Any]]] = {}
         self.down = False
-        self.vault = FakeVault()
-        self.writes: list[tuple[str, dict[str, Any]]] = []
+        self.writes: list[tuple[str, Mapping[str, Any]]] = []
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
 
     def read(self, path: str) -> KvEntry | None:
         if self.down:
@@ -55,7 +52,7 @@ class FakeKv:
             return None
         return KvEntry(copy.deepcopy(versions[-1]), len(versions))
 
-    def write(self, path: str, data: dict[str, Any], *, cas: int) -> int:
+    def write(self, path: str, data: Mapping[str, Any], *, cas: int) -> int:
         if self.down:
             raise VaultUnavailableError("Vault is unavailable")
         versions = self.records.setdefault(path, [])
@@ -105,7 +102,7 @@ class Replica:
             settings,
             kv,
             clock=lambda: clocks.wall,
-            local=lambda: clocks.local,  # type: ignore[arg-type]
+            local=lambda: clocks.local,
         )
         self.keeper = IntentJournal(
             StateDir(tmp_path / name), settings, clock=lambda: clocks.wall, store=self.ha.store
@@ -413,7 +410,9 @@ class RevokingVault:
     def ensure_token(self) -> None:
         pass
 
-    def revoke(self, mount: str, *, serial: str | None = None, certificate: str | None = None):
+    def revoke(
+        self, mount: str, *, serial: str | None = None, certificate: str | None = None
+    ) -> None:
         self.revoked.append(str(serial))
 
 

@@ -35,7 +35,7 @@ from vault_bridge.state.journal import (
     RunawayGuardError,
     StoppingError,
 )
-from vault_bridge.state.records import CertRecord, Intent, State, Superseded
+from vault_bridge.state.records import CertRecord, Intent, Phase, State, Superseded
 from vault_bridge.state.store import LockHeld, StateDir, write_atomic
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -421,7 +421,7 @@ class FakeRotator:
     followups: FakeFollowUps | None
 
 
-def intent(phase: str, name: str, issued: IssuedCertificate, old: str | None = None) -> Intent:
+def intent(phase: Phase, name: str, issued: IssuedCertificate, old: str | None = None) -> Intent:
     return Intent(
         "east",
         name,
@@ -432,7 +432,7 @@ def intent(phase: str, name: str, issued: IssuedCertificate, old: str | None = N
         issued.chain_pem,
         old,
         started_at=T0,
-    )  # type: ignore[arg-type]
+    )
 
 
 def test_replay_resolves_every_phase(

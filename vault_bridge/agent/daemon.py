@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from vault_bridge.adapters.vault.client import VaultClient
+from vault_bridge.adapters.ports import VaultAuth
 from vault_bridge.agent.ha import Coordinator
 from vault_bridge.agent.health import Metrics, Snapshot, serving
 from vault_bridge.agent.oneshot import result_json
@@ -310,7 +310,7 @@ class Agent:
 
     # -- Vault token -------------------------------------------------------------------------
 
-    def _token_due(self, vault: VaultClient, now: datetime) -> datetime:
+    def _token_due(self, vault: VaultAuth, now: datetime) -> datetime:
         if self.token_backoff.failures:
             assert self.token_backoff.next_attempt is not None
             return self.token_backoff.next_attempt

@@ -34,7 +34,7 @@ from typing import Any
 from urllib.parse import quote
 
 from vault_bridge.adapters.vault.client import VaultClient
-from vault_bridge.adapters.vault.kv import KvV2
+from vault_bridge.adapters.vault.kv import KvStore, KvV2
 from vault_bridge.config.schema import HaConfig, Settings
 from vault_bridge.decisions.lease import (
     Lease,
@@ -81,7 +81,7 @@ def lease_path(prefix: str, kind: str, name: str) -> str:
     return f"{prefix}/lease/{kind}/{quote(name, safe='')}"
 
 
-def read_leases(kv: KvV2, ha: HaConfig, clusters: Sequence[str]) -> dict[str, Lease | None]:
+def read_leases(kv: KvStore, ha: HaConfig, clusters: Sequence[str]) -> dict[str, Lease | None]:
     """Each cluster's lease as recorded (None: unreadable or malformed), for ``status``."""
     out: dict[str, Lease | None] = {}
     for cluster in clusters:
@@ -101,7 +101,7 @@ class Coordinator:
     def __init__(
         self,
         settings: Settings,
-        kv: KvV2,
+        kv: KvStore,
         *,
         clock: Clock = utc_now,
         local: Callable[[], float] = boottime,
@@ -183,7 +183,7 @@ class Coordinator:
                 self._update_members(lambda members: without(members, self.replica_id))
             except VaultBridgeError as exc:
                 logger.debug("leaving the members: %s", exc)
-        self.kv.vault.close()
+        self.kv.close()
 
     # -- the upkeep thread -------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 
-from vault_bridge.adapters.vault.client import VaultClient
+from vault_bridge.adapters.ports import Vault
 from vault_bridge.decisions.schedule import after_failure, revocation_decision
 from vault_bridge.errors import LeaseLostError, VaultError, VaultPermissionError
 from vault_bridge.models.times import iso
@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 def revoke_due(
     keeper: IntentJournal,
-    vault: VaultClient,
+    vault: Vault,
     *,
     enabled: bool,
     rng: random.Random,

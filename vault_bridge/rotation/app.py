@@ -6,7 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
+from vault_bridge.adapters.ports import Vault
 from vault_bridge.adapters.redis_enterprise import ClusterClient
 from vault_bridge.adapters.vault.client import (
     AppRoleAuth,
@@ -61,6 +63,17 @@ def vault_client(settings: Settings, clock: Callable[[], datetime] = utc_now) ->
         timeout=vault.timeout,
         clock=clock,
     )
+
+
+class AppPorts(Protocol):
+    """What the agent's passes, revocation and the one-shot pass use of :class:`App`: the
+    executor, and Vault through its port (token upkeep, revocation)."""
+
+    @property
+    def rotator(self) -> Rotator: ...
+
+    @property
+    def vault(self) -> Vault: ...
 
 
 @dataclass

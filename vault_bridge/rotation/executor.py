@@ -1,4 +1,4 @@
-"""The executor: carries out a plan through the adapters (Vault, clusters, TLS probes).
+"""The executor: carries out a plan through the ports (Vault, clusters, TLS probes).
 
 A pass reads what every cluster serves, classifies it (:mod:`vault_bridge.decisions.renewal`), obtains a
 certificate from Vault for each one due, checks it, installs it, reads it back and checks the
@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-from cryptography import x509
-
-from vault_bridge.adapters.redis_enterprise import ClusterClient
+from vault_bridge.adapters.ports import Clock, ClusterCertificates, Sleep, TlsProbe, Vault
 from vault_bridge.adapters.tls_probe import served_certificate
-from vault_bridge.adapters.vault.client import VaultClient
 from vault_bridge.config.schema import CertSpec, ClusterSettings, Settings
 from vault_bridge.decisions.install import CertUpload, InstallBatch, install_batches
 from vault_bridge.decisions.renewal import Action, CertStatus, classify, plan
@@ -32,11 +30,11 @@ from vault_bridge.models.certificates import (
     IssuedCertificate,
 )
 from vault_bridge.models.times import iso
+from vault_bridge.models.vault import MountIssuers
 from vault_bridge.rotation.keys import build_csr, check_before_install, generate_key, key_to_pem
 
 logger = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
 Key = tuple[str, str]  # (cluster, certificate name)
 
 
@@ -71,6 +69,8 @@ class PassResult:
     outcomes: list[Outcome] = field(default_factory=list)
     statuses: list[CertStatus] = field(default_factory=list)
     cluster_errors: dict[str, str] = field(default_factory=dict)
+    # certificates renewed outside every maintenance window (the safety margin was reached)
+    window_overrides: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def failed(self) -> list[Outcome]:
@@ -97,8 +97,10 @@ class PassResult:
 class RotationHooks(Protocol):
     """Points where the agent (state journal) and the follow-ups plug into a pass."""
 
-    def before_issue(self, spec: CertSpec) -> None:
-        """Called before asking Vault; raising skips the certificate (e.g. runaway guard)."""
+    def before_issue(self, spec: CertSpec, *, explicit: bool = False) -> None:
+        """Called before asking Vault; raising skips the certificate (e.g. runaway guard).
+        ``explicit``: the operator asked for this certificate (``issue``); it is passed only
+        when true."""
 
     def issued(self, spec: CertSpec, issued: IssuedCertificate) -> None:
         """Called once Vault issued (before the install)."""
@@ -170,7 +172,7 @@ class _WithoutWindow:
 
 
 class NoHooks:
-    def before_issue(self, spec: CertSpec) -> None:
+    def before_issue(self, spec: CertSpec, *, explicit: bool = False) -> None:
         return None
 
     def issued(self, spec: CertSpec, issued: IssuedCertificate) -> None:
@@ -190,14 +192,14 @@ class Rotator:
     def __init__(
         self,
         settings: Settings,
-        vault: VaultClient,
-        clusters: Mapping[str, ClusterClient],
+        vault: Vault,
+        clusters: Mapping[str, ClusterCertificates],
         *,
         clock: Clock,
         hooks: RotationHooks | None = None,
         followups: FollowUpRunner | None = None,
-        probe: Callable[[str], CertificateInfo] = served_certificate,
-        sleep: Callable[[float], None] | None = None,
+        probe: TlsProbe = served_certificate,
+        sleep: Sleep = time.sleep,
         probe_attempts: int = 5,
     ) -> None:
         self.settings = settings
@@ -207,28 +209,53 @@ class Rotator:
         self.hooks: RotationHooks = hooks or NoHooks()
         self.followups = followups
         self._probe = probe
-        self._sleep = sleep or (lambda s: None)
+        self._sleep = sleep
         self._probe_attempts = probe_attempts
-        self._issuers: dict[str, list[x509.Certificate]] = {}
-        self._chains: dict[str, list[str]] = {}
+        self._issuers: dict[str, MountIssuers] = {}
+        # (mount, issuer ID) -> when this process first saw that issuer sign new certificates
+        # (the start of an issuer_migration window)
+        self._target_seen: dict[tuple[str, str], datetime] = {}
         self._bulk_unsupported: set[str] = set()
 
     # -- reading -------------------------------------------------------------------------
 
-    def issuers(self, mount: str) -> list[x509.Certificate]:
-        """The CA certificates of a PKI mount (GET <mount>/cert/ca_chain), cached per pass."""
+    def issuers(self, mount: str) -> MountIssuers:
+        """Every issuer of a PKI mount with its chain (LIST <mount>/issuers, then each one's
+        GET <mount>/issuer/<id>/json), read once per pass."""
         if mount not in self._issuers:
-            pems = self.vault.ca_chain(mount)
-            self._chains[mount] = pems
-            self._issuers[mount] = [x509.load_pem_x509_certificate(p.encode()) for p in pems]
+            self._issuers[mount] = self.vault.mount_issuers(mount)
         return self._issuers[mount]
 
     def _trust_own_api_cert(self, cluster: ClusterSettings) -> None:
-        """Trust Vault's chain for the cluster's API once we manage its ``api`` certificate."""
+        """Trust the chains of every issuer of the mount for the cluster's API once we manage
+        its ``api`` certificate: an intermediate or root rotation never locks us out."""
         spec = cluster.spec(CertName.API)
         if spec is not None:
-            self.issuers(spec.pki_mount)
-            self.clusters[cluster.name].set_trust(self._chains[spec.pki_mount])
+            self.clusters[cluster.name].set_trust(self.issuers(spec.pki_mount).chains())
+
+    def _migration_since(self, spec: CertSpec, mount: MountIssuers, now: datetime) -> datetime:
+        target = mount.find(spec.issuer_ref) if spec.issuer_ref else mount.default
+        if target is None:
+            return now
+        return self._target_seen.setdefault((mount.mount, target.issuer_id), now)
+
+    def _revoked(self, spec: CertSpec, installed: InstalledCertificate | None) -> bool:
+        """Whether Vault positively says the installed certificate is revoked (GET
+        <mount>/cert/<serial>); an unknown serial or a failed read is not proof."""
+        if installed is None or installed.info.self_signed:
+            return False
+        try:
+            answer = self.vault.certificate_revoked(spec.pki_mount, installed.info.serial)
+        except VaultBridgeError as exc:
+            logger.warning(
+                "%s on %s: cannot check the revocation of serial %s: %s",
+                spec.name.value,
+                spec.cluster,
+                installed.info.serial,
+                exc,
+            )
+            return False
+        return answer is True
 
     def statuses_for(
         self, cluster: ClusterSettings
@@ -236,10 +263,16 @@ class Rotator:
         self._trust_own_api_cert(cluster)
         installed = self.clusters[cluster.name].certificates()
         now = self.clock()
-        statuses = [
-            classify(spec, installed.get(spec.name.value), self.issuers(spec.pki_mount), now)
-            for spec in cluster.certificates
-        ]
+        statuses = []
+        for spec in cluster.certificates:
+            mount = self.issuers(spec.pki_mount)
+            current = installed.get(spec.name.value)
+            status = classify(
+                spec, current, mount, now, migration_since=self._migration_since(spec, mount, now)
+            )
+            if status.state in ("ok", "due") and self._revoked(spec, current):
+                status = classify(spec, current, mount, now, revoked=True)
+            statuses.append(status)
         return statuses, installed
 
     def status(self) -> PassResult:
@@ -258,15 +291,22 @@ class Rotator:
     def plan(self, force: Iterable[tuple[str, str]] = ()) -> tuple[list[Action], PassResult]:
         current = self.status()
         actions = plan(
-            current.statuses, force=force, replace_foreign=self.settings.agent.replace_foreign
+            current.statuses,
+            force=force,
+            replace_foreign=self.settings.agent.replace_foreign,
+            now=self.clock(),
         )
         return actions, current
 
     # -- acting --------------------------------------------------------------------------
 
-    def obtain(self, spec: CertSpec) -> IssuedCertificate:
-        """Get a new certificate from Vault and check it; never returns one unfit to install."""
-        self.hooks.before_issue(spec)
+    def obtain(self, spec: CertSpec, *, explicit: bool = False) -> IssuedCertificate:
+        """Get a new certificate from Vault and check it; never returns one unfit to install.
+        ``explicit``: the operator asked for it (``issue``), past the runaway guard too."""
+        if explicit:
+            self.hooks.before_issue(spec, explicit=True)
+        else:
+            self.hooks.before_issue(spec)
         self.vault.ensure_token()
         if spec.mode == "sign":
             key = generate_key(spec.key_type, spec.key_bits)
@@ -279,6 +319,7 @@ class Rotator:
                 alt_names=spec.alt_names,
                 ip_sans=spec.ip_sans,
                 ttl=spec.ttl,
+                issuer_ref=spec.issuer_ref,
             )
             issued = IssuedCertificate.from_vault(data, private_key=key_to_pem(key))
         else:
@@ -289,6 +330,7 @@ class Rotator:
                 alt_names=spec.alt_names,
                 ip_sans=spec.ip_sans,
                 ttl=spec.ttl,
+                issuer_ref=spec.issuer_ref,
             )
         self.hooks.issued(spec, issued)
         check_before_install(issued, spec.name, now=self.clock(), requested_ttl=spec.ttl)
@@ -311,6 +353,7 @@ class Rotator:
         actions, result = self.plan(force)
         if only is not None:
             actions = [a for a in actions if (a.cluster, a.name) in only]
+        self._note_window_overrides(actions, result)
         by_cluster: dict[str, list[Action]] = {}
         for action in actions:
             by_cluster.setdefault(action.cluster, []).append(action)
@@ -330,6 +373,28 @@ class Rotator:
                 needed = [c.cert_change for c in changes if CertName(c.name).needs_followup]
                 self._book(changes, window.finish(needed), result)
         return result
+
+    def _note_window_overrides(self, actions: Sequence[Action], result: PassResult) -> None:
+        """A planned renewal going ahead outside every maintenance window: a WARNING each."""
+        by_key = {(s.cluster, s.name): s for s in result.statuses}
+        for action in actions:
+            status = by_key.get((action.cluster, action.name))
+            if status is None or action.reason == "forced" or status.state != "due":
+                continue
+            if status.window_override:
+                logger.warning(
+                    "%s on %s: renewed outside every maintenance window: less than %d%% of "
+                    "its lifetime would be left before the next one",
+                    action.name,
+                    action.cluster,
+                    round(100 * self._margin(action)),
+                    extra={"cluster": action.cluster, "certificate": action.name},
+                )
+                result.window_overrides.append((action.cluster, action.name))
+
+    def _margin(self, action: Action) -> float:
+        spec = self.settings.cluster(action.cluster).spec(action.name)
+        return spec.window_safety_margin if spec else 0.0
 
     def _book(
         self, changes: Sequence[Change], followup_errors: Mapping[Key, str], result: PassResult
@@ -396,7 +461,7 @@ class Rotator:
             spec = settings.spec(action.name)
             assert spec is not None
             try:
-                issued = self.obtain(spec)
+                issued = self.obtain(spec, explicit=action.reason == "forced")
             except DeferredError as exc:
                 logger.info("%s on %s: deferred: %s", action.name, cluster_name, exc)
                 result.outcomes.append(Outcome(cluster_name, action.name, "failed", error=str(exc)))
@@ -455,7 +520,7 @@ class Rotator:
         return installed
 
     def _install(
-        self, client: ClusterClient, changes: Sequence[Change], version: tuple[int, ...]
+        self, client: ClusterCertificates, changes: Sequence[Change], version: tuple[int, ...]
     ) -> dict[str, str]:
         """Install ``changes``; returns an error message per certificate that failed."""
         by_name = {c.name: c for c in changes}
@@ -469,7 +534,7 @@ class Rotator:
         return errors
 
     def _send_batch(
-        self, client: ClusterClient, batch: InstallBatch, changes: Sequence[Change]
+        self, client: ClusterCertificates, batch: InstallBatch, changes: Sequence[Change]
     ) -> dict[str, str]:
         uploads = [CertUpload.of(c.name, c.issued) for c in changes]
         if batch.endpoint == "bulk":
@@ -493,7 +558,7 @@ class Rotator:
         return self._one_by_one(client, uploads, bulk=False)
 
     def _one_by_one(
-        self, client: ClusterClient, uploads: Sequence[CertUpload], *, bulk: bool
+        self, client: ClusterCertificates, uploads: Sequence[CertUpload], *, bulk: bool
     ) -> dict[str, str]:
         errors: dict[str, str] = {}
         for upload in uploads:
@@ -506,7 +571,9 @@ class Rotator:
                 errors[upload.name] = str(exc)
         return errors
 
-    def _verify(self, settings: ClusterSettings, client: ClusterClient, change: Change) -> None:
+    def _verify(
+        self, settings: ClusterSettings, client: ClusterCertificates, change: Change
+    ) -> None:
         """Read the certificate back and check the served leaf."""
         expected = change.issued.info.fingerprint
         installed = client.certificates().get(change.name)

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from vault_bridge.adapters.redis_enterprise import ClusterClient
+from vault_bridge.adapters.ports import ClusterDatabases, Monotonic, Sleep
 from vault_bridge.config.schema import CrdbUpdate
 from vault_bridge.decisions.followup_plan import ClusterView, CrdbStep2, plan_crdb_updates
 from vault_bridge.errors import VaultBridgeError
@@ -24,10 +24,10 @@ class Discovery:
     def __init__(
         self,
         names: Sequence[str],
-        client: Callable[[str], ClusterClient],
+        client: Callable[[str], ClusterDatabases],
         *,
-        clock: Callable[[], float],
-        sleep: Callable[[float], None],
+        clock: Monotonic,
+        sleep: Sleep,
         limits: Limits,
     ) -> None:
         self.names = list(names)

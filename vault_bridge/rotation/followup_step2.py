@@ -7,8 +7,7 @@ import functools
 import logging
 from collections.abc import Callable, Sequence
 
-from vault_bridge.adapters.crdb_runners import CrdbRunner
-from vault_bridge.adapters.redis_enterprise import ClusterClient
+from vault_bridge.adapters.ports import ClusterDatabases, CrdbRunner, Monotonic, Sleep
 from vault_bridge.decisions.followup_plan import CrdbStep2, FollowUpPlan
 from vault_bridge.errors import FollowUpError, VaultBridgeError
 from vault_bridge.models.certificates import CertChange
@@ -23,11 +22,11 @@ class Step2:
 
     def __init__(
         self,
-        client: Callable[[str], ClusterClient],
+        client: Callable[[str], ClusterDatabases],
         runner: Callable[[str], CrdbRunner | None],
         *,
-        clock: Callable[[], float],
-        sleep: Callable[[float], None],
+        clock: Monotonic,
+        sleep: Sleep,
         limits: Limits,
         crdb_locks: CrdbLocks | None = None,
     ) -> None:

@@ -12,9 +12,10 @@ What goes, what is cancelled and what is planned again is decided by
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from vault_bridge.adapters.ports import Monotonic
 from vault_bridge.config.schema import CrdbUpdate
 from vault_bridge.decisions.followup_plan import ClusterView, FollowUpPlan, Key, plan_followups
 from vault_bridge.decisions.followup_window import change_errors, settle, window_seconds
@@ -46,7 +47,7 @@ class Window:
         views: Mapping[str, ClusterView],
         modes: Mapping[str, CrdbUpdate],
         *,
-        clock: Callable[[], float],
+        clock: Monotonic,
         metrics: HasWindow | None = None,
         refused: Mapping[str, str] | None = None,
         unavailable: str | None = None,

@@ -35,10 +35,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from vault_bridge.adapters.crdb_runners import CrdbRunner, DockerRunner, runner_for
+from vault_bridge.adapters.crdb_runners import DockerRunner, runner_for
+from vault_bridge.adapters.ports import ClusterDatabases, CrdbRunner, Monotonic, Sleep
 from vault_bridge.adapters.redis_enterprise import ClusterClient
 from vault_bridge.config.schema import CrdbUpdate, Settings
 from vault_bridge.decisions.followup_plan import (
@@ -87,10 +88,10 @@ class FollowUps:
     def __init__(
         self,
         settings: Settings,
-        clusters: Mapping[str, ClusterClient] | None,
+        clusters: Mapping[str, ClusterDatabases] | None,
         *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
+        clock: Monotonic = time.monotonic,
+        sleep: Sleep = time.sleep,
         metrics: HasWindow | None = None,
         lock: Lock | None = None,
         limits: Limits | None = None,
@@ -105,7 +106,7 @@ class FollowUps:
         self.limits = limits or Limits()
         self._lock: Lock = lock or FollowUpLock(settings.agent.state_dir)
         self._held = False
-        self._clusters: Mapping[str, ClusterClient] | None = clusters
+        self._clusters: Mapping[str, ClusterDatabases] | None = clusters
         self._own: dict[str, ClusterClient] = {}
         self._runners: dict[str, CrdbRunner | None] = dict(runners or {})
         self.last_windows: dict[str, dict[str, float]] = {}  # cluster -> stage -> seconds
@@ -132,7 +133,7 @@ class FollowUps:
         (:meth:`bind`); used alone, it makes its own."""
         return cls(settings, None, metrics=metrics, crdb_locks=crdb_locks)
 
-    def bind(self, clusters: Mapping[str, ClusterClient]) -> None:
+    def bind(self, clusters: Mapping[str, ClusterDatabases]) -> None:
         self._clusters = clusters
 
     def close(self) -> None:
@@ -143,7 +144,7 @@ class FollowUps:
             if isinstance(runner, DockerRunner):
                 runner.docker.close()
 
-    def client(self, name: str) -> ClusterClient:
+    def client(self, name: str) -> ClusterDatabases:
         if self._clusters is not None and name in self._clusters:
             return self._clusters[name]
         if name not in self._own:

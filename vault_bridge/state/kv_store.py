@@ -26,7 +26,7 @@ import logging
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from vault_bridge.adapters.vault.kv import KvV2
+from vault_bridge.adapters.vault.kv import KvStore
 from vault_bridge.errors import CasConflictError, LeaseLostError, StateError, VaultError
 from vault_bridge.state.records import State
 
@@ -90,7 +90,7 @@ def _text(part: State) -> str:
 class KvStateStore:
     """``load`` / ``save`` of the :class:`~vault_bridge.state.journal.IntentJournal`, in KV v2."""
 
-    def __init__(self, kv: KvV2, prefix: str, fence: Fence) -> None:
+    def __init__(self, kv: KvStore, prefix: str, fence: Fence) -> None:
         self.kv = kv
         self.prefix = prefix.strip("/")
         self.fence = fence

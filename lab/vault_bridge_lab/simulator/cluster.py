@@ -249,6 +249,11 @@ class SimulatedCluster:
         with self._lock:
             self._faults.append(Fault(method.upper(), path, status, times, delay, body))
 
+    def faults_pending(self) -> int:
+        """How many injected faults no request has taken yet (a held request has taken its)."""
+        with self._lock:
+            return sum(f.remaining for f in self._faults)
+
     def add_crdb(
         self,
         name: str,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from vault_bridge.adapters.vault.client import VaultClient
 from vault_bridge.errors import CasConflictError, VaultError
@@ -25,6 +25,18 @@ class KvEntry:
 
     data: Mapping[str, Any]
     version: int
+
+
+class KvStore(Protocol):
+    """What high availability needs of KV v2 (:class:`KvV2`; an in-memory one in tests)."""
+
+    mount: str
+
+    def read(self, path: str) -> KvEntry | None: ...
+
+    def write(self, path: str, data: Mapping[str, Any], *, cas: int) -> int: ...
+
+    def close(self) -> None: ...
 
 
 class KvV2:
@@ -105,6 +117,10 @@ class KvV2:
                 url=self._url(path),
             )
         return version
+
+    def close(self) -> None:
+        """Close the Vault client's HTTP session."""
+        self.vault.close()
 
     def _url(self, path: str) -> str:
         return f"{self.vault.address}/v1/{self.mount}/data/{path}"
