@@ -559,6 +559,24 @@ def test_a_stopped_leader_that_lost_its_lease_writes_and_sends_nothing(
     assert [f for _, f in history] == sorted(f for _, f in history), history
 
 
+def test_a_stopping_replica_hands_its_clusters_over(fleet_factory: Callable[..., Fleet]) -> None:
+    fleet = fleet_factory(["h1", "h2"])
+    replicas = fleet.start()
+    wait_for("every certificate rotated", fleet.settled)
+    holder = wait_for("a leader for h1", lambda: fleet.leader("h1"))
+    victim = next(r for r in replicas if rid(r.index) == holder)
+    victim.proc.send_signal(signal.SIGTERM)
+    assert victim.proc.wait(30) == 0
+    # it gave the lease up on its way out (holder null, same fencing) ...
+    history = [(v["holder"], v["fencing"]) for v in fleet.kv_versions("lease/cluster/h1")]
+    last = max(i for i, (who, _) in enumerate(history) if who == holder)
+    assert history[last + 1 : last + 2] == [(None, history[last][1])], history
+    # ... another replica took it, and nothing was issued or installed again
+    wait_for("another leader for h1", lambda: fleet.leader("h1") not in (None, holder))
+    assert len(fleet.issued()) == 2
+    assert fleet.sims["h1"].install_count == 1
+
+
 def test_the_policy_token_reaches_nothing_else(fleet_factory: Callable[..., Fleet]) -> None:
     fleet = fleet_factory(["p1"])
     client = hvac.Client(url=fleet.raft.address, token=fleet.token, timeout=10)

@@ -491,3 +491,23 @@ def test_a_lease_lost_in_the_background_stops_the_next_write(world: Any) -> None
     a.keeper.save()
     assert a.keeper.healthy
     assert ("c0", "proxy") not in a.keeper.state.certificates
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"holder": 7, "fencing": 1},
+        {"holder": "x", "fencing": "one"},
+        {"holder": "x", "fencing": 1, "expires_at": "soon"},
+    ],
+)
+def test_a_malformed_lease_is_left_alone(world: Any, record: dict[str, Any]) -> None:
+    kv, clocks, replica = world
+    kv.write("vault-bridge/lease/cluster/c0", record, cas=0)
+    a = replica("a", 1)
+    a.step()
+    clocks.advance(10)
+    assert a.step() is False
+    assert a.ha.led() == set()
+    assert kv.read("vault-bridge/lease/cluster/c0").data == record  # never overwritten
+    assert kv.read("vault-bridge/state/c0") is None
