@@ -342,7 +342,8 @@ class Coordinator:
             share = fair_share(self.replica_id, members, len(clusters))
             order = preference(self.replica_id, members, clusters)
             busy = {k[0] for k in (*state.journal, *state.pending)}
-            for cluster in to_release(self.led(), share, busy, order):
+            gone = [c for c in sorted(self.held) if c not in clusters]  # no longer configured
+            for cluster in [*gone, *to_release(self.led(), share, busy, order)]:
                 self._release("cluster", cluster, self.held.pop(cluster))
                 self._drop(keeper, cluster)
             if not self.registered or (self.settle_until and now < self.settle_until):
