@@ -85,6 +85,9 @@ class Snapshot:
     reasons: tuple[str, ...] = ("the agent is starting",)
     # (cluster, name) -> since when the follow-ups of its last change have been pending
     followups_pending: Mapping[tuple[str, str], datetime] = field(default_factory=dict)
+    # With [ha]: by cluster, whether this replica leads it, and its lease renewal failures.
+    leaders: Mapping[str, bool] = field(default_factory=dict)
+    lease_renewal_failures: Mapping[str, int] = field(default_factory=dict)
 
 
 class Metrics:
@@ -202,6 +205,25 @@ class _SnapshotCollector(Collector):
         yield from (expiration, renewal, ready, expiring, overdue, issuer_expiring, outdated)
         yield overrides
         yield from (rotations, token, pending)
+        if snap.leaders:
+            yield from _ha_families(snap)
+
+
+def _ha_families(snap: Snapshot) -> Iterable[Any]:
+    leader = GaugeMetricFamily(
+        "vault_bridge_leader",
+        "1 on the replica that leads the cluster (holds its lease), else 0.",
+        labels=["cluster"],
+    )
+    failures = CounterMetricFamily(
+        "vault_bridge_lease_renewal_failures",
+        "Lease renewals of the cluster that failed on this replica, since it started.",
+        labels=["cluster"],
+    )
+    for cluster, leads in sorted(snap.leaders.items()):
+        leader.add_metric([cluster], 1.0 if leads else 0.0)
+        failures.add_metric([cluster], snap.lease_renewal_failures.get(cluster, 0))
+    yield from (leader, failures)
 
 
 # -- the listener ----------------------------------------------------------------------------

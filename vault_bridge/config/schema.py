@@ -284,10 +284,65 @@ class AgentConfig(_Strict):
         return value
 
 
+_KV_SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
+_REPLICA_ID = re.compile(r"[A-Za-z0-9._@:-]{1,128}")
+MIN_LEASE_TTL = timedelta(seconds=2)
+
+
+class HaConfig(_Strict):
+    """``[ha]``: replicas coordinated through Vault's KV version 2 engine."""
+
+    backend: Literal["vault-kv"] = "vault-kv"
+    kv_mount: str = "secret"
+    path: str = "vault-bridge"
+    lease_ttl: str = "30s"
+    replica_id: str = ""
+
+    @field_validator("kv_mount", "path")
+    @classmethod
+    def _kv_path(cls, value: str) -> str:
+        parts = value.strip("/").split("/")
+        if not value.strip("/") or any(
+            not _KV_SEGMENT.fullmatch(p) or p in (".", "..") for p in parts
+        ):
+            raise ValueError(
+                "expected a KV path of letters, digits, '.', '_' and '-' segments separated "
+                f"by '/', got {value!r}"
+            )
+        return "/".join(parts)
+
+    @field_validator("lease_ttl")
+    @classmethod
+    def _ttl(cls, value: str) -> str:
+        if parse_duration(value) < MIN_LEASE_TTL:
+            raise ValueError(f"expected at least 2s, got {value!r}")
+        return value
+
+    @field_validator("replica_id")
+    @classmethod
+    def _replica(cls, value: str) -> str:
+        if value and not _REPLICA_ID.fullmatch(value):
+            raise ValueError(
+                f"expected up to 128 letters, digits or '.', '_', '@', ':', '-', got {value!r}"
+            )
+        return value
+
+    @property
+    def ttl(self) -> timedelta:
+        return parse_duration(self.lease_ttl)
+
+
+def default_replica_id() -> str:
+    """hostname-pid: unique per process on a host, readable in ``status``."""
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", os.uname().nodename or "host")[:100]
+    return f"{host}-{os.getpid()}"
+
+
 class FileConfig(_Strict):
     vault: VaultConfig = VaultConfig()
     defaults: CertSettings = CertSettings()
     agent: AgentConfig = AgentConfig()
+    ha: HaConfig | None = None
     clusters: list[ClusterConfig] = Field(min_length=1)
 
 
@@ -393,6 +448,7 @@ class Settings:
     vault: VaultConfig
     agent: AgentConfig
     clusters: tuple[ClusterSettings, ...]
+    ha: HaConfig | None = None  # [ha]: replicas coordinated through Vault (replica_id set)
 
     def cluster(self, name: str) -> ClusterSettings:
         for cluster in self.clusters:
@@ -569,6 +625,12 @@ def _resolve_spec(
     )
 
 
+def _resolve_ha(ha: HaConfig | None) -> HaConfig | None:
+    if ha is not None and not ha.replica_id:
+        return ha.model_copy(update={"replica_id": default_replica_id()})
+    return ha
+
+
 def _resolve(parsed: FileConfig, path: Path | None) -> Settings:
     seen: set[str] = set()
     clusters: list[ClusterSettings] = []
@@ -641,7 +703,13 @@ def _resolve(parsed: FileConfig, path: Path | None) -> Settings:
     resolved_vault = vault.model_copy(
         update={"address": address.rstrip("/"), "ca_cert": ca_cert, "namespace": namespace}
     )
-    return Settings(path=path, vault=resolved_vault, agent=parsed.agent, clusters=tuple(clusters))
+    return Settings(
+        path=path,
+        vault=resolved_vault,
+        agent=parsed.agent,
+        clusters=tuple(clusters),
+        ha=_resolve_ha(parsed.ha),
+    )
 
 
 def parse_config(data: Mapping[str, Any], path: Path | None = None) -> Settings:

@@ -15,6 +15,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from vault_bridge.config.schema import CertSpec, Settings
 from vault_bridge.decisions.schedule import Backoff, is_expiring, runaway_until
@@ -28,6 +29,16 @@ from vault_bridge.state.store import StateDir
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+
+
+class StateStore(Protocol):
+    """Where the state lives: the state directory's ``state.json``
+    (:class:`~vault_bridge.state.store.StateDir`) or, with ``[ha]``, Vault's KV engine
+    (:class:`~vault_bridge.state.kv_store.KvStateStore`)."""
+
+    def load(self) -> State: ...
+
+    def save(self, state: State) -> None: ...
 
 
 class RunawayGuardError(VaultBridgeError):
@@ -58,8 +69,10 @@ class IntentJournal:
         clock: Clock,
         stopping: Callable[[], bool] = lambda: False,
         on_installed: Callable[[Change], None] | None = None,
+        store: StateStore | None = None,
     ) -> None:
         self.state_dir = state_dir
+        self.store: StateStore = store if store is not None else state_dir
         self.settings = settings
         self.clock = clock
         self._stopping = stopping
@@ -75,7 +88,7 @@ class IntentJournal:
 
     def load(self) -> State:
         try:
-            self.state = self.state_dir.load()
+            self.state = self.store.load()
         except StateError as exc:
             self.error = str(exc)
             raise
@@ -86,7 +99,7 @@ class IntentJournal:
         if self.state is None:
             raise StateError(self.error or "the state is not loaded")
         try:
-            self.state_dir.save(self.state)
+            self.store.save(self.state)
         except StateError as exc:
             if self.error != str(exc):
                 logger.error("%s", exc)
