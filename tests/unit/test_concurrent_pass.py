@@ -9,7 +9,7 @@ meet at a barrier, so the test only passes when they really are in flight at the
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from vault_bridge.decisions.install import CertUpload
 from vault_bridge.errors import ClusterError, VaultError
 from vault_bridge.models.certificates import CertificateInfo, InstalledCertificate
 from vault_bridge.models.cluster import Bdb, Crdb, CrdbInstance, CrdbTask
+from vault_bridge.models.vault import MountIssuers, PkiIssuer
 from vault_bridge.rotation.executor import Change, Rotator
 from vault_bridge.rotation.followups import FollowUps, Limits
 from vault_bridge.rotation.throttle import VaultThrottle
@@ -69,6 +70,15 @@ class FakeVault:
     def ca_chain(self, mount: str) -> list[str]:
         return [self.ca.pem]
 
+    def mount_issuers(self, mount: str) -> MountIssuers:
+        issuer = PkiIssuer.from_vault(
+            mount, {"certificate": self.ca.pem, "issuer_id": "one"}, [self.ca.pem]
+        )
+        return MountIssuers(mount, (issuer,), "one")
+
+    def certificate_revoked(self, mount: str, serial: str) -> bool | None:
+        return False
+
     def sign(self, mount: str, role: str, csr_pem: str, **_: Any) -> dict[str, Any]:
         with self._lock:
             if self.pushbacks:
@@ -110,6 +120,8 @@ class FakeCluster:
         self._lock = threading.Lock()
 
     # the executor's side
+    backoff = 0.0
+
     def set_trust(self, pems: Sequence[str]) -> None:
         return None
 
@@ -173,9 +185,11 @@ class FakeCluster:
     def crdb_tasks(self) -> list[CrdbTask]:
         return []
 
-    def crdb_update(self, guid: str) -> CrdbTask:
+    def crdb_update(
+        self, guid: str, body: Mapping[str, Any] | None = None, *, task_id: str | None = None
+    ) -> CrdbTask:
         self.events.add("update", guid, self.name)
-        return CrdbTask(f"t-{guid}", guid, "finished")
+        return CrdbTask(task_id or f"t-{guid}", guid, "finished")
 
     def crdb_task(self, task_id: str) -> CrdbTask:
         raise AssertionError("finished at once")
@@ -199,10 +213,10 @@ class RecordingHooks:
             self.overlaps += 1
         self.events.add(*event)
 
-    def before_issue(self, spec: Any) -> None:
+    def before_issue(self, spec: Any, *, explicit: bool = False) -> None:
         self._enter("before_issue", spec.cluster, spec.name.value)
         try:
-            self.keeper.before_issue(spec)
+            self.keeper.before_issue(spec, explicit=explicit)
         finally:
             self.active -= 1
 
@@ -375,8 +389,9 @@ def test_a_fleet_pass_keeps_every_ordering_rule(
     assert completed_at > max(i for i, e in enumerate(events.items) if e[0] == "update")
 
     # One read of each cluster to plan (shared with the follow-ups' discovery), one to verify.
+    # (an internode certificate is confirmed by a read of its own: the REST API may be away)
     for name in HEALTHY:
-        assert clusters[name].reads == 2, name
+        assert clusters[name].reads == (3 if name == "c1" else 2), name
     assert clusters[BROKEN].reads == 1
 
 

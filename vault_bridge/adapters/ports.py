@@ -28,7 +28,7 @@ from vault_bridge.models.certificates import (
     IssuedCertificate,
 )
 from vault_bridge.models.cluster import Bdb, Crdb, CrdbTask
-from vault_bridge.models.vault import TokenInfo
+from vault_bridge.models.vault import MountIssuers, TokenInfo
 
 # -- time ------------------------------------------------------------------------------------
 
@@ -86,8 +86,10 @@ class VaultPki(Protocol):
         alt_names: Sequence[str] = (),
         ip_sans: Sequence[str] = (),
         ttl: timedelta | str | None = None,
+        issuer_ref: str | None = None,
     ) -> dict[str, Any]:
-        """POST: /{mount}/sign/{role}; the answer's ``data`` (``lease_id`` added)."""
+        """POST: /{mount}/sign/{role} (or /{mount}/issuer/{issuer_ref}/sign/{role}); the
+        answer's ``data`` (``lease_id`` added)."""
         ...
 
     def issue(
@@ -99,8 +101,18 @@ class VaultPki(Protocol):
         alt_names: Sequence[str] = (),
         ip_sans: Sequence[str] = (),
         ttl: timedelta | str | None = None,
+        issuer_ref: str | None = None,
     ) -> IssuedCertificate:
-        """POST: /{mount}/issue/{role}"""
+        """POST: /{mount}/issue/{role} (or /{mount}/issuer/{issuer_ref}/issue/{role})"""
+        ...
+
+    def mount_issuers(self, mount: str) -> MountIssuers:
+        """LIST: /{mount}/issuers, then GET: /{mount}/issuer/{id}/json for each: every issuer
+        of the mount with its chain, and the default."""
+        ...
+
+    def certificate_revoked(self, mount: str, serial: str) -> bool | None:
+        """GET: /{mount}/cert/{serial}: True only when Vault says it is revoked."""
         ...
 
     def ca_chain(self, mount: str) -> list[str]:
@@ -131,6 +143,12 @@ class ClusterCertificates(Protocol):
 
     def set_trust(self, extra_ca_pems: Sequence[str]) -> None:
         """Trust these CA certificates for the REST API too (no request)."""
+        ...
+
+    @property
+    def backoff(self) -> float:
+        """The first retry delay in seconds (the executor waits it before an install's
+        read-back)."""
         ...
 
     def certificates(self) -> dict[str, InstalledCertificate]:
@@ -193,8 +211,11 @@ class ClusterDatabases(Protocol):
         """GET /v1/crdb_tasks/<id>"""
         ...
 
-    def crdb_update(self, guid: str) -> CrdbTask:
-        """POST /v1/crdbs/<guid>/updates with ``{"force_update": true}`` (never resent)."""
+    def crdb_update(
+        self, guid: str, body: Mapping[str, Any] | None = None, *, task_id: str | None = None
+    ) -> CrdbTask:
+        """POST /v1/crdbs/<guid>/updates (default ``{"force_update": true}``) with an
+        ``X-Task-ID`` (``task_id``, or a new one); sent once."""
         ...
 
     def bdbs(self) -> list[Bdb]:

@@ -68,6 +68,10 @@ class CertSample:
     renew_at: datetime | None
     condition: Condition  # Ready: True (ours, valid), False (missing, foreign, expired), Unknown
     expiring: bool
+    overdue: bool = False  # renewal time passed by more than overdue_after, not renewed
+    issuer_expiring: bool = False  # the issuer of its next certificate expires within a lifetime
+    issuer_outdated: bool = False  # signed by another issuer than the one that signs the next
+    window_overrides: int = 0  # renewals outside every maintenance window since the start
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,11 @@ class Snapshot:
     token_expires_at: datetime | None = None
     ready: bool = False
     reasons: tuple[str, ...] = ("the agent is starting",)
+    # (cluster, name) -> since when the follow-ups of its last change have been pending
+    followups_pending: Mapping[tuple[str, str], datetime] = field(default_factory=dict)
+    # With [ha]: by cluster, whether this replica leads it, and its lease renewal failures.
+    leaders: Mapping[str, bool] = field(default_factory=dict)
+    lease_renewal_failures: Mapping[str, int] = field(default_factory=dict)
 
 
 class Metrics:
@@ -136,8 +145,35 @@ class _SnapshotCollector(Collector):
             "1 when less than 10% of the certificate's lifetime is left, else 0.",
             labels=labels,
         )
+        overdue = GaugeMetricFamily(
+            "vault_bridge_certificate_renewal_overdue",
+            "1 when the renewal time passed by more than overdue_after of the lifetime and the "
+            "certificate is still not renewed, else 0.",
+            labels=labels,
+        )
+        issuer_expiring = GaugeMetricFamily(
+            "vault_bridge_certificate_issuer_expiring",
+            "1 when the Vault issuer that signs the next certificate expires sooner than one "
+            "lifetime of it, else 0.",
+            labels=labels,
+        )
+        outdated = GaugeMetricFamily(
+            "vault_bridge_certificate_issuer_outdated",
+            "1 when the installed certificate was signed by another issuer of the mount than the "
+            "one that signs its next certificate (the default, or issuer_ref), else 0.",
+            labels=labels,
+        )
+        overrides = CounterMetricFamily(
+            "vault_bridge_window_overrides",
+            "Planned renewals done outside every maintenance window (safety margin reached).",
+            labels=labels,
+        )
         for cert in snap.certificates:
             key = [cert.cluster, cert.name]
+            overdue.add_metric(key, 1.0 if cert.overdue else 0.0)
+            issuer_expiring.add_metric(key, 1.0 if cert.issuer_expiring else 0.0)
+            outdated.add_metric(key, 1.0 if cert.issuer_outdated else 0.0)
+            overrides.add_metric(key, cert.window_overrides)
             if cert.not_after is not None:
                 expiration.add_metric(key, cert.not_after.timestamp())
             if cert.renew_at is not None:
@@ -158,7 +194,36 @@ class _SnapshotCollector(Collector):
         )
         if snap.token_expires_at is not None:
             token.add_metric([], snap.token_expires_at.timestamp())
-        yield from (expiration, renewal, ready, expiring, rotations, token)
+        pending = GaugeMetricFamily(
+            "vault_bridge_followups_pending_since_timestamp_seconds",
+            "Since when the Active-Active / Replica Of follow-ups of the certificate's last "
+            "change have been pending (Unix time); absent when none are.",
+            labels=labels,
+        )
+        for (cluster, name), since in sorted(snap.followups_pending.items()):
+            pending.add_metric([cluster, name], since.timestamp())
+        yield from (expiration, renewal, ready, expiring, overdue, issuer_expiring, outdated)
+        yield overrides
+        yield from (rotations, token, pending)
+        if snap.leaders:
+            yield from _ha_families(snap)
+
+
+def _ha_families(snap: Snapshot) -> Iterable[Any]:
+    leader = GaugeMetricFamily(
+        "vault_bridge_leader",
+        "1 on the replica that leads the cluster (holds its lease), else 0.",
+        labels=["cluster"],
+    )
+    failures = CounterMetricFamily(
+        "vault_bridge_lease_renewal_failures",
+        "Lease renewals of the cluster that failed on this replica, since it started.",
+        labels=["cluster"],
+    )
+    for cluster, leads in sorted(snap.leaders.items()):
+        leader.add_metric([cluster], 1.0 if leads else 0.0)
+        failures.add_metric([cluster], snap.lease_renewal_failures.get(cluster, 0))
+    yield from (leader, failures)
 
 
 # -- the listener ----------------------------------------------------------------------------

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 from vault_bridge.adapters.ports import VaultAuth
 from vault_bridge.agent.health import CertSample, Condition
 from vault_bridge.config.schema import CertSpec, Settings
-from vault_bridge.decisions.renewal import CertStatus, renewal_time
+from vault_bridge.decisions.renewal import CertStatus, renewal_time, windowed
 from vault_bridge.decisions.schedule import (
     Backoff,
     Tracked,
@@ -45,12 +46,17 @@ from vault_bridge.state.records import Key, key_text, log_change
 logger = logging.getLogger(__name__)
 
 
+def _everything(cluster: str) -> bool:
+    return True
+
+
 _STATE_MESSAGES = {
     "ok": "valid and ours",
     "due": "due for renewal",
     "missing": "missing",
     "foreign": "not issued by our Vault (foreign)",
     "expired": "expired",
+    "revoked": "revoked in Vault",
 }
 
 
@@ -61,10 +67,28 @@ class AgentRotator(Rotator):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.obtain_errors: dict[Key, VaultBridgeError] = {}
+        self.leads: Callable[[str], bool] = _everything
 
-    def obtain(self, spec: CertSpec) -> IssuedCertificate:
+    def run_once(
+        self,
+        *,
+        force: Iterable[tuple[str, str]] = (),
+        only: set[tuple[str, str]] | None = None,
+    ) -> PassResult:
+        """The pass over the clusters this replica leads (all of them without ``[ha]``)."""
+        full = self.settings
+        led = tuple(c for c in full.clusters if self.leads(c.name))
+        if len(led) == len(full.clusters):
+            return super().run_once(force=force, only=only)
+        self.settings = replace(full, clusters=led)
         try:
-            return super().obtain(spec)
+            return super().run_once(force=force, only=only)
+        finally:
+            self.settings = full
+
+    def obtain(self, spec: CertSpec, *, explicit: bool = False) -> IssuedCertificate:
+        try:
+            return super().obtain(spec, explicit=explicit)
         except VaultBridgeError as exc:
             self.obtain_errors[(spec.cluster, spec.name.value)] = exc
             raise
@@ -80,6 +104,10 @@ class View:
     not_after: datetime | None
     renew_at: datetime | None
     answered: bool = True  # its cluster answered on the last pass
+    overdue_at: datetime | None = None
+    issuer_expiring: bool = False
+    issuer_outdated: bool = False
+    window: str | None = None
 
     @classmethod
     def of(cls, status: CertStatus) -> View:
@@ -88,8 +116,16 @@ class View:
             status.serial,
             status.not_before,
             status.not_after,
-            status.renew_at if status.state == "ok" else None,
+            # a due certificate keeps the time it goes: its maintenance window's opening
+            status.renew_at if status.state in ("ok", "due") else None,
+            overdue_at=status.overdue_at,
+            issuer_expiring=status.issuer_expiring,
+            issuer_outdated=status.issuer_outdated,
+            window=status.window,
         )
+
+    def overdue(self, now: datetime) -> bool:
+        return self.overdue_at is not None and now >= self.overdue_at
 
 
 class Passes:
@@ -111,6 +147,9 @@ class Passes:
         self.last_pass_at: datetime | None = None
         self.pass_now = True
         self._installed_now: set[Key] = set()
+        self.window_overrides: Counter[Key] = Counter()
+        # With [ha]: the clusters this replica leads right now; the others are left alone.
+        self.leads: Callable[[str], bool] = _everything
 
     @property
     def resync(self) -> timedelta:
@@ -136,6 +175,8 @@ class Passes:
         state = self.keeper.state
         held = self.keeper.blocked_by_journal(now)
         for spec in self.settings.specs():
+            if not self.leads(spec.cluster):
+                continue
             key = (spec.cluster, spec.name.value)
             view = self.views.get(key)
             backoff = state.record(key).backoff if state else Backoff()
@@ -188,9 +229,12 @@ class Passes:
             only = {t.key for t in self.tracked(now) if allowed_now(t, now)}
         for key in [k for k, (until, _) in self.permission.items() if until <= now]:
             del self.permission[key]  # try again: the policy may have been fixed
+        only = {k for k in only if self.leads(k[0])}
+        force = [k for k in force if self.leads(k[0])]
         rotator = app.rotator
         assert isinstance(rotator, AgentRotator)
         rotator.obtain_errors.clear()
+        rotator.leads = self.leads
         self.pass_now = False
         try:
             result = rotator.run_once(force=force, only=only)
@@ -221,10 +265,21 @@ class Passes:
     def installed(self, change: Change) -> None:
         spec = self.settings.cluster(change.cluster).spec(change.name)
         info = change.issued.info
-        renew = renewal_time(spec, info) if spec else None
-        self.views[(change.cluster, change.name)] = View(
-            "ok", info.serial, info.not_before, info.not_after, renew
-        )
+        if spec is None:
+            view = View("ok", info.serial, info.not_before, info.not_after, None)
+        else:
+            planned = windowed(spec, info, renewal_time(spec, info), self.clock())
+            slack = (info.not_after - info.not_before) * spec.overdue_after
+            view = View(
+                "ok",
+                info.serial,
+                info.not_before,
+                info.not_after,
+                planned.at,
+                overdue_at=planned.at + slack,
+                window=planned.window,
+            )
+        self.views[(change.cluster, change.name)] = view
         self._installed_now.add((change.cluster, change.name))
         self.permission.pop((change.cluster, change.name), None)
 
@@ -234,14 +289,16 @@ class Passes:
         now = self.clock()
         installed_now, self._installed_now = self._installed_now, set()
         self.cluster_errors = dict(result.cluster_errors)
+        self.window_overrides.update(result.window_overrides)
         for status in result.statuses:
             if (status.cluster, status.name) not in installed_now:
-                self._book_view(status)
+                self._book_view(status, now)
         for cluster in self.settings.clusters:
             self._book_cluster(cluster.name, result.cluster_errors.get(cluster.name), now)
         failed = {(o.cluster, o.name): o for o in result.failed}
         for key, outcome in failed.items():
             self._failed(key, outcome, rotator.obtain_errors.get(key), now, vault)
+        self._escalate_overdue(result, attempted, installed_now, failed, now)
         # A certificate left due without any outcome (should not happen): back off anyway,
         # so that it can never turn into a busy loop.
         for status in result.statuses:
@@ -250,17 +307,18 @@ class Passes:
                 key in attempted
                 and key not in failed
                 and key not in installed_now
-                and self._still_due(status)
+                and self._still_due(status, now)
             ):
                 self._backoff_cert(key, "no outcome in the last pass", now)
 
-    def _still_due(self, status: CertStatus) -> bool:
-        """Whether the pass should have done something about ``status``."""
-        if status.state == "ok":
+    def _still_due(self, status: CertStatus, now: datetime) -> bool:
+        """Whether the pass should have done something about ``status`` (not a due one
+        waiting for its maintenance window)."""
+        if status.state == "ok" or status.held(now):
             return False
         return not (status.state == "foreign" and not self.settings.agent.replace_foreign)
 
-    def _book_view(self, status: CertStatus) -> None:
+    def _book_view(self, status: CertStatus, now: datetime) -> None:
         """Remember what the pass saw of a certificate; one line when its state changed."""
         key = (status.cluster, status.name)
         new = View.of(status)
@@ -272,6 +330,8 @@ class Passes:
         message = _STATE_MESSAGES.get(new.state or "", str(new.state))
         if new.state == "ok":
             message += f" (renewal at {iso(new.renew_at)})"
+        if status.held(now):
+            message += f" (waits for maintenance window {status.window!r} at {iso(new.renew_at)})"
         if new.state == "foreign" and not self.settings.agent.replace_foreign:
             level, message = logging.WARNING, message + " (left in place: replace_foreign)"
         log_change(
@@ -313,6 +373,32 @@ class Passes:
             "; a certificate has less than 10% of its lifetime left" if expiring else "",
             extra={"cluster": name},
         )
+
+    def _escalate_overdue(
+        self,
+        result: PassResult,
+        attempted: set[Key],
+        installed_now: set[Key],
+        failed: dict[Key, Outcome],
+        now: datetime,
+    ) -> None:
+        """An ERROR line for every overdue certificate this pass tried and did not renew."""
+        for status in result.statuses:
+            key = (status.cluster, status.name)
+            if key not in attempted or key in installed_now or not status.overdue(now):
+                continue
+            outcome = failed.get(key)
+            why = outcome.error if outcome and outcome.error else "not renewed"
+            logger.error(
+                "%s on %s is overdue: its renewal time %s has passed and it is still not "
+                "renewed (not_after %s): %s",
+                status.name,
+                status.cluster,
+                iso(status.renew_at if status.state == "due" else None) or "-",
+                iso(status.not_after),
+                why,
+                extra={"cluster": status.cluster, "certificate": status.name},
+            )
 
     def _failed(
         self,
@@ -399,11 +485,17 @@ class Passes:
                 rng=self.rng,
                 error="; ".join(errors.values()),
             )
-            logger.warning(
-                "journal: %d entr%s still pending (retrying at %s)",
+            # Follow-ups that keep failing hold back the next renewal of their certificate
+            # (until it is expiring): an ERROR, and vault_bridge_followups_pending_since_...
+            state = self.keeper.state
+            followups = state is not None and any(k in state.pending for k in errors)
+            logger.log(
+                logging.ERROR if followups else logging.WARNING,
+                "journal: %d entr%s still pending (retrying at %s)%s",
                 len(errors),
                 "y" if len(errors) == 1 else "ies",
                 iso(self.replay_backoff.next_attempt),
+                "; the certificate is renewed anyway once it is expiring" if followups else "",
             )
         else:
             self.replay_backoff = Backoff()
@@ -414,6 +506,8 @@ class Passes:
         """Each configured certificate as ``/metrics`` shows it."""
         samples = []
         for spec in self.settings.specs():
+            if not self.leads(spec.cluster):
+                continue  # the leader of that cluster reports it
             key = (spec.cluster, spec.name.value)
             view = self.views.get(key)
             condition: Condition = "Unknown"
@@ -427,6 +521,10 @@ class Passes:
                     renew_at=self._renew_at(key, view, now),
                     condition=condition,
                     expiring=self.expiring(key, now),
+                    overdue=view is not None and view.overdue(now),
+                    issuer_expiring=view is not None and view.issuer_expiring,
+                    issuer_outdated=view is not None and view.issuer_outdated,
+                    window_overrides=self.window_overrides[key],
                 )
             )
         return tuple(samples)
@@ -445,6 +543,8 @@ class Passes:
     def _renew_at(self, key: Key, view: View | None, now: datetime) -> datetime | None:
         if view is None:
             return None
+        if view.state in ("ok", "due") and view.renew_at is not None and view.renew_at > now:
+            return view.renew_at  # ours and valid, or due and waiting for its window
         if view.state == "ok":
             return view.renew_at
         state = self.keeper.state

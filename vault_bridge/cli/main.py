@@ -14,6 +14,7 @@ import logging
 import sys
 import traceback
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -23,6 +24,8 @@ from vault_bridge.config.limits import MAX_CONCURRENCY
 from vault_bridge.errors import ConfigError, LabMissingError, VaultBridgeError
 
 if TYPE_CHECKING:
+    from vault_bridge.adapters.vault.client import VaultClient
+    from vault_bridge.cli.render import Leaders
     from vault_bridge.config.schema import Settings
     from vault_bridge.rotation.executor import PassResult
 
@@ -95,7 +98,9 @@ pass_ctx = click.make_pass_decorator(Context)
     "-c",
     "config_path",
     envvar="VAULT_BRIDGE_CONFIG",
-    type=click.Path(dir_okay=False),
+    # A plain string: a missing file, a directory or an unreadable one all become the same
+    # one-line configuration error (exit 2) in load_config.
+    type=str,
     help="Configuration file (TOML). Default: $VAULT_BRIDGE_CONFIG or /etc/vault-bridge/config.toml.",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Debug logs and tracebacks on errors.")
@@ -208,17 +213,38 @@ def issue(
 @pass_ctx
 def status(ctx: Context, as_json: bool) -> None:
     """Every certificate: serial, issuer, not_after, renew_at, state."""
+    from vault_bridge.agent.oneshot import with_retry_state
     from vault_bridge.cli.render import status_json, status_table
     from vault_bridge.rotation.app import build
 
     settings = ctx.settings()
     with build(settings, read_only=True) as app:
         result = app.rotator.status()
-    click.echo(status_json(result.statuses) if as_json else status_table(result.statuses))
+        statuses = with_retry_state(settings, result.statuses, app.rotator.clock())
+        leaders = _leaders(settings, app.vault) if settings.ha is not None else None
+    click.echo(status_json(statuses, leaders) if as_json else status_table(statuses, leaders))
     for cluster, error in result.cluster_errors.items():
         click.echo(f"error: cluster {cluster}: {error}", err=True)
     if result.cluster_errors:
         sys.exit(1)
+
+
+def _leaders(settings: Settings, vault: VaultClient) -> Leaders:
+    """[ha]: each cluster's leader and lease expiry, as recorded in Vault."""
+    from vault_bridge.adapters.vault.kv import KvV2
+    from vault_bridge.agent.ha import read_leases
+
+    assert settings.ha is not None
+    kv = KvV2(vault, settings.ha.kv_mount)
+    now = datetime.now(UTC)
+    out: dict[str, tuple[str | None, datetime | None]] = {}
+    for cluster, lease in read_leases(kv, settings.ha, [c.name for c in settings.clusters]).items():
+        live = lease is not None and lease.live(now)
+        out[cluster] = (
+            lease.holder if live and lease else None,
+            lease.expires_at if live and lease else None,
+        )
+    return out
 
 
 @cli.command()
@@ -236,7 +262,8 @@ def plan(ctx: Context, detailed_exitcode: bool) -> None:
     settings = ctx.settings()
     with build(settings, read_only=True) as app:
         actions, current = app.rotator.plan()
-    click.echo(plan_text(actions))
+        now = app.rotator.clock()
+    click.echo(plan_text(actions, current.statuses, now))
     for cluster, error in current.cluster_errors.items():
         click.echo(f"error: cluster {cluster}: {error}", err=True)
     if current.cluster_errors:
@@ -262,10 +289,13 @@ def validate(ctx: Context, connect: bool) -> None:
     if not connect:
         return
     from vault_bridge.rotation.app import build
-    from vault_bridge.rotation.connect_checks import connect_checks
+    from vault_bridge.rotation.connect_checks import connect_checks, issuer_warnings
 
     with build(settings, read_only=True) as app:
         problems = connect_checks(app)
+        warnings = issuer_warnings(app) if not problems else []
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
     for problem in problems:
         click.echo(f"error: {problem}", err=True)
     if problems:

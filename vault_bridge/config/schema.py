@@ -7,7 +7,9 @@ path and what was expected, with the nearest valid key suggested for a typo.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ from pydantic_core import PydanticCustomError
 
 from vault_bridge.config.durations import parse_duration
 from vault_bridge.config.limits import DEFAULT_CONCURRENCY, MAX_CONCURRENCY
+from vault_bridge.config.windows import MaintenanceWindow, parse_windows
 from vault_bridge.errors import ConfigError
 from vault_bridge.models.certificates import CertName, KeyType, Mode
 
@@ -50,6 +53,10 @@ _AUTH_FIELDS: dict[str, tuple[set[str], set[str]]] = {
 _AUTH_MOUNT_DEFAULT = {"approle": "approle", "kubernetes": "kubernetes", "cert": "cert"}
 # A certificate is renewed once this fraction of its lifetime has passed (certbot: 2/3).
 DEFAULT_RENEW_AT = 0.667
+# A planned renewal waits for a maintenance window until less than this fraction is left.
+DEFAULT_WINDOW_SAFETY_MARGIN = 0.2
+# A certificate not renewed this fraction of its lifetime after its renewal time is overdue.
+DEFAULT_OVERDUE_AFTER = 0.05
 
 
 class _Strict(BaseModel):
@@ -60,6 +67,29 @@ def _check_duration(value: str | None) -> str | None:
     if value is not None:
         parse_duration(value)
     return value
+
+
+def _check_windows(value: str | list[str] | None) -> str | list[str] | None:
+    if value is not None:
+        parse_windows(value)
+    return value
+
+
+def _check_issuer_ref(value: str | None) -> str | None:
+    if value is not None and (not value.strip() or "/" in value or value != value.strip()):
+        raise ValueError(
+            f"expected an issuer ID or name of the mount (no '/', no spaces), got {value!r}"
+        )
+    return value
+
+
+class WindowSettings(_Strict):
+    """Keys allowed in [defaults], in each cluster and in each certificate table."""
+
+    maintenance_window: str | list[str] | None = None
+    window_safety_margin: float | None = Field(default=None, gt=0, lt=1)
+
+    _win = field_validator("maintenance_window")(_check_windows)
 
 
 def _to_timedelta(value: Any) -> timedelta:
@@ -106,7 +136,7 @@ class VaultConfig(_Strict):
     auth: AuthConfig = AuthConfig()
 
 
-class CertSettings(_Strict):
+class CertSettings(WindowSettings):
     """Keys allowed in [defaults] and, as overrides, in each certificate table."""
 
     pki_mount: str | None = None
@@ -116,18 +146,68 @@ class CertSettings(_Strict):
     ttl: str | None = None
     renew_at: float | None = Field(default=None, gt=0, lt=1)
     renew_before: str | None = None
+    issuer_ref: str | None = None
+    issuer_migration: str | None = None
+    overdue_after: float | None = Field(default=None, gt=0, lt=1)
 
-    _dur = field_validator("ttl", "renew_before")(_check_duration)
+    _dur = field_validator("ttl", "renew_before", "issuer_migration")(_check_duration)
+    _issuer = field_validator("issuer_ref")(_check_issuer_ref)
+
+
+# RFC 1123 labels; "_" is allowed too, as service names and some internal zones use it.
+_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+
+
+def check_dns_name(value: str, *, wildcard: bool = True) -> str:
+    """A DNS name (RFC 1123 labels; a leading ``*.`` when ``wildcard``); ValueError if not."""
+    name = value[2:] if wildcard and value.startswith("*.") else value
+    name = name.removesuffix(".")
+    if not name or len(name) > 253 or not all(_DNS_LABEL.fullmatch(p) for p in name.split(".")):
+        raise ValueError(f"expected a DNS name such as re-east.example.com, got {value!r}")
+    return value
+
+
+def check_ip(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"expected an IP address such as 10.0.0.5, got {value!r}") from None
+    return value
 
 
 class CertificateConfig(CertSettings):
-    role: str
+    role: str = Field(min_length=1)
     common_name: str
     alt_names: list[str] = []
     ip_sans: list[str] = []
 
+    @field_validator("common_name")
+    @classmethod
+    def _cn(cls, value: str) -> str:
+        return check_dns_name(value)
 
-class ClusterConfig(_Strict):
+    @field_validator("alt_names")
+    @classmethod
+    def _alt_names(cls, value: list[str]) -> list[str]:
+        for index, name in enumerate(value):
+            try:
+                check_dns_name(name)
+            except ValueError as exc:
+                raise ValueError(f"[{index}]: {exc}") from None
+        return value
+
+    @field_validator("ip_sans")
+    @classmethod
+    def _ip_sans(cls, value: list[str]) -> list[str]:
+        for index, ip in enumerate(value):
+            try:
+                check_ip(ip)
+            except ValueError as exc:
+                raise ValueError(f"[{index}]: {exc}") from None
+        return value
+
+
+class ClusterConfig(WindowSettings):
     name: str = Field(min_length=1)
     url: str
     username: str
@@ -138,6 +218,8 @@ class ClusterConfig(_Strict):
     ca_fingerprint: str | None = None
     insecure_skip_verify: bool = False
     timeout: float = Field(default=30.0, gt=0)
+    install_timeout: float = Field(default=900.0, gt=0)
+    internode_confirm_timeout: float = Field(default=600.0, ge=0)
     crdb_update: CrdbUpdate = "rest"
     crdb_cli_path: str = "/opt/redislabs/bin/crdb-cli"
     docker_container: str | None = None
@@ -206,10 +288,65 @@ class AgentConfig(_Strict):
         return value
 
 
+_KV_SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
+_REPLICA_ID = re.compile(r"[A-Za-z0-9._@:-]{1,128}")
+MIN_LEASE_TTL = timedelta(seconds=2)
+
+
+class HaConfig(_Strict):
+    """``[ha]``: replicas coordinated through Vault's KV version 2 engine."""
+
+    backend: Literal["vault-kv"] = "vault-kv"
+    kv_mount: str = "secret"
+    path: str = "vault-bridge"
+    lease_ttl: str = "30s"
+    replica_id: str = ""
+
+    @field_validator("kv_mount", "path")
+    @classmethod
+    def _kv_path(cls, value: str) -> str:
+        parts = value.strip("/").split("/")
+        if not value.strip("/") or any(
+            not _KV_SEGMENT.fullmatch(p) or p in (".", "..") for p in parts
+        ):
+            raise ValueError(
+                "expected a KV path of letters, digits, '.', '_' and '-' segments separated "
+                f"by '/', got {value!r}"
+            )
+        return "/".join(parts)
+
+    @field_validator("lease_ttl")
+    @classmethod
+    def _ttl(cls, value: str) -> str:
+        if parse_duration(value) < MIN_LEASE_TTL:
+            raise ValueError(f"expected at least 2s, got {value!r}")
+        return value
+
+    @field_validator("replica_id")
+    @classmethod
+    def _replica(cls, value: str) -> str:
+        if value and not _REPLICA_ID.fullmatch(value):
+            raise ValueError(
+                f"expected up to 128 letters, digits or '.', '_', '@', ':', '-', got {value!r}"
+            )
+        return value
+
+    @property
+    def ttl(self) -> timedelta:
+        return parse_duration(self.lease_ttl)
+
+
+def default_replica_id() -> str:
+    """hostname-pid: unique per process on a host, readable in ``status``."""
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", os.uname().nodename or "host")[:100]
+    return f"{host}-{os.getpid()}"
+
+
 class FileConfig(_Strict):
     vault: VaultConfig = VaultConfig()
     defaults: CertSettings = CertSettings()
     agent: AgentConfig = AgentConfig()
+    ha: HaConfig | None = None
     clusters: list[ClusterConfig] = Field(min_length=1)
 
 
@@ -234,6 +371,11 @@ class CertSpec:
     ttl: timedelta
     renew_at: float | None
     renew_before: timedelta | None
+    issuer_ref: str | None = None
+    issuer_migration: timedelta | None = None
+    maintenance_windows: tuple[MaintenanceWindow, ...] = ()
+    window_safety_margin: float = DEFAULT_WINDOW_SAFETY_MARGIN
+    overdue_after: float = DEFAULT_OVERDUE_AFTER
 
 
 @dataclass(frozen=True)
@@ -278,6 +420,10 @@ class ClusterSettings:
     verify_endpoints: Mapping[str, str]
     certificates: tuple[CertSpec, ...]
     password_vault: VaultSecretRef | None = None
+    # PUT /v1/cluster/certificates and update_cert: x-timeout-seconds 900 in the OpenAPI.
+    install_timeout: float = 900.0
+    # How long the read-back after an internode install waits for the REST API to answer.
+    internode_confirm_timeout: float = 600.0
 
     @property
     def host(self) -> str:
@@ -306,6 +452,7 @@ class Settings:
     vault: VaultConfig
     agent: AgentConfig
     clusters: tuple[ClusterSettings, ...]
+    ha: HaConfig | None = None  # [ha]: replicas coordinated through Vault (replica_id set)
 
     def cluster(self, name: str) -> ClusterSettings:
         for cluster in self.clusters:
@@ -421,12 +568,18 @@ def _read_password(cluster: ClusterConfig, where: str) -> SecretStr | None:
 
 
 def _resolve_spec(
-    cluster: str, name: CertName, cert: CertificateConfig, defaults: CertSettings, where: str
+    cluster: ClusterConfig,
+    name: CertName,
+    cert: CertificateConfig,
+    defaults: CertSettings,
+    where: str,
 ) -> CertSpec:
     def pick(key: str, fallback: Any) -> Any:
         own = getattr(cert, key)
         if own is not None:
             return own
+        if key in WindowSettings.model_fields and getattr(cluster, key) is not None:
+            return getattr(cluster, key)
         default = getattr(defaults, key)
         return default if default is not None else fallback
 
@@ -453,8 +606,9 @@ def _resolve_spec(
     renew_before = parse_duration(renew_before_s) if renew_before_s else None
     if renew_before is not None and renew_before >= ttl:
         raise ConfigError(f"{where}.renew_before: expected less than ttl {ttl_text!r}")
+    migration = pick("issuer_migration", None)
     return CertSpec(
-        cluster=cluster,
+        cluster=cluster.name,
         name=name,
         role=cert.role,
         common_name=cert.common_name,
@@ -467,7 +621,18 @@ def _resolve_spec(
         ttl=ttl,
         renew_at=renew_at,
         renew_before=renew_before,
+        issuer_ref=pick("issuer_ref", None),
+        issuer_migration=parse_duration(migration) if migration else None,
+        maintenance_windows=parse_windows(pick("maintenance_window", [])),
+        window_safety_margin=pick("window_safety_margin", DEFAULT_WINDOW_SAFETY_MARGIN),
+        overdue_after=pick("overdue_after", DEFAULT_OVERDUE_AFTER),
     )
+
+
+def _resolve_ha(ha: HaConfig | None) -> HaConfig | None:
+    if ha is not None and not ha.replica_id:
+        return ha.model_copy(update={"replica_id": default_replica_id()})
+    return ha
 
 
 def _resolve(parsed: FileConfig, path: Path | None) -> Settings:
@@ -497,7 +662,7 @@ def _resolve(parsed: FileConfig, path: Path | None) -> Settings:
                 )
             specs.append(
                 _resolve_spec(
-                    cluster.name,
+                    cluster,
                     CertName(cert_name),
                     cert,
                     parsed.defaults,
@@ -516,6 +681,8 @@ def _resolve(parsed: FileConfig, path: Path | None) -> Settings:
                 ca_fingerprint=cluster.ca_fingerprint,
                 insecure_skip_verify=cluster.insecure_skip_verify,
                 timeout=cluster.timeout,
+                install_timeout=cluster.install_timeout,
+                internode_confirm_timeout=cluster.internode_confirm_timeout,
                 crdb_update=cluster.crdb_update,
                 crdb_cli_path=cluster.crdb_cli_path,
                 docker_container=cluster.docker_container,
@@ -531,7 +698,7 @@ def _resolve(parsed: FileConfig, path: Path | None) -> Settings:
     address = vault.address or os.environ.get("VAULT_ADDR", "")
     if not address:
         raise ConfigError("vault.address: missing (set it or $VAULT_ADDR)")
-    if not address.startswith(("https://", "http://")):
+    if not address.startswith(("https://", "http://")) or not urlsplit(address).hostname:
         raise ConfigError(f"vault.address: expected an http(s):// URL, got {address!r}")
     ca_cert = vault.ca_cert or os.environ.get("VAULT_CACERT") or None
     if ca_cert and not Path(ca_cert).is_file():
@@ -540,7 +707,13 @@ def _resolve(parsed: FileConfig, path: Path | None) -> Settings:
     resolved_vault = vault.model_copy(
         update={"address": address.rstrip("/"), "ca_cert": ca_cert, "namespace": namespace}
     )
-    return Settings(path=path, vault=resolved_vault, agent=parsed.agent, clusters=tuple(clusters))
+    return Settings(
+        path=path,
+        vault=resolved_vault,
+        agent=parsed.agent,
+        clusters=tuple(clusters),
+        ha=_resolve_ha(parsed.ha),
+    )
 
 
 def parse_config(data: Mapping[str, Any], path: Path | None = None) -> Settings:

@@ -36,16 +36,18 @@ def policy_rules(settings: Settings) -> list[PolicyRule]:
     specs = sorted(settings.specs(), key=lambda s: (s.pki_mount, s.mode, s.role))
     for spec in specs:
         users = ", ".join(
-            f"{s.cluster}/{s.name.value}"
-            for s in specs
-            if (s.pki_mount, s.mode, s.role) == (spec.pki_mount, spec.mode, spec.role)
+            f"{s.cluster}/{s.name.value}" for s in specs if issue_path(s) == issue_path(spec)
         )
         verb = "sign a CSR made here" if spec.mode == "sign" else "issue a key and certificate"
-        add(
-            f"{spec.pki_mount}/{spec.mode}/{spec.role}",
-            ("update",),
-            f"{verb} for {users}",
-        )
+        by = f" by issuer {spec.issuer_ref} (issuer_ref)" if spec.issuer_ref else ""
+        add(issue_path(spec), ("update",), f"{verb}{by} for {users}")
+    for spec in specs:
+        if spec.issuer_ref:
+            add(
+                f"{spec.pki_mount}/issuer/{spec.issuer_ref}",
+                ("read",),
+                "validate --connect checks that the chosen issuer exists and may issue",
+            )
     for spec in specs:
         add(
             f"{spec.pki_mount}/roles/{spec.role}",
@@ -66,9 +68,29 @@ def policy_rules(settings: Settings) -> list[PolicyRule]:
                 ("read",),
                 f"the REST API password of cluster {cluster.name} (password_vault)",
             )
+    if settings.ha is not None:
+        base = f"{settings.ha.kv_mount}/data/{settings.ha.path}"
+        add(
+            f"{base}/lease/*",
+            ("read", "create", "update"),
+            "[ha]: replica heartbeats, cluster leases and CRDB locks (check-and-set writes)",
+        )
+        add(
+            f"{base}/state/*",
+            ("read", "create", "update"),
+            "[ha]: each cluster's state and intent journal, shared by the replicas",
+        )
     add("auth/token/renew-self", ("update",), "keep the agent's own token alive")
     add("auth/token/lookup-self", ("read",), "read the agent's own token TTL")
     return rules
+
+
+def issue_path(spec: CertSpec) -> str:
+    """Where a certificate is requested: ``<mount>/<mode>/<role>``, or
+    ``<mount>/issuer/<ref>/<mode>/<role>`` with ``issuer_ref``."""
+    if spec.issuer_ref:
+        return f"{spec.pki_mount}/issuer/{spec.issuer_ref}/{spec.mode}/{spec.role}"
+    return f"{spec.pki_mount}/{spec.mode}/{spec.role}"
 
 
 def render_policy(settings: Settings, source: str = "") -> str:
@@ -76,7 +98,8 @@ def render_policy(settings: Settings, source: str = "") -> str:
     where = f" for {source}" if source else ""
     lines = [
         f"# vault-bridge: least-privilege policy{where}.",
-        "# <mount>/cert/ca_chain needs no policy (an unauthenticated PKI path).",
+        "# <mount>/cert/ca_chain, LIST <mount>/issuers, <mount>/issuer/<id>/json and",
+        "# <mount>/cert/<serial> need no policy (unauthenticated PKI paths).",
         "# Nothing under sys/, no other mount, role or secret.",
         "",
     ]

@@ -27,11 +27,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, TypeVar, runtime_checkable
 
-from cryptography import x509
-
 from vault_bridge.adapters.ports import Clock, ClusterCertificates, Sleep, TlsProbe, Vault
 from vault_bridge.adapters.tls_probe import served_certificate
 from vault_bridge.config.schema import CertSpec, ClusterSettings, Settings
+from vault_bridge.decisions.followup_plan import WaitingOn
 from vault_bridge.decisions.install import CertUpload, InstallBatch, install_batches
 from vault_bridge.decisions.renewal import Action, CertStatus, classify, plan
 from vault_bridge.errors import ClusterError, DeferredError, VaultBridgeError, VerificationError
@@ -43,6 +42,7 @@ from vault_bridge.models.certificates import (
     IssuedCertificate,
 )
 from vault_bridge.models.times import iso
+from vault_bridge.models.vault import MountIssuers
 from vault_bridge.rotation.keys import build_csr, check_before_install, generate_key, key_to_pem
 from vault_bridge.rotation.throttle import VaultThrottle
 
@@ -69,15 +69,25 @@ class Change:
         return CertChange(self.cluster, self.name, self.issued.chain_pem, old)
 
 
+# How many times one install request is sent, at most, when each attempt timed out or failed
+# with nothing in place on the read-back (the read-back always comes first).
+INSTALL_ATTEMPTS = 3
+# Between two read-backs of an internode install (the REST API may be away for minutes).
+INTERNODE_POLL = 5.0
+
+
 @dataclass(frozen=True)
 class Outcome:
     cluster: str
     name: str
-    result: str  # "installed" | "failed"
+    # "installed" | "partial" (in place, but not every node confirmed: HTTP 409) |
+    # "unconfirmed" (an internode install the cluster has not confirmed yet) | "failed"
+    result: str
     serial: str | None = None
     not_after: datetime | None = None
     error: str | None = None
     reason: str = ""
+    note: str | None = None  # what "partial" / "unconfirmed" means for this one
 
 
 @dataclass
@@ -85,6 +95,8 @@ class PassResult:
     outcomes: list[Outcome] = field(default_factory=list)
     statuses: list[CertStatus] = field(default_factory=list)
     cluster_errors: dict[str, str] = field(default_factory=dict)
+    # certificates renewed outside every maintenance window (the safety margin was reached)
+    window_overrides: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def failed(self) -> list[Outcome]:
@@ -97,6 +109,11 @@ class PassResult:
     def summary(self) -> str:
         installed = sum(1 for o in self.outcomes if o.result == "installed")
         parts = [f"{installed} installed"]
+        for result, label in (("partial", "partially applied"), ("unconfirmed", "not confirmed")):
+            those = [o for o in self.outcomes if o.result == result]
+            if those:
+                names = ", ".join(f"{o.name} on {o.cluster}" for o in those)
+                parts.append(f"{len(those)} installed, {label} ({names}: {those[0].note})")
         if self.failed:
             first = self.failed[0]
             parts.append(
@@ -111,8 +128,10 @@ class PassResult:
 class RotationHooks(Protocol):
     """Points where the agent (state journal) and the follow-ups plug into a pass."""
 
-    def before_issue(self, spec: CertSpec) -> None:
-        """Called before asking Vault; raising skips the certificate (e.g. runaway guard)."""
+    def before_issue(self, spec: CertSpec, *, explicit: bool = False) -> None:
+        """Called before asking Vault; raising skips the certificate (e.g. runaway guard).
+        ``explicit``: the operator asked for this certificate (``issue``); it is passed only
+        when true."""
 
     def issued(self, spec: CertSpec, issued: IssuedCertificate) -> None:
         """Called once Vault issued (before the install)."""
@@ -184,7 +203,7 @@ class _WithoutWindow:
 
 
 class NoHooks:
-    def before_issue(self, spec: CertSpec) -> None:
+    def before_issue(self, spec: CertSpec, *, explicit: bool = False) -> None:
         return None
 
     def issued(self, spec: CertSpec, issued: IssuedCertificate) -> None:
@@ -227,23 +246,26 @@ class Rotator:
         self._probe = probe
         self._sleep = sleep
         self._probe_attempts = probe_attempts
-        self._issuers: dict[str, list[x509.Certificate]] = {}
-        self._chains: dict[str, list[str]] = {}
+        self._issuers: dict[str, MountIssuers] = {}
+        # (mount, issuer ID) -> when this process first saw that issuer sign new certificates
+        # (the start of an issuer_migration window)
+        self._target_seen: dict[tuple[str, str], datetime] = {}
         self._bulk_unsupported: set[str] = set()
+        # (cluster, name) -> ("partial" | "unconfirmed", why), for this pass's outcomes
+        self._notes: dict[tuple[str, str], tuple[str, str]] = {}
         self.concurrency = max(1, concurrency or settings.agent.concurrency)
         self.throttle = VaultThrottle(self.concurrency, sleep=vault_sleep or sleep)
         self._hooks_lock = threading.RLock()  # hooks and the window's notices: one at a time
-        self._vault_lock = threading.Lock()  # token upkeep and the CA chain cache
+        self._vault_lock = threading.Lock()  # token upkeep and the issuers cache
 
     # -- reading -------------------------------------------------------------------------
 
-    def issuers(self, mount: str) -> list[x509.Certificate]:
-        """The CA certificates of a PKI mount (GET <mount>/cert/ca_chain), cached per pass."""
+    def issuers(self, mount: str) -> MountIssuers:
+        """Every issuer of a PKI mount with its chain (LIST <mount>/issuers, then each one's
+        GET <mount>/issuer/<id>/json), read once per pass."""
         with self._vault_lock:
             if mount not in self._issuers:
-                pems = self.vault.ca_chain(mount)
-                self._chains[mount] = pems
-                self._issuers[mount] = [x509.load_pem_x509_certificate(p.encode()) for p in pems]
+                self._issuers[mount] = self.vault.mount_issuers(mount)
             return self._issuers[mount]
 
     def _map(self, fn: Callable[[U], T], items: Sequence[U]) -> list[T]:
@@ -256,11 +278,36 @@ class Rotator:
             return [f.result() for f in futures]
 
     def _trust_own_api_cert(self, cluster: ClusterSettings) -> None:
-        """Trust Vault's chain for the cluster's API once we manage its ``api`` certificate."""
+        """Trust the chains of every issuer of the mount for the cluster's API once we manage
+        its ``api`` certificate: an intermediate or root rotation never locks us out."""
         spec = cluster.spec(CertName.API)
         if spec is not None:
-            self.issuers(spec.pki_mount)
-            self.clusters[cluster.name].set_trust(self._chains[spec.pki_mount])
+            self.clusters[cluster.name].set_trust(self.issuers(spec.pki_mount).chains())
+
+    def _migration_since(self, spec: CertSpec, mount: MountIssuers, now: datetime) -> datetime:
+        target = mount.find(spec.issuer_ref) if spec.issuer_ref else mount.default
+        if target is None:
+            return now
+        with self._vault_lock:
+            return self._target_seen.setdefault((mount.mount, target.issuer_id), now)
+
+    def _revoked(self, spec: CertSpec, installed: InstalledCertificate | None) -> bool:
+        """Whether Vault positively says the installed certificate is revoked (GET
+        <mount>/cert/<serial>); an unknown serial or a failed read is not proof."""
+        if installed is None or installed.info.self_signed:
+            return False
+        try:
+            answer = self.vault.certificate_revoked(spec.pki_mount, installed.info.serial)
+        except VaultBridgeError as exc:
+            logger.warning(
+                "%s on %s: cannot check the revocation of serial %s: %s",
+                spec.name.value,
+                spec.cluster,
+                installed.info.serial,
+                exc,
+            )
+            return False
+        return answer is True
 
     def statuses_for(
         self, cluster: ClusterSettings
@@ -268,10 +315,16 @@ class Rotator:
         self._trust_own_api_cert(cluster)
         installed = self.clusters[cluster.name].certificates()
         now = self.clock()
-        statuses = [
-            classify(spec, installed.get(spec.name.value), self.issuers(spec.pki_mount), now)
-            for spec in cluster.certificates
-        ]
+        statuses = []
+        for spec in cluster.certificates:
+            mount = self.issuers(spec.pki_mount)
+            current = installed.get(spec.name.value)
+            status = classify(
+                spec, current, mount, now, migration_since=self._migration_since(spec, mount, now)
+            )
+            if status.state in ("ok", "due") and self._revoked(spec, current):
+                status = classify(spec, current, mount, now, revoked=True)
+            statuses.append(status)
         return statuses, installed
 
     def status(self) -> PassResult:
@@ -297,19 +350,26 @@ class Rotator:
     def plan(self, force: Iterable[tuple[str, str]] = ()) -> tuple[list[Action], PassResult]:
         current = self.status()
         actions = plan(
-            current.statuses, force=force, replace_foreign=self.settings.agent.replace_foreign
+            current.statuses,
+            force=force,
+            replace_foreign=self.settings.agent.replace_foreign,
+            now=self.clock(),
         )
         return actions, current
 
     # -- acting --------------------------------------------------------------------------
 
-    def obtain(self, spec: CertSpec) -> IssuedCertificate:
+    def obtain(self, spec: CertSpec, *, explicit: bool = False) -> IssuedCertificate:
         """Get a new certificate from Vault and check it; never returns one unfit to install.
+        ``explicit``: the operator asked for it (``issue``), past the runaway guard too.
 
         Safe to call from several threads: the hooks and the token upkeep run one at a time,
         the Vault requests within :attr:`throttle`."""
         with self._hooks_lock:
-            self.hooks.before_issue(spec)
+            if explicit:
+                self.hooks.before_issue(spec, explicit=True)
+            else:
+                self.hooks.before_issue(spec)
         with self._vault_lock:
             self.vault.ensure_token()
         key = None
@@ -327,6 +387,7 @@ class Rotator:
                     alt_names=spec.alt_names,
                     ip_sans=spec.ip_sans,
                     ttl=spec.ttl,
+                    issuer_ref=spec.issuer_ref,
                 ),
             )
             issued = IssuedCertificate.from_vault(data, private_key=key_to_pem(key))
@@ -340,6 +401,7 @@ class Rotator:
                     alt_names=spec.alt_names,
                     ip_sans=spec.ip_sans,
                     ttl=spec.ttl,
+                    issuer_ref=spec.issuer_ref,
                 ),
             )
         with self._hooks_lock:
@@ -362,6 +424,7 @@ class Rotator:
         only: set[tuple[str, str]] | None = None,
     ) -> PassResult:
         """One reconcile pass over every cluster and certificate."""
+        self._notes = {}
         try:
             return self._pass(set(force), only)
         finally:
@@ -389,20 +452,49 @@ class Rotator:
                 self._book(changes, window.finish(needed), result)
         return result
 
+    def _note_window_overrides(self, actions: Sequence[Action], result: PassResult) -> None:
+        """A planned renewal going ahead outside every maintenance window: a WARNING each."""
+        by_key = {(s.cluster, s.name): s for s in result.statuses}
+        for action in actions:
+            status = by_key.get((action.cluster, action.name))
+            if status is None or action.reason == "forced" or status.state != "due":
+                continue
+            if status.window_override:
+                logger.warning(
+                    "%s on %s: renewed outside every maintenance window: less than %d%% of "
+                    "its lifetime would be left before the next one",
+                    action.name,
+                    action.cluster,
+                    round(100 * self._margin(action)),
+                    extra={"cluster": action.cluster, "certificate": action.name},
+                )
+                result.window_overrides.append((action.cluster, action.name))
+
+    def _margin(self, action: Action) -> float:
+        spec = self.settings.cluster(action.cluster).spec(action.name)
+        return spec.window_safety_margin if spec else 0.0
+
     def _book(
         self, changes: Sequence[Change], followup_errors: Mapping[Key, str], result: PassResult
     ) -> None:
         """The outcome of each installed change, its follow-ups done or failed."""
         for change in changes:
             error = followup_errors.get((change.cluster, change.name))
+            if isinstance(error, WaitingOn):
+                # Reported against the clusters it waits for; the change stays pending.
+                for other in error.clusters:
+                    _add_cluster_error(result, other, error)
+                error = None
+            note = self._notes.get((change.cluster, change.name))
             result.outcomes.append(
                 Outcome(
                     change.cluster,
                     change.name,
-                    "failed" if error else "installed",
+                    "failed" if error else (note[0] if note else "installed"),
                     change.issued.serial,
                     change.issued.not_after,
                     f"follow-up failed: {error}" if error else None,
+                    note=note[1] if note else None,
                 )
             )
         with self._hooks_lock:
@@ -474,19 +566,25 @@ class Rotator:
                     continue
                 change = Change(name, action.name, got, read[1].get(action.name))
                 ready.setdefault(name, {})[action.name] = change
+        self._note_window_overrides([a for n in names for a in due.get(n, ())], result)
         return result, ready
 
     def _due(
         self, statuses: Sequence[CertStatus], force: set[Key], only: set[Key] | None
     ) -> list[Action]:
-        actions = plan(statuses, force=force, replace_foreign=self.settings.agent.replace_foreign)
+        actions = plan(
+            statuses,
+            force=force,
+            replace_foreign=self.settings.agent.replace_foreign,
+            now=self.clock(),
+        )
         return [a for a in actions if only is None or (a.cluster, a.name) in only]
 
     def _obtain_one(self, action: Action) -> IssuedCertificate | Outcome:
         spec = self.settings.cluster(action.cluster).spec(action.name)
         assert spec is not None
         try:
-            return self.obtain(spec)
+            return self.obtain(spec, explicit=action.reason == "forced")
         except DeferredError as exc:
             logger.info("%s on %s: deferred: %s", action.name, action.cluster, exc)
             return Outcome(action.cluster, action.name, "failed", error=str(exc))
@@ -510,9 +608,8 @@ class Rotator:
         if done:
             with self._hooks_lock:
                 window.installed(cluster_name, done)
-        errors.update(
-            self._verify_all(settings, client, [c for n, c in ready.items() if n not in errors])
-        )
+        sent = [c for n, c in ready.items() if n not in errors]
+        errors.update(self._verify_all(settings, client, sent))
         installed: list[Change] = []
         failed: list[Outcome] = []
         for name, change in ready.items():
@@ -534,17 +631,23 @@ class Rotator:
     def _verify_all(
         self, settings: ClusterSettings, client: ClusterCertificates, sent: Sequence[Change]
     ) -> dict[str, str]:
-        """One read of the cluster verifies every install sent; an error by name."""
-        if not sent:
-            return {}
-        try:
-            served = client.certificates()
-        except VaultBridgeError as exc:
-            return {c.name: str(exc) for c in sent}
+        """One read of the cluster verifies every install sent (an internode certificate
+        waits for the REST API on its own); an error by name."""
         errors: dict[str, str] = {}
-        for change in sent:
+        ordinary = [c for c in sent if not CertName(c.name).internode]
+        served: Mapping[str, InstalledCertificate] = {}
+        if ordinary:
             try:
-                self._verify(settings, served, change)
+                served = client.certificates()
+            except VaultBridgeError as exc:
+                errors.update({c.name: str(exc) for c in ordinary})
+                ordinary = []
+        for change in [*ordinary, *(c for c in sent if CertName(c.name).internode)]:
+            try:
+                if CertName(change.name).internode:
+                    self._verify_internode(settings, client, change)
+                else:
+                    self._verify(settings, served, change)
             except VaultBridgeError as exc:
                 errors[change.name] = str(exc)
         return errors
@@ -572,11 +675,10 @@ class Rotator:
     def _send_batch(
         self, client: ClusterCertificates, batch: InstallBatch, changes: Sequence[Change]
     ) -> dict[str, str]:
-        uploads = [CertUpload.of(c.name, c.issued) for c in changes]
+        uploads = [self._upload(c) for c in changes]
         if batch.endpoint == "bulk":
             try:
-                client.put_certificates(uploads)
-                return {}
+                return self._send_checked(client, uploads, bulk=True)
             except ClusterError as exc:
                 if exc.status in (404, 405):
                     logger.info(
@@ -593,19 +695,79 @@ class Rotator:
                     return {u.name: str(exc) for u in uploads}
         return self._one_by_one(client, uploads, bulk=False)
 
+    def _upload(self, change: Change) -> CertUpload:
+        """The install item; an internode certificate carries its whole chain, root included
+        (security/encryption/internode-encryption.md: the cluster builds its internode trust
+        from it)."""
+        if not CertName(change.name).internode:
+            return CertUpload.of(change.name, change.issued)
+        spec = self.settings.cluster(change.cluster).spec(change.name)
+        mount_chain = self.issuers(spec.pki_mount).chains() if spec is not None else []
+        return CertUpload.with_root(change.name, change.issued, mount_chain)
+
     def _one_by_one(
         self, client: ClusterCertificates, uploads: Sequence[CertUpload], *, bulk: bool
     ) -> dict[str, str]:
         errors: dict[str, str] = {}
         for upload in uploads:
             try:
-                if bulk:
-                    client.put_certificates([upload])
-                else:
-                    client.update_cert(upload)
+                errors.update(self._send_checked(client, [upload], bulk=bulk))
             except ClusterError as exc:
                 errors[upload.name] = str(exc)
         return errors
+
+    def _send_checked(
+        self, client: ClusterCertificates, uploads: Sequence[CertUpload], *, bulk: bool
+    ) -> dict[str, str]:
+        """Send one install request; after a timeout, a dropped connection, a 409 or a 5xx,
+        read the certificates back and send again only what is not in place (at most
+        :data:`INSTALL_ATTEMPTS` requests). Returns an error per certificate not in place;
+        a request the cluster refused outright is raised."""
+        pending = list(uploads)
+        last: ClusterError | None = None
+        for attempt in range(INSTALL_ATTEMPTS):
+            try:
+                if bulk:
+                    client.put_certificates(pending)
+                else:
+                    client.update_cert(pending[0])
+                return {}
+            except ClusterError as exc:
+                if not exc.retryable:
+                    raise
+                last = exc
+            # An install that timed out may still be applying: give it the backoff first.
+            self._sleep(client.backoff * (2**attempt))
+            try:
+                installed = client.certificates()
+            except VaultBridgeError as exc:
+                # Cannot tell whether it went in: never send it blind; the journal keeps the
+                # intent and the next pass reads it back.
+                return {u.name: f"{last}; the read-back failed too: {exc}" for u in pending}
+            in_place = [u for u in pending if _is_installed(installed, u)]
+            for upload in in_place:
+                if last.status == 409:
+                    why = "HTTP 409, not all nodes have been updated; the cluster reports it"
+                    self._notes[(client.name, upload.name)] = ("partial", why)
+                logger.warning(
+                    "%s on %s: %s, but the read-back shows it installed",
+                    upload.name,
+                    client.name,
+                    last.message,
+                )
+            pending = [u for u in pending if u not in in_place]
+            if not pending:
+                return {}
+            if attempt < INSTALL_ATTEMPTS - 1:
+                logger.warning(
+                    "%s on %s: %s and not in place; sending again (%d/%d)",
+                    ", ".join(u.name for u in pending),
+                    client.name,
+                    last.message,
+                    attempt + 2,
+                    INSTALL_ATTEMPTS,
+                )
+        return {u.name: str(last) for u in pending}
 
     def _verify(
         self,
@@ -641,3 +803,74 @@ class Rotator:
             cluster=settings.name,
             certificate=change.name,
         )
+
+    def served_elsewhere(self, cluster: str, name: str, fingerprint: str) -> bool:
+        """Positive proof that the certificate ``fingerprint`` is not served for ``name``: the
+        TLS probe of its listener answers another certificate, or ``name`` has no listener.
+        A probe that fails (nothing answers, a handshake error) proves nothing."""
+        endpoint = self.settings.cluster(cluster).endpoint_for(CertName(name))
+        if endpoint is None:
+            return True
+        try:
+            served = self._probe(endpoint)
+        except VaultBridgeError as exc:
+            logger.warning("%s on %s: %s serves nothing readable: %s", name, cluster, endpoint, exc)
+            return False
+        return served.fingerprint != fingerprint
+
+    def _verify_internode(
+        self, settings: ClusterSettings, client: ClusterCertificates, change: Change
+    ) -> None:
+        """After an internode change the REST API may stay away for minutes (release notes
+        RS208996): read back until ``internode_confirm_timeout``; while it cannot answer, the
+        outcome is "installed, not yet confirmed", never a failure. A read-back that shows
+        another certificate is a failure."""
+        waited = 0.0
+        while True:
+            try:
+                installed = client.certificates().get(change.name)
+            except ClusterError as exc:
+                if not exc.retryable:
+                    raise
+                if waited >= settings.internode_confirm_timeout:
+                    why = (
+                        f"the REST API did not answer for {waited:g}s after the install "
+                        f"({exc.message}); the next pass reads it back"
+                    )
+                    self._notes[(settings.name, change.name)] = ("unconfirmed", why)
+                    logger.warning(
+                        "%s on %s: installed, not yet confirmed: %s",
+                        change.name,
+                        settings.name,
+                        why,
+                    )
+                    return
+                self._sleep(INTERNODE_POLL)
+                waited += INTERNODE_POLL
+                continue
+            if installed is None or installed.info.fingerprint != change.issued.info.fingerprint:
+                raise VerificationError(
+                    "the cluster reports a different certificate after the install",
+                    cluster=settings.name,
+                    certificate=change.name,
+                )
+            return
+
+
+def _add_cluster_error(result: PassResult, cluster: str, error: str) -> None:
+    current = result.cluster_errors.get(cluster)
+    if current is None:
+        result.cluster_errors[cluster] = error
+    elif error not in current:
+        result.cluster_errors[cluster] = f"{current}; {error}"
+
+
+def _is_installed(installed: Mapping[str, InstalledCertificate], upload: CertUpload) -> bool:
+    """The read-back holds exactly the leaf of ``upload``."""
+    current = installed.get(upload.name)
+    if current is None:
+        return False
+    try:
+        return current.info.fingerprint == CertificateInfo.from_pem(upload.certificate).fingerprint
+    except VaultBridgeError:
+        return False

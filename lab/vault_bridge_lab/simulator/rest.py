@@ -14,7 +14,9 @@ from vault_bridge_lab.simulator.certs import parse_item, validate_certificate
 from vault_bridge_lab.simulator.databases import DatabaseError
 from vault_bridge_lab.simulator.names import BULK_MIN_VERSION, INTERNODE_NAMES
 from vault_bridge_lab.simulator.routing import (
+    AUTHENTICATED,
     ROLE_PERMISSIONS,
+    VIEW_ALL_USERS_INFO,
     VIEW_CLUSTER_INFO,
     ApiError,
     ApiRequest,
@@ -89,6 +91,17 @@ class RestApi:
         add("GET", "/v1/bdbs", self.get_bdbs)
         add("GET", "/v1/bdbs/<uid>", self.get_bdb)
         add("PUT", "/v1/bdbs/<uid>", self.put_bdb)
+        # In the OpenAPI document, which gives no first version (UNDOCUMENTED): served from
+        # 7.22.2, the version that brings the other endpoints it describes; older clusters
+        # answer 404 and the client falls back to GET /v1/users.
+        add(
+            "GET",
+            "/v1/users/role",
+            self.get_user_role,
+            permission=AUTHENTICATED,
+            min_version=BULK_MIN_VERSION,
+        )
+        add("GET", "/v1/users", self.get_users, permission=VIEW_ALL_USERS_INFO)
 
     def handle(
         self,
@@ -96,6 +109,8 @@ class RestApi:
         target: str,
         authorization: str | None,
         read_body: Callable[[], bytes],
+        *,
+        headers: Mapping[str, str] | None = None,
     ) -> ApiResponse:
         """Answer one request: body, injected fault, auth (401), route (404/405), role (403)."""
         cluster = self._cluster
@@ -108,7 +123,7 @@ class RestApi:
             response = err.response()
         else:
             try:
-                response = self._answer(method, path, user, raw_body)
+                response = self._answer(method, path, user, raw_body, headers or {})
             except ApiError as err:
                 response = err.response()
             except Exception:
@@ -122,7 +137,14 @@ class RestApi:
         logger.debug("cluster %s: %s %s -> %s", cluster.name, method, path, response.status)
         return response
 
-    def _answer(self, method: str, path: str, user: User | None, raw_body: bytes) -> ApiResponse:
+    def _answer(
+        self,
+        method: str,
+        path: str,
+        user: User | None,
+        raw_body: bytes,
+        headers: Mapping[str, str],
+    ) -> ApiResponse:
         cluster = self._cluster
         fault = cluster._take_fault(method, path)
         if fault is not None:
@@ -138,13 +160,15 @@ class RestApi:
                 headers={"WWW-Authenticate": 'Basic realm="Redis Enterprise"'},
             )
         route, params = self.router.resolve(method, path, cluster._lowest_version())
-        if route.permission not in ROLE_PERMISSIONS.get(user.role, frozenset({VIEW_CLUSTER_INFO})):
+        granted = ROLE_PERMISSIONS.get(user.role, frozenset({VIEW_CLUSTER_INFO}))
+        if route.permission != AUTHENTICATED and route.permission not in granted:
             raise ApiError(
                 403,
                 "insufficient_permissions",
                 f"role {user.role!r} lacks the {route.permission} permission",
             )
-        return route.handler(ApiRequest(method, path, params, user.name, raw_body))
+        lowered = {k.lower(): v for k, v in headers.items()}
+        return route.handler(ApiRequest(method, path, params, user.name, raw_body, lowered))
 
     # ---- handlers: one per route; the docstring names the verb and path
 
@@ -214,24 +238,37 @@ class RestApi:
             )
         now = self._cluster._now()
         validated = [validate_certificate(item, now=now, bad_cert_status=400) for item in items]
-        self._cluster._apply(validated)
-        return ApiResponse(200, {}, close="api" in names)
+        return self._install(validated, close="api" in names)
 
     def put_update_cert(self, req: ApiRequest) -> ApiResponse:
         """PUT: /v1/cluster/update_cert (every version, deprecated on 7.22.2+)."""
         item = parse_item(req.json(), "the body")
         self._cluster._check_name(item.name)
         installed = validate_certificate(item, now=self._cluster._now(), bad_cert_status=404)
-        self._cluster._apply([installed])
-        return ApiResponse(200, {}, close=item.name == "api")
+        return self._install([installed], close=item.name == "api")
+
+    def _install(self, validated: list[Any], *, close: bool) -> ApiResponse:
+        """Apply an install after ``install_delay`` seconds; while ``partial_installs`` lasts,
+        the install is applied (the nodes that answered switched, and so does what the read-back
+        sees) but the answer is 409 "not all nodes have been updated"."""
+        cluster = self._cluster
+        if cluster.install_delay > 0:
+            cluster._sleep(cluster.install_delay)
+        cluster._apply(validated)
+        if cluster._take_partial():
+            raise ApiError(409, "not_all_nodes_updated", "not all nodes have been updated")
+        return ApiResponse(200, {}, close=close)
 
     # ---- databases (the model is in vault_bridge_lab.simulator.world)
 
     def _world(self, call: Callable[[], Any]) -> ApiResponse:
+        """bdb and CRDB errors carry ``error_code`` + ``message`` (requests/bdbs/_index.md)."""
         try:
             return ApiResponse(200, call())
         except DatabaseError as err:
-            raise ApiError(err.status, err.error_code, err.description) from err
+            raise ApiError(
+                err.status, err.error_code, err.description, text_field="message"
+            ) from err
 
     def get_crdbs(self, req: ApiRequest) -> ApiResponse:
         """GET: /v1/crdbs"""
@@ -246,8 +283,11 @@ class RestApi:
         """POST: /v1/crdbs/<guid>/updates (``{"force_update": true}``): a task object."""
         body = req.json()
         guid = req.params["guid"]
+        task_id = req.headers.get("x-task-id")
         return self._world(
-            lambda: self._cluster.world.create_update(self._cluster.name, guid, body)
+            lambda: self._cluster.world.create_update(
+                self._cluster.name, guid, body, task_id=task_id, now_utc=self._cluster._now()
+            )
         )
 
     def get_crdb_tasks(self, req: ApiRequest) -> ApiResponse:
@@ -282,5 +322,22 @@ class RestApi:
     def _uid(req: ApiRequest) -> int:
         raw = req.params["uid"]
         if not raw.isdigit():
-            raise ApiError(404, "db_not_exist", f"no database {raw}")
+            raise ApiError(404, "db_not_exist", f"no database {raw}", text_field="message")
         return int(raw)
+
+    # ---- users
+
+    def get_user_role(self, req: ApiRequest) -> ApiResponse:
+        """GET: /v1/users/role (the OpenAPI document): the authenticated user's role."""
+        return ApiResponse(200, {"role": self._cluster._users[req.user].role})
+
+    def get_users(self, req: ApiRequest) -> ApiResponse:
+        """GET: /v1/users: every user (uid, email, role); needs view_all_users_info."""
+        users = sorted(self._cluster._users.values(), key=lambda u: u.name)
+        return ApiResponse(
+            200,
+            [
+                {"uid": uid, "email": user.name, "name": user.name, "role": user.role}
+                for uid, user in enumerate(users, start=1)
+            ],
+        )

@@ -7,7 +7,7 @@ logged.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -40,22 +40,24 @@ class PkiEndpoints:
         alt_names: Sequence[str] = (),
         ip_sans: Sequence[str] = (),
         ttl: timedelta | str | None = None,
+        issuer_ref: str | None = None,
     ) -> dict[str, Any]:
-        """POST: /{mount}/sign/{role} (the answer's ``data``, with ``lease_id`` if any)"""
-        path = f"{mount}/sign/{role}"
+        """POST: /{mount}/sign/{role}, or /{mount}/issuer/{issuer_ref}/sign/{role} (the
+        answer's ``data``, with ``lease_id`` if any)"""
+        path = pki_path(mount, "sign", role, issuer_ref)
         params = cert_params(alt_names, ip_sans, ttl)
-        resp = self.transport.call(
-            "POST",
-            path,
-            lambda: self._pki.sign_certificate(
+        if issuer_ref:
+            body = {"csr": csr_pem, "common_name": common_name, **params}
+            call: Callable[[], Any] = lambda: self.transport.hvac.write_data(path, data=body)  # noqa: E731
+        else:
+            call = lambda: self._pki.sign_certificate(  # noqa: E731
                 name=role,
                 csr=csr_pem,
                 common_name=common_name,
                 extra_params=params,
                 mount_point=mount,
-            ),
-            capability="update",
-        )
+            )
+        resp = self.transport.call("POST", path, call, capability="update")
         return _data_with_lease(resp, path)
 
     def issue(
@@ -67,18 +69,19 @@ class PkiEndpoints:
         alt_names: Sequence[str] = (),
         ip_sans: Sequence[str] = (),
         ttl: timedelta | str | None = None,
+        issuer_ref: str | None = None,
     ) -> IssuedCertificate:
-        """POST: /{mount}/issue/{role}"""
-        path = f"{mount}/issue/{role}"
+        """POST: /{mount}/issue/{role}, or /{mount}/issuer/{issuer_ref}/issue/{role}"""
+        path = pki_path(mount, "issue", role, issuer_ref)
         params = cert_params(alt_names, ip_sans, ttl)
-        resp = self.transport.call(
-            "POST",
-            path,
-            lambda: self._pki.generate_certificate(
+        if issuer_ref:
+            body = {"common_name": common_name, **params}
+            call: Callable[[], Any] = lambda: self.transport.hvac.write_data(path, data=body)  # noqa: E731
+        else:
+            call = lambda: self._pki.generate_certificate(  # noqa: E731
                 name=role, common_name=common_name, extra_params=params, mount_point=mount
-            ),
-            capability="update",
-        )
+            )
+        resp = self.transport.call("POST", path, call, capability="update")
         # The answer holds the private key: only its shape may be logged.
         return IssuedCertificate.from_vault(_data_with_lease(resp, path))
 
@@ -139,6 +142,14 @@ class PkiEndpoints:
             capability="update",
         )
         logger.info("revoked certificate %s on %s", serial or "(by PEM)", mount)
+
+
+def pki_path(mount: str, verb: str, role: str, issuer_ref: str | None) -> str:
+    """``<mount>/<verb>/<role>``, or through the chosen issuer:
+    ``<mount>/issuer/<ref>/<verb>/<role>``."""
+    if issuer_ref:
+        return f"{mount}/issuer/{issuer_ref}/{verb}/{role}"
+    return f"{mount}/{verb}/{role}"
 
 
 def cert_params(
