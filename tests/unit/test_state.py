@@ -243,6 +243,18 @@ def test_a_step_rewrites_only_its_own_clusters_file(
     assert again == state
 
 
+def test_a_state_written_by_steps_alone_is_read_back(state_dir: StateDir) -> None:
+    # a one-shot pass may write nothing but its steps (never a whole save): the next start
+    # must still find every issue time and journal entry
+    state = State()
+    state.note_issue(("east", "proxy"), T0)
+    state_dir.save(state, ["east"])
+    assert json.loads(state_dir.state_path.read_text())["version"] == 2  # the marker too
+    assert StateDir(state_dir.path).load() == state
+    state_dir.state_path.unlink()  # even without the marker
+    assert StateDir(state_dir.path).load() == state
+
+
 @pytest.mark.parametrize("name", ["a/b", "..", ".hidden", "east west", "ünïcode"])
 def test_cluster_names_never_escape_the_clusters_directory(state_dir: StateDir, name: str) -> None:
     state = State()

@@ -107,6 +107,7 @@ class StateDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._written: dict[str, str] = {}  # cluster -> the content of its file, as last written
+        self._marked = False  # the version 2 marker is known to be in place
         self._save_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -161,15 +162,16 @@ class StateDir:
         deleted nor overwritten) and :class:`StateError` names both files.
         """
         marker = self._read(self.state_path)
-        if marker is None:
-            return State()
-        version = marker.get("version") if isinstance(marker, dict) else None
-        if version == LEGACY_VERSION:
-            state = self._parse(self.state_path, marker)
-            self._migrate(state)
-            return state
-        if version != STATE_VERSION or not isinstance(marker, dict):
-            self._parse(self.state_path, marker)  # raises, naming the file
+        if marker is not None:
+            version = marker.get("version") if isinstance(marker, dict) else None
+            if version == LEGACY_VERSION:
+                state = self._parse(self.state_path, marker)
+                self._migrate(state)
+                return state
+            if version != STATE_VERSION or not isinstance(marker, dict):
+                self._parse(self.state_path, marker)  # raises, naming the file
+            self._marked = True
+        # The marker of version 2, or none yet: the cluster files are the state.
         state = State()
         written: dict[str, str] = {}
         try:
@@ -255,12 +257,15 @@ class StateDir:
 
     def _write_marker(self) -> None:
         write_atomic(self.state_path, _dumps({"version": STATE_VERSION, "layout": CLUSTERS_DIR}))
+        self._marked = True
 
     def _write_clusters(self, state: State, clusters: Iterable[str]) -> None:
         for cluster in clusters:
             text = _dumps(state.to_json(cluster))
             if self._written.get(cluster) == text:
                 continue
+            if not self._marked and not self.state_path.exists():
+                self._write_marker()  # an earlier version finds a state it cannot read
             path = self.cluster_path(cluster)
             if not self.clusters_path.is_dir():
                 try:
