@@ -77,7 +77,7 @@ class Agent:
         self.metrics = metrics or Metrics()
         self.state_dir = StateDir(settings.agent.state_dir)
         self.signals = Signals(lambda: self.stop_grace)
-        # [ha]: the leases, and the state in Vault's KV engine instead of state.json
+        # [ha]: the leases, and the state in Vault's KV engine instead of the state directory's files
         self.ha = (
             ha
             if ha is not None or settings.ha is None

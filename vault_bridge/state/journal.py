@@ -32,7 +32,7 @@ Clock = Callable[[], datetime]
 
 
 class StateStore(Protocol):
-    """Where the state lives: the state directory's ``state.json``
+    """Where the state lives: the state directory's files, one per cluster
     (:class:`~vault_bridge.state.store.StateDir`) or, with ``[ha]``, Vault's KV engine
     (:class:`~vault_bridge.state.kv_store.KvStateStore`)."""
 
