@@ -35,6 +35,7 @@ DEFAULT_CONFIG_PATH = Path("/etc/vault-bridge/config.toml")
 
 AuthMethodName = Literal["token", "approle", "kubernetes", "cert"]
 CrdbUpdate = Literal["rest", "crdb-cli", "docker", "none"]
+Login = Literal["password", "certificate"]
 LogFormat = Literal["text", "json"]
 
 _AUTH_FIELDS: dict[str, tuple[set[str], set[str]]] = {
@@ -111,10 +112,25 @@ class CertificateConfig(CertSettings):
     ip_sans: list[str] = []
 
 
+class TrustedCaConfig(_Strict):
+    """``[clusters.certificates.mtls_trusted_ca]``: a CA bundle, no role and no key."""
+
+    pki_mount: str | None = None
+
+
+# ``[clusters.certificates.mtls_trusted_ca]`` is not a certificate with a key: it is moved out of
+# the ``certificates`` table before validation, under this key (which names its place in the file).
+TRUSTED_CA_KEY = "certificates.mtls_trusted_ca"
+MTLS_TRUSTED_CA = "mtls_trusted_ca"
+
+
 class ClusterConfig(_Strict):
     name: str = Field(min_length=1)
     url: str
-    username: str
+    username: str | None = None
+    login: Login = "password"
+    login_certificate: CertificateConfig | None = None
+    trusted_ca: TrustedCaConfig | None = Field(default=None, validation_alias=TRUSTED_CA_KEY)
     password_file: str | None = None
     password_env: str | None = None
     password_vault: str | None = None
@@ -128,6 +144,16 @@ class ClusterConfig(_Strict):
     docker_host: str | None = None
     verify_endpoints: dict[str, str] = {}
     certificates: dict[str, CertificateConfig] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_trusted_ca(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("certificates"), dict):
+            certificates = dict(data["certificates"])
+            if MTLS_TRUSTED_CA in certificates:
+                data = {**data, TRUSTED_CA_KEY: certificates.pop(MTLS_TRUSTED_CA)}
+                data["certificates"] = certificates
+        return data
 
     @field_validator("url")
     @classmethod
@@ -158,11 +184,31 @@ class ClusterConfig(_Strict):
 
     @model_validator(mode="after")
     def _password_source(self) -> ClusterConfig:
-        sources = [self.password_file, self.password_env, self.password_vault]
-        if sum(1 for source in sources if source) != 1:
-            raise ValueError(
-                "expected exactly one of 'password_file', 'password_env' or 'password_vault'"
-            )
+        sources = {
+            "password_file": self.password_file,
+            "password_env": self.password_env,
+            "password_vault": self.password_vault,
+        }
+        if self.login == "certificate":
+            if self.login_certificate is None:
+                raise ValueError(
+                    "missing key 'login_certificate': required when login = 'certificate'"
+                )
+            for key in ("username", *sources):
+                if getattr(self, key):
+                    raise ValueError(
+                        f"key {key!r} does not apply when login = 'certificate' "
+                        "(the certificate names the user)"
+                    )
+        else:
+            if self.login_certificate is not None:
+                raise ValueError("key 'login_certificate' applies only when login = 'certificate'")
+            if not self.username:
+                raise ValueError("missing key 'username': required when login = 'password'")
+            if sum(1 for source in sources.values() if source) != 1:
+                raise ValueError(
+                    "expected exactly one of 'password_file', 'password_env' or 'password_vault'"
+                )
         if self.crdb_update == "docker" and not self.docker_container:
             raise ValueError("missing key 'docker_container': required when crdb_update = 'docker'")
         return self
@@ -220,6 +266,41 @@ class CertSpec:
 
 
 @dataclass(frozen=True)
+class LoginSpec:
+    """The client certificate vault_bridge logs in to one cluster with (login = "certificate")."""
+
+    cluster: str
+    role: str
+    common_name: str
+    alt_names: tuple[str, ...]
+    ip_sans: tuple[str, ...]
+    pki_mount: str
+    mode: Mode
+    key_type: KeyType
+    key_bits: int
+    ttl: str
+    renew_at: float | None
+    renew_before: timedelta | None
+
+    @classmethod
+    def of(cls, spec: CertSpec) -> LoginSpec:
+        return cls(
+            cluster=spec.cluster,
+            role=spec.role,
+            common_name=spec.common_name,
+            alt_names=spec.alt_names,
+            ip_sans=spec.ip_sans,
+            pki_mount=spec.pki_mount,
+            mode=spec.mode,
+            key_type=spec.key_type,
+            key_bits=spec.key_bits,
+            ttl=spec.ttl,
+            renew_at=spec.renew_at,
+            renew_before=spec.renew_before,
+        )
+
+
+@dataclass(frozen=True)
 class VaultSecretRef:
     """A value in Vault's KV version 2 engine: ``<mount>/<path>#<key>``."""
 
@@ -261,6 +342,10 @@ class ClusterSettings:
     verify_endpoints: Mapping[str, str]
     certificates: tuple[CertSpec, ...]
     password_vault: VaultSecretRef | None = None
+    login: Login = "password"
+    login_certificate: LoginSpec | None = None
+    # The PKI mount whose issuers the cluster's mtls_trusted_ca trusts (None: not managed).
+    trusted_ca_mount: str | None = None
 
     @property
     def host(self) -> str:
@@ -329,6 +414,9 @@ def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
+        if part == TRUSTED_CA_KEY:
+            model = TrustedCaConfig
+            continue
         field = model.model_fields.get(part)
         if field is None:
             if model is ClusterConfig or part in CertName.__members__.values():
@@ -384,6 +472,8 @@ def _one_line(error: Any) -> str:
 
 def _read_password(cluster: ClusterConfig, where: str) -> SecretStr | None:
     # The password is kept in a SecretStr: it is never printed, logged or written anywhere.
+    if cluster.login == "certificate":
+        return None  # no password at all: the client certificate is the credential
     if cluster.password_vault:
         return None  # read from Vault when the cluster is first contacted
     if cluster.password_file:
@@ -486,13 +576,29 @@ def _resolve(parsed: FileConfig, path: Path | None) -> Settings:
                     f"{where}.certificates.{cert_name}",
                 )
             )
+        login_spec: LoginSpec | None = None
+        if cluster.login_certificate is not None:
+            login_spec = LoginSpec.of(
+                _resolve_spec(
+                    cluster.name,
+                    CertName.API,  # only for the shared checks: any ordinary certificate name
+                    cluster.login_certificate,
+                    parsed.defaults,
+                    f"{where}.login_certificate",
+                )
+            )
+        trusted_ca_mount: str | None = None
+        if cluster.trusted_ca is not None:
+            trusted_ca_mount = str(
+                cluster.trusted_ca.pki_mount or parsed.defaults.pki_mount or "pki"
+            ).strip("/")
         if cluster.ca_file and not Path(cluster.ca_file).is_file():
             raise ConfigError(f"{where}.ca_file: no such file {cluster.ca_file!r}")
         clusters.append(
             ClusterSettings(
                 name=cluster.name,
                 url=cluster.url,
-                username=cluster.username,
+                username=cluster.username or "",
                 password=_read_password(cluster, where),
                 ca_file=cluster.ca_file,
                 ca_fingerprint=cluster.ca_fingerprint,
@@ -507,6 +613,9 @@ def _resolve(parsed: FileConfig, path: Path | None) -> Settings:
                 password_vault=(
                     VaultSecretRef.parse(cluster.password_vault) if cluster.password_vault else None
                 ),
+                login=cluster.login,
+                login_certificate=login_spec,
+                trusted_ca_mount=trusted_ca_mount,
             )
         )
     vault = parsed.vault

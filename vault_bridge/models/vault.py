@@ -114,3 +114,12 @@ class PkiRole:
             no_store=bool(data.get("no_store", False)),
             data=dict(data),
         )
+
+
+@dataclass(frozen=True)
+class PkiIssuer:
+    """One issuer of a PKI mount (``<mount>/issuer/<id>/json``): its certificate and chain."""
+
+    issuer_id: str
+    certificate: str  # the issuer's own certificate (PEM)
+    ca_chain: tuple[str, ...]  # the issuer's chain, itself first when Vault includes it

@@ -19,7 +19,7 @@ from vault_bridge.adapters.redis_enterprise import ClusterClient
 from vault_bridge.adapters.tls_probe import served_certificate
 from vault_bridge.adapters.vault.client import VaultClient
 from vault_bridge.config.durations import parse_duration
-from vault_bridge.config.schema import CertSpec, ClusterSettings, Settings
+from vault_bridge.config.schema import MTLS_TRUSTED_CA, CertSpec, ClusterSettings, Settings
 from vault_bridge.decisions.install import CertUpload, InstallBatch, install_batches
 from vault_bridge.decisions.renewal import Action, CertStatus, classify, plan
 from vault_bridge.errors import ClusterError, DeferredError, VaultBridgeError, VerificationError
@@ -31,6 +31,8 @@ from vault_bridge.models.certificates import (
     IssuedCertificate,
 )
 from vault_bridge.rotation.keys import build_csr, check_before_install, generate_key, key_to_pem
+from vault_bridge.rotation.login import LoginCertificate
+from vault_bridge.rotation.trusted_ca import reconcile_trusted_ca
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +186,8 @@ class Rotator:
         self._issuers: dict[str, list[x509.Certificate]] = {}
         self._chains: dict[str, list[str]] = {}
         self._bulk_unsupported: set[str] = set()
+        # The login certificates of clusters with login = "certificate" (set by the wiring).
+        self.logins: Mapping[str, LoginCertificate] = {}
 
     # -- reading -------------------------------------------------------------------------
 
@@ -282,7 +286,9 @@ class Rotator:
         only: set[tuple[str, str]] | None = None,
     ) -> PassResult:
         """One reconcile pass over every cluster and certificate."""
+        trusted = self.reconcile_trusted_cas()
         actions, result = self.plan(force)
+        result.outcomes.extend(trusted)
         if only is not None:
             actions = [a for a in actions if (a.cluster, a.name) in only]
         by_cluster: dict[str, list[Action]] = {}
@@ -322,6 +328,32 @@ class Rotator:
             if prepared is not None:
                 prepared.release()
         return result
+
+    def reconcile_trusted_cas(self) -> list[Outcome]:
+        """``mtls_trusted_ca`` of every cluster that has it configured, first in a pass: a
+        new CA is trusted before anything (the login certificate) is issued by it."""
+        outcomes: list[Outcome] = []
+        for cluster in self.settings.clusters:
+            if cluster.trusted_ca_mount is None:
+                continue
+            client = self.clusters[cluster.name]
+            try:
+                self._trust_own_api_cert(cluster)
+                done = reconcile_trusted_ca(
+                    cluster, client, self.vault, self.logins.get(cluster.name)
+                )
+            except VaultBridgeError as exc:
+                logger.error("%s on %s: %s", MTLS_TRUSTED_CA, cluster.name, exc)
+                outcomes.append(Outcome(cluster.name, MTLS_TRUSTED_CA, "failed", error=str(exc)))
+                continue
+            if done.installed:
+                first = CertificateInfo.from_pem(done.plan.pems[0])
+                outcomes.append(
+                    Outcome(
+                        cluster.name, MTLS_TRUSTED_CA, "installed", first.serial, first.not_after
+                    )
+                )
+        return outcomes
 
     def _prepare_followups(
         self, ready: Mapping[str, dict[str, Change]], result: PassResult

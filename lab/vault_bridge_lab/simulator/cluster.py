@@ -3,9 +3,6 @@ controls tests use (faults, databases, upgrades)."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
 import logging
 import os
 import socketserver
@@ -23,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
 from vault_bridge.models.certificates import CertificateInfo, split_pem_chain
+from vault_bridge_lab.simulator.access import AccessControl, User
 from vault_bridge_lab.simulator.certs import Installed, cached_rsa_key, key_pem, self_signed
 from vault_bridge_lab.simulator.databases import Outage
 from vault_bridge_lab.simulator.names import (
@@ -40,7 +38,6 @@ from vault_bridge_lab.simulator.rest import (
     Node,
     RecordedRequest,
     RestApi,
-    User,
 )
 from vault_bridge_lab.simulator.routing import ApiError
 from vault_bridge_lab.simulator.tls import (
@@ -88,10 +85,14 @@ class SimulatedCluster:
         self._ports = {listener: int((ports or {}).get(listener, 0)) for listener in LISTENERS}
         self._connect_host = "127.0.0.1" if host in ("", "0.0.0.0") else host
         self._clock: Callable[[], datetime] = clock or partial(datetime.now, UTC)
-        self._users = {
-            user: User(user, password, role)
-            for user, (password, role) in (DEFAULT_USERS if users is None else users).items()
-        }
+        self.access = AccessControl(
+            {
+                user: User(user, password, role)
+                for user, (password, role) in (DEFAULT_USERS if users is None else users).items()
+            }
+        )
+        #: TLS handshakes that failed, by listener (a refused client certificate among them).
+        self.handshake_failures: dict[str, int] = {}
         self._lock = threading.RLock()
         self._nodes: list[Node] = []
         self._certs: dict[str, Installed] = {}
@@ -341,18 +342,30 @@ class SimulatedCluster:
         with self._lock:
             return dict(self._certs)
 
-    def _authenticate(self, authorization: str | None) -> User | None:
-        scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "basic":
-            return None
-        try:
-            username, _, password = base64.b64decode(token, validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            return None
-        user = self._users.get(username)
-        if user is None or not hmac.compare_digest(user.password.encode(), password.encode()):
-            return None
-        return user
+    def _authenticate(
+        self, authorization: str | None, peer: x509.Certificate | None = None
+    ) -> User | None:
+        return self.access.authenticate(authorization, peer)
+
+    def _handshake_failed(self, listener: str, exc: BaseException) -> None:
+        with self._lock:
+            self.handshake_failures[listener] = self.handshake_failures.get(listener, 0) + 1
+
+    def add_certificate_user(self, name: str, subject: str, role: str = "admin") -> None:
+        """A user with ``auth_method`` certificate and ``certificate_subject_line`` ``subject``
+        (as ``POST /v1/users`` makes one)."""
+        self.access.add_user(User(name, "", role, "certificate", subject))
+
+    def set_access(self, **settings: Any) -> None:
+        """Change the access settings as ``PUT /v1/cluster`` would (validated the same way)."""
+        self.access.update(settings, self._lowest_version())
+        self._refresh_api_context()
+
+    def _refresh_api_context(self) -> None:
+        """New REST connections see the current mTLS settings and ``mtls_trusted_ca``."""
+        with self._lock:
+            if self._servers and self._tls_dir is not None:
+                self._contexts["api"] = self._server_context(self._certs["api"])
 
     def _check_name(self, name: str) -> None:
         """403 for a name this cluster's version does not know."""
@@ -391,6 +404,8 @@ class SimulatedCluster:
             if self._servers:
                 self._contexts.update(contexts)
             self.install_count += len(installed)
+        if any(item.name == MTLS_TRUSTED_CA for item in installed):
+            self._refresh_api_context()
         self.world.certificates_changed(self.name)
         for item in installed:
             info = CertificateInfo.from_cert(item.leaf)
@@ -424,7 +439,19 @@ class SimulatedCluster:
             context.load_cert_chain(path)
         finally:
             os.unlink(path)
+        if installed.name == "api":
+            self._verify_clients(context)
         return context
+
+    def _verify_clients(self, context: ssl.SSLContext) -> None:
+        """mTLS on the REST listener: with ``mtls_certificate_authentication`` on and a
+        ``mtls_trusted_ca`` installed, a client certificate is asked for, and one that does not
+        chain to it fails the handshake (a client without one goes on to Basic)."""
+        trusted = self._certs.get(MTLS_TRUSTED_CA)
+        if not self.access.mtls_on or trusted is None:
+            return
+        context.load_verify_locations(cadata=trusted.chain_pem)
+        context.verify_mode = ssl.CERT_OPTIONAL
 
     def _metrics_text(self) -> str:
         now = self._now()

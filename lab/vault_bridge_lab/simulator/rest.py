@@ -6,10 +6,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
+from cryptography import x509
+
+from vault_bridge_lab.simulator.access import User
 from vault_bridge_lab.simulator.certs import parse_item, validate_certificate
 from vault_bridge_lab.simulator.databases import DatabaseError
 from vault_bridge_lab.simulator.names import BULK_MIN_VERSION, INTERNODE_NAMES
@@ -43,13 +46,7 @@ class RecordedRequest:
     status: int
     at: float
     user: str | None  # the authenticated user, None when credentials were missing or wrong
-
-
-@dataclass(frozen=True)
-class User:
-    name: str
-    password: str = field(repr=False)
-    role: str
+    client_certificate: bool = False  # the connection presented a verified client certificate
 
 
 @dataclass(frozen=True)
@@ -78,6 +75,9 @@ class RestApi:
         add("GET", "/v1/nodes", self.get_nodes)
         add("GET", "/v1/nodes/<uid>", self.get_node)
         add("GET", "/v1/cluster", self.get_cluster)
+        add("PUT", "/v1/cluster", self.put_cluster)
+        add("GET", "/v1/users", self.get_users)
+        add("POST", "/v1/users", self.post_user)
         add("GET", "/v1/cluster/certificates", self.get_certificates)
         add("PUT", "/v1/cluster/certificates", self.put_certificates, min_version=BULK_MIN_VERSION)
         add("PUT", "/v1/cluster/update_cert", self.put_update_cert)
@@ -96,12 +96,15 @@ class RestApi:
         target: str,
         authorization: str | None,
         read_body: Callable[[], bytes],
+        peer: x509.Certificate | None = None,
     ) -> ApiResponse:
-        """Answer one request: body, injected fault, auth (401), route (404/405), role (403)."""
+        """Answer one request: body, injected fault, auth (401), route (404/405), role (403).
+
+        ``peer``: the client certificate the TLS layer verified (mutual TLS), if any."""
         cluster = self._cluster
         at = time.monotonic()
         path = urlsplit(target).path
-        user = cluster._authenticate(authorization)
+        user = cluster._authenticate(authorization, peer)
         try:
             raw_body = read_body()  # an OSError here: the client went away, nothing to answer
         except ApiError as err:
@@ -117,7 +120,9 @@ class RestApi:
                     500, {"error_code": "internal_error", "description": "internal error"}
                 )
         cluster._record(
-            RecordedRequest(method, path, response.status, at, user.name if user else None)
+            RecordedRequest(
+                method, path, response.status, at, user.name if user else None, peer is not None
+            )
         )
         logger.debug("cluster %s: %s %s -> %s", cluster.name, method, path, response.status)
         return response
@@ -131,12 +136,10 @@ class RestApi:
             if fault.status:
                 return ApiResponse(fault.status, fault.body)
         if user is None:
-            raise ApiError(
-                401,
-                "unauthorized",
-                "missing or wrong credentials",
-                headers={"WWW-Authenticate": 'Basic realm="Redis Enterprise"'},
-            )
+            headers = {}
+            if cluster.access.settings["control_plane_basic_authentication"]:
+                headers["WWW-Authenticate"] = 'Basic realm="Redis Enterprise"'
+            raise ApiError(401, "unauthorized", "missing or wrong credentials", headers=headers)
         route, params = self.router.resolve(method, path, cluster._lowest_version())
         if route.permission not in ROLE_PERMISSIONS.get(user.role, frozenset({VIEW_CLUSTER_INFO})):
             raise ApiError(
@@ -179,8 +182,44 @@ class RestApi:
                 "alert_settings": {
                     "cluster_certs_about_to_expire": {"enabled": True, "threshold": "30"}
                 },
+                **self._cluster.access.settings,
             },
         )
+
+    def put_cluster(self, req: ApiRequest) -> ApiResponse:
+        """PUT: /v1/cluster: the access settings (mTLS, Basic authentication)."""
+        body = req.json()
+        if not isinstance(body, dict) or not body:
+            raise invalid_request("the body must be a non-empty JSON object")
+        read_only = sorted(set(body) & {"name", "proxy_certificate", "syncer_certificate"})
+        if read_only:
+            raise invalid_request(f"read-only field(s): {', '.join(read_only)}")
+        unknown = sorted(set(body) - set(self._cluster.access.settings))
+        if unknown:
+            raise invalid_request(f"unknown field(s): {', '.join(unknown)}")
+        self._cluster.access.update(body, self._cluster._lowest_version())
+        self._cluster._refresh_api_context()
+        return self.get_cluster(req)
+
+    def get_users(self, req: ApiRequest) -> ApiResponse:
+        """GET: /v1/users"""
+        return ApiResponse(200, [self._user_json(u) for u in self._cluster.access.users()])
+
+    def post_user(self, req: ApiRequest) -> ApiResponse:
+        """POST: /v1/users (a ``regular`` or a ``certificate`` user)."""
+        user = self._cluster.access.create_user(req.json())
+        return ApiResponse(200, self._user_json(user))
+
+    @staticmethod
+    def _user_json(user: User) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "email": user.name,
+            "role": user.role,
+            "auth_method": user.auth_method,
+        }
+        if user.auth_method == "certificate":
+            out["certificate_subject_line"] = user.certificate_subject_line
+        return out
 
     def get_certificates(self, req: ApiRequest) -> ApiResponse:
         """GET: /v1/cluster/certificates"""

@@ -16,6 +16,8 @@ from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any, Final, cast
 from urllib.parse import urlsplit
 
+from cryptography import x509
+
 from vault_bridge_lab.simulator.routing import ApiError
 
 if TYPE_CHECKING:
@@ -115,6 +117,7 @@ class TLSServer(socketserver.TCPServer):
                 tls = self._context().wrap_socket(raw, server_side=True)
             except OSError as exc:
                 logger.debug("%s: handshake with %s failed: %s", self.label, address, exc)
+                self.cluster._handshake_failed(self.label.rsplit("-", 1)[-1], exc)
                 return
             with tls:
                 try:
@@ -201,8 +204,10 @@ class RestHandler(_QuietHandler):
         return self.rfile.read(length) if length else b""
 
     def _dispatch(self) -> None:
+        der = cast(ssl.SSLSocket, self.connection).getpeercert(binary_form=True)
+        peer = x509.load_der_x509_certificate(der) if der else None
         response = self.cluster._rest.handle(
-            self.command, self.path, self.headers.get("Authorization"), self._read_body
+            self.command, self.path, self.headers.get("Authorization"), self._read_body, peer
         )
         headers = dict(response.headers)
         if response.close:

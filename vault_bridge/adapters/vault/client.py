@@ -45,6 +45,7 @@ from vault_bridge.models.vault import (
     AuthMethod,
     CertAuth,
     KubernetesAuth,
+    PkiIssuer,
     PkiRole,
     TokenAuth,
     TokenInfo,
@@ -559,6 +560,41 @@ class VaultClient:
         if not pems:
             raise VaultError(f"{path} returned no certificates", method="GET", url=self._url(path))
         return pems
+
+    def list_issuers(self, mount: str) -> list[str]:
+        """LIST: /{mount}/issuers -> the issuer IDs of the mount (an unauthenticated path)."""
+        path = f"{mount}/issuers"
+        resp = self._call(
+            "LIST",
+            path,
+            lambda: self._hvac.adapter.list(url=f"/v1/{path}"),
+            capability="list",
+        )
+        keys = _data(resp, path).get("keys") or []
+        if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
+            raise VaultError(f"{path} returned a malformed list of issuers", url=self._url(path))
+        return list(keys)
+
+    def read_issuer(self, mount: str, issuer: str) -> PkiIssuer:
+        """GET: /{mount}/issuer/{issuer}/json -> the issuer's certificate and chain
+        (an unauthenticated path)."""
+        path = f"{mount}/issuer/{issuer}/json"
+        resp = self._call(
+            "GET",
+            path,
+            lambda: self._hvac.adapter.get(url=f"/v1/{path}"),
+            capability="read",
+            not_found=f"no issuer {issuer} on {mount}",
+        )
+        data = _data(resp, path)
+        certificate = split_pem_chain(str(data.get("certificate") or ""))
+        chain_raw = data.get("ca_chain") or []
+        if isinstance(chain_raw, str):
+            chain_raw = [chain_raw]
+        chain = [pem for item in chain_raw for pem in split_pem_chain(str(item))]
+        if len(certificate) != 1:
+            raise VaultError(f"{path} returned no issuer certificate", url=self._url(path))
+        return PkiIssuer(issuer_id=issuer, certificate=certificate[0], ca_chain=tuple(chain))
 
     def read_kv(self, mount: str, path: str, key: str) -> str:
         """GET: /{mount}/data/{path} (KV version 2); returns the value of ``key``.

@@ -1,0 +1,213 @@
+"""Certificate login end to end: real OpenBao, a simulated 8.2 cluster with mTLS on its REST
+listener, ``mtls_trusted_ca`` kept by vault_bridge, Basic authentication turned off."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from cryptography import x509
+from vault_bridge_lab.lab import ADMIN, ADMIN_PASSWORD, cluster_table, lab_config
+from vault_bridge_lab.openbao import DEFAULT_ROLE, OpenBaoServer, PkiSetup, setup_pki
+from vault_bridge_lab.simulator import SimulatedCluster
+
+from vault_bridge.config.schema import parse_config
+from vault_bridge.models.certificates import CertificateInfo, split_pem_chain
+from vault_bridge.rotation.app import App, build
+
+pytestmark = pytest.mark.usefixtures("lab_env")
+
+LOGIN_ROLE = "vault-bridge-login"
+LOGIN_CN = "vault-bridge.east.example.com"
+SUBJECT = f"CN={LOGIN_CN}"
+# A client certificate only: no serverAuth, short lived.
+LOGIN_ROLE_PARAMS = {**DEFAULT_ROLE, "server_flag": False, "client_flag": True, "max_ttl": "1h"}
+
+
+@pytest.fixture
+def own_pki(openbao: OpenBaoServer) -> PkiSetup:
+    """A PKI of this test alone: its issuers change."""
+    suffix = uuid.uuid4().hex[:8]
+    return setup_pki(
+        openbao.client(),
+        mount=f"pki-root-login-{suffix}",
+        int_mount=f"pki-login-{suffix}",
+        roles={"redis": DEFAULT_ROLE, LOGIN_ROLE: LOGIN_ROLE_PARAMS},
+    )
+
+
+@pytest.fixture
+def sim82() -> Iterator[SimulatedCluster]:
+    with SimulatedCluster("east", software_version="8.2.0-25") as cluster:
+        yield cluster
+
+
+def _config(
+    openbao: OpenBaoServer,
+    pki: PkiSetup,
+    sim: SimulatedCluster,
+    tmp_path: Path,
+    *,
+    login: str,
+    login_ttl: str = "720h",
+    renew_before: str | None = None,
+) -> dict[str, Any]:
+    table = cluster_table(sim, tmp_path, role="redis")
+    table["certificates"]["mtls_trusted_ca"] = {"pki_mount": pki.issuing_mount}
+    if login == "certificate":
+        del table["username"], table["password_env"]
+        lc: dict[str, Any] = {"role": LOGIN_ROLE, "common_name": LOGIN_CN, "ttl": login_ttl}
+        if renew_before:
+            lc["renew_before"] = renew_before
+        table["login"] = "certificate"
+        table["login_certificate"] = lc
+    return lab_config(
+        openbao,
+        pki,
+        [table],
+        state_dir=tmp_path / "state",
+        defaults={"key_type": "ec", "key_bits": 256},
+    )
+
+
+def _admin(sim: SimulatedCluster, method: str, path: str, body: Any, ca: str) -> Any:
+    """What an operator does once with the admin password (the one-time setup)."""
+    response = requests.request(
+        method, f"{sim.api_url}{path}", json=body, auth=(ADMIN, ADMIN_PASSWORD), verify=ca
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _one_time_setup(sim: SimulatedCluster, tmp_path: Path) -> None:
+    ca = tmp_path / "setup-ca.pem"
+    ca.write_text(sim.api_ca_pem(), encoding="utf-8")
+    _admin(sim, "PUT", "/v1/cluster", {"mtls_certificate_authentication": True}, str(ca))
+    _admin(
+        sim,
+        "POST",
+        "/v1/users",
+        {
+            "email": "vault-bridge@example.com",
+            "role": "admin",
+            "auth_method": "certificate",
+            "certificate_subject_line": SUBJECT,
+        },
+        str(ca),
+    )
+
+
+def _bundle_subjects(sim: SimulatedCluster) -> set[str]:
+    return {CertificateInfo.from_pem(p).subject for p in split_pem_chain(sim.installed_pem("mtls_trusted_ca"))}
+
+
+def _failures(sim: SimulatedCluster, since: int = 0) -> list[tuple[str, str, int]]:
+    return [(r.method, r.path, r.status) for r in sim.requests[since:] if r.status >= 400]
+
+
+def test_password_to_certificate_then_basic_off_and_short_lived_login(
+    openbao: OpenBaoServer, own_pki: PkiSetup, sim82: SimulatedCluster, tmp_path: Path
+) -> None:
+    sim = sim82
+    _one_time_setup(sim, tmp_path)
+    # 1. Still on the password: vault_bridge installs mtls_trusted_ca (and the certificates).
+    with build(parse_config(_config(openbao, own_pki, sim, tmp_path, login="password"))) as app:
+        result = app.rotator.run_once()
+        assert result.ok, result.summary()
+    assert "mtls_trusted_ca" in {o.name for o in result.outcomes}
+    root = CertificateInfo.from_pem(own_pki.root_pem).subject
+    assert root in _bundle_subjects(sim)
+    # 2. The configuration moves to a certificate; then Basic is turned off.
+    doc = _config(
+        openbao, own_pki, sim, tmp_path, login="certificate", login_ttl="6s", renew_before="3s"
+    )
+    mark = len(sim.requests)
+    with build(parse_config(doc), sleep=lambda s: None) as app:
+        assert app.rotator.run_once().ok
+        sim.set_access(control_plane_basic_authentication=False)
+        root = tmp_path / "root.pem"
+        root.write_text(own_pki.root_pem, encoding="utf-8")
+        refused = requests.get(
+            f"{sim.api_url}/v1/cluster", auth=(ADMIN, ADMIN_PASSWORD), verify=str(root)
+        )
+        assert refused.status_code == 401  # Basic is off: only the certificate gets in
+        # 3. The login certificate lives 6 s and renews itself 3 s before it expires: every
+        # request of a 10 s stretch of passes succeeds.
+        login = app.logins["east"]
+        serials = set()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            result = app.rotator.status()
+            assert not result.cluster_errors, result.cluster_errors
+            assert login.held is not None
+            serials.add(login.held.serial)
+            time.sleep(0.5)
+    assert len(serials) >= 3, serials  # renewed at least twice
+    # Every request but the Basic probe above came with the client certificate and succeeded.
+    assert _failures(sim, mark) == [("GET", "/v1/cluster", 401)]
+    ours = [r for r in sim.requests[mark:] if r.status < 400]
+    assert len(ours) > 20 and all(r.client_certificate for r in ours)
+    assert {r.user for r in ours} == {"vault-bridge@example.com"}
+    assert sim.handshake_failures.get("api", 0) == 0
+
+
+def _new_default_issuer(openbao: OpenBaoServer, pki: PkiSetup, root_mount: str) -> tuple[str, str]:
+    """A new intermediate on the issuing mount, made its default; (old id, new id)."""
+    client = openbao.client()
+    mount = pki.issuing_mount
+    old = client.read(f"{mount}/config/issuers")["data"]["default"]
+    csr = client.write_data(
+        f"{mount}/intermediate/generate/internal",
+        data={"common_name": f"Second Intermediate {mount}"[:63], "key_type": "ec", "key_bits": 256},
+    )["data"]["csr"]
+    signed = client.write_data(
+        f"{root_mount}/root/sign-intermediate",
+        data={"csr": csr, "common_name": f"Second Intermediate {mount}"[:63], "ttl": "8760h"},
+    )["data"]["certificate"]
+    imported = client.write_data(
+        f"{mount}/intermediate/set-signed", data={"certificate": f"{signed}\n{pki.root_pem}"}
+    )["data"]["imported_issuers"]
+    new = next(i for i in imported if i != old)
+    client.write_data(f"{mount}/config/issuers", data={"default": new})
+    return old, new
+
+
+def test_trusted_ca_change_without_a_failed_login(
+    openbao: OpenBaoServer, own_pki: PkiSetup, sim82: SimulatedCluster, tmp_path: Path
+) -> None:
+    sim = sim82
+    _one_time_setup(sim, tmp_path)
+    with build(parse_config(_config(openbao, own_pki, sim, tmp_path, login="password"))) as app:
+        assert app.rotator.run_once().ok
+    sim.set_access(control_plane_basic_authentication=False)
+    doc = _config(openbao, own_pki, sim, tmp_path, login="certificate", login_ttl="30m")
+    root_mount = own_pki.issuing_mount.replace("pki-login-", "pki-root-login-")
+    mark = len(sim.requests)
+    with build(parse_config(doc), sleep=lambda s: None) as app:
+        assert app.rotator.run_once().ok
+        login = app.logins["east"]
+        assert login.held is not None
+        first = login.held
+        old_ca = first.info.issuer
+        old_id, new_id = _new_default_issuer(openbao, own_pki, root_mount)
+        # The pass trusts both CAs, then the login certificate moves to the new issuer.
+        result = app.rotator.run_once()
+        assert result.ok, result.summary()
+        subjects = _bundle_subjects(sim)
+        new_ca = next(s for s in subjects if s.startswith("CN=Second Intermediate"))
+        assert old_ca in subjects and new_ca in subjects
+        assert login.held is not None and login.held.info.issuer == new_ca
+        # The old issuer leaves the mount: the bundle drops it, nothing in use needs it.
+        openbao.client().adapter.delete(f"/v1/{own_pki.issuing_mount}/issuer/{old_id}")
+        assert app.rotator.run_once().ok
+        subjects = _bundle_subjects(sim)
+        assert old_ca not in subjects and new_ca in subjects
+        assert not app.rotator.status().cluster_errors
+    assert _failures(sim, mark) == []
+    assert sim.handshake_failures.get("api", 0) == 0
+    assert x509.load_pem_x509_certificate(first.certificate.encode()).issuer.rfc4514_string() == old_ca

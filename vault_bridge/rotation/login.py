@@ -1,0 +1,135 @@
+"""The client certificate vault_bridge logs in to a cluster with (``login = "certificate"``).
+
+It is issued from Vault on first use (never written to disk, never logged), renewed before
+every REST request that finds it due (so no request ever goes out with an expired one), and
+replaced when the PKI mount's default issuer moves, once the cluster trusts the new issuer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime
+
+from cryptography import x509
+
+from vault_bridge.adapters.vault.client import VaultClient
+from vault_bridge.config.durations import parse_duration
+from vault_bridge.config.schema import LoginSpec
+from vault_bridge.decisions.login import login_renewal_time, login_replacement
+from vault_bridge.errors import VaultBridgeError
+from vault_bridge.models.certificates import CertName, IssuedCertificate
+from vault_bridge.rotation.keys import build_csr, check_before_install, generate_key, key_to_pem
+
+logger = logging.getLogger(__name__)
+
+
+class LoginCertificate:
+    """The login certificate of one cluster; :meth:`current` is the cluster client's source."""
+
+    def __init__(
+        self, spec: LoginSpec, vault: VaultClient, *, clock: Callable[[], datetime]
+    ) -> None:
+        self.spec = spec
+        self._vault = vault
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._issued: IssuedCertificate | None = None
+        self._default_issuer: list[x509.Certificate] | None = None
+        self.issued_count = 0
+
+    @property
+    def held(self) -> IssuedCertificate | None:
+        """The certificate held now (None before the first request)."""
+        return self._issued
+
+    @property
+    def renew_at(self) -> datetime | None:
+        issued = self._issued
+        return login_renewal_time(self.spec, issued.info) if issued else None
+
+    def follow_issuer(self, default_issuer: list[x509.Certificate]) -> None:
+        """The mount's default issuer (its chain) is trusted by the cluster now: a login
+        certificate from another issuer is replaced before the next request."""
+        with self._lock:
+            self._default_issuer = default_issuer
+
+    def current(self) -> IssuedCertificate:
+        """The certificate to present now, renewed first when it is due.
+
+        When Vault fails while the held certificate is still valid, the held one is used
+        (and the renewal tried again at the next request); without one, the error is raised.
+        """
+        with self._lock:
+            now = self._clock()
+            held = self._issued
+            reason = login_replacement(
+                self.spec,
+                held.certificate if held else None,
+                now=now,
+                default_issuer=self._default_issuer,
+            )
+            if reason is None:
+                assert held is not None
+                return held
+            try:
+                issued = self._issue()
+            except VaultBridgeError as exc:
+                if held is not None and held.not_after > now:
+                    logger.warning(
+                        "cluster %s: renewing the login certificate failed (%s); the current "
+                        "one (serial %s) is valid until %s",
+                        self.spec.cluster,
+                        exc,
+                        held.serial,
+                        held.not_after.isoformat(),
+                    )
+                    return held
+                raise
+            self._issued = issued
+            self._default_issuer = None
+            self.issued_count += 1
+            logger.info(
+                "cluster %s: issued a login certificate (%s): serial %s, not_after %s",
+                self.spec.cluster,
+                reason,
+                issued.serial,
+                issued.not_after.isoformat(),
+            )
+            return issued
+
+    def _issue(self) -> IssuedCertificate:
+        spec = self.spec
+        self._vault.ensure_token()
+        if spec.mode == "sign":
+            key = generate_key(spec.key_type, spec.key_bits)
+            csr = build_csr(key, spec.common_name, spec.alt_names, spec.ip_sans)
+            data = self._vault.sign(
+                spec.pki_mount,
+                spec.role,
+                csr,
+                common_name=spec.common_name,
+                alt_names=spec.alt_names,
+                ip_sans=spec.ip_sans,
+                ttl=spec.ttl,
+            )
+            issued = IssuedCertificate.from_vault(data, private_key=key_to_pem(key))
+        else:
+            issued = self._vault.issue(
+                spec.pki_mount,
+                spec.role,
+                common_name=spec.common_name,
+                alt_names=spec.alt_names,
+                ip_sans=spec.ip_sans,
+                ttl=spec.ttl,
+            )
+        # The checks of a cluster certificate: enough lifetime left, clientAuth, the key.
+        check_before_install(
+            issued,
+            CertName.API,
+            now=self._clock(),
+            requested_ttl=parse_duration(spec.ttl),
+            client_only=True,
+        )
+        return issued

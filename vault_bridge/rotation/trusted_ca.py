@@ -1,0 +1,99 @@
+"""Keeps a cluster's ``mtls_trusted_ca`` in step with the issuers of a Vault PKI mount.
+
+Read the mount's issuers (``LIST <mount>/issuers``, ``GET <mount>/issuer/<id>/json``) and what
+the cluster holds, plan the bundle (:mod:`vault_bridge.decisions.trusted_ca`), install it with
+the certificate endpoints (no key), read it back. Once the cluster trusts the mount's default
+issuer, the login certificate follows that issuer (it is replaced before the next request).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from cryptography import x509
+
+from vault_bridge.adapters.redis_enterprise import ClusterClient
+from vault_bridge.adapters.vault.client import VaultClient
+from vault_bridge.config.schema import MTLS_TRUSTED_CA, ClusterSettings
+from vault_bridge.decisions.install import CertUpload
+from vault_bridge.decisions.trusted_ca import TrustedCaPlan, plan_trusted_ca
+from vault_bridge.errors import ClusterError, VaultError, VerificationError
+from vault_bridge.models.certificates import fingerprint, load_leaf, split_pem_chain
+from vault_bridge.models.cluster import BULK_MIN_VERSION
+from vault_bridge.rotation.login import LoginCertificate
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrustedCaResult:
+    installed: bool
+    plan: TrustedCaPlan
+
+
+def mount_ca_pems(vault: VaultClient, mount: str) -> list[str]:
+    """Every issuer certificate of ``mount`` with its chain (unauthenticated reads)."""
+    pems: list[str] = []
+    for issuer_id in vault.list_issuers(mount):
+        issuer = vault.read_issuer(mount, issuer_id)
+        pems.append(issuer.certificate)
+        pems.extend(issuer.ca_chain)
+    if not pems:
+        raise VaultError(f"{mount} has no issuer: nothing for mtls_trusted_ca to trust")
+    return pems
+
+
+def _digests(pem: str) -> set[str]:
+    return {fingerprint(load_leaf(block)) for block in split_pem_chain(pem)}
+
+
+def reconcile_trusted_ca(
+    cluster: ClusterSettings,
+    client: ClusterClient,
+    vault: VaultClient,
+    login: LoginCertificate | None,
+) -> TrustedCaResult:
+    """Bring ``mtls_trusted_ca`` on ``cluster`` to the mount's issuers (plus what the login
+    certificate in use still needs); raises a :class:`VaultBridgeError` when it cannot."""
+    mount = cluster.trusted_ca_mount
+    assert mount is not None
+    pems = mount_ca_pems(vault, mount)
+    current = client.certificates().get(MTLS_TRUSTED_CA)
+    in_use = [login.held.certificate] if login is not None and login.held is not None else []
+    plan = plan_trusted_ca(pems, current.pem if current else None, in_use)
+    if plan.change:
+        upload = CertUpload(MTLS_TRUSTED_CA, plan.bundle, None)
+        _install(client, upload)
+        after = client.certificates().get(MTLS_TRUSTED_CA)
+        if after is None or _digests(after.pem) != _digests(plan.bundle):
+            raise VerificationError(
+                "the cluster reports a different mtls_trusted_ca after the install",
+                cluster=cluster.name,
+                certificate=MTLS_TRUSTED_CA,
+            )
+        logger.info(
+            "installed %s on %s: %d CA certificate(s) from %s%s",
+            MTLS_TRUSTED_CA,
+            cluster.name,
+            len(plan.pems),
+            mount,
+            f", {len(plan.kept)} kept for the login certificate in use" if plan.kept else "",
+        )
+    if login is not None and login.spec.pki_mount == mount:
+        chain = [x509.load_pem_x509_certificate(p.encode()) for p in vault.ca_chain(mount)]
+        if chain and fingerprint(chain[0]) in _digests(plan.bundle):
+            login.follow_issuer(chain)
+    return TrustedCaResult(plan.change, plan)
+
+
+def _install(client: ClusterClient, upload: CertUpload) -> None:
+    """Bulk ``PUT /v1/cluster/certificates`` on 7.22.2+, else (or on 404/405) ``update_cert``."""
+    if client.lowest_version() >= BULK_MIN_VERSION:
+        try:
+            client.put_certificates([upload])
+            return
+        except ClusterError as exc:
+            if exc.status not in (404, 405):
+                raise
+    client.update_cert(upload)
