@@ -18,7 +18,7 @@ from vault_bridge_lab.simulator import SimulatedCluster
 
 from vault_bridge.config.schema import parse_config
 from vault_bridge.models.certificates import CertificateInfo, split_pem_chain
-from vault_bridge.rotation.app import App, build
+from vault_bridge.rotation.app import build
 
 pytestmark = pytest.mark.usefixtures("lab_env")
 
@@ -103,7 +103,10 @@ def _one_time_setup(sim: SimulatedCluster, tmp_path: Path) -> None:
 
 
 def _bundle_subjects(sim: SimulatedCluster) -> set[str]:
-    return {CertificateInfo.from_pem(p).subject for p in split_pem_chain(sim.installed_pem("mtls_trusted_ca"))}
+    return {
+        CertificateInfo.from_pem(p).subject
+        for p in split_pem_chain(sim.installed_pem("mtls_trusted_ca"))
+    }
 
 
 def _failures(sim: SimulatedCluster, since: int = 0) -> list[tuple[str, str, int]]:
@@ -130,10 +133,10 @@ def test_password_to_certificate_then_basic_off_and_short_lived_login(
     with build(parse_config(doc), sleep=lambda s: None) as app:
         assert app.rotator.run_once().ok
         sim.set_access(control_plane_basic_authentication=False)
-        root = tmp_path / "root.pem"
-        root.write_text(own_pki.root_pem, encoding="utf-8")
+        root_file = tmp_path / "root.pem"
+        root_file.write_text(own_pki.root_pem, encoding="utf-8")
         refused = requests.get(
-            f"{sim.api_url}/v1/cluster", auth=(ADMIN, ADMIN_PASSWORD), verify=str(root)
+            f"{sim.api_url}/v1/cluster", auth=(ADMIN, ADMIN_PASSWORD), verify=str(root_file)
         )
         assert refused.status_code == 401  # Basic is off: only the certificate gets in
         # 3. The login certificate lives 6 s and renews itself 3 s before it expires: every
@@ -163,7 +166,11 @@ def _new_default_issuer(openbao: OpenBaoServer, pki: PkiSetup, root_mount: str) 
     old = client.read(f"{mount}/config/issuers")["data"]["default"]
     csr = client.write_data(
         f"{mount}/intermediate/generate/internal",
-        data={"common_name": f"Second Intermediate {mount}"[:63], "key_type": "ec", "key_bits": 256},
+        data={
+            "common_name": f"Second Intermediate {mount}"[:63],
+            "key_type": "ec",
+            "key_bits": 256,
+        },
     )["data"]["csr"]
     signed = client.write_data(
         f"{root_mount}/root/sign-intermediate",
@@ -194,7 +201,7 @@ def test_trusted_ca_change_without_a_failed_login(
         assert login.held is not None
         first = login.held
         old_ca = first.info.issuer
-        old_id, new_id = _new_default_issuer(openbao, own_pki, root_mount)
+        old_id, _new_id = _new_default_issuer(openbao, own_pki, root_mount)
         # The pass trusts both CAs, then the login certificate moves to the new issuer.
         result = app.rotator.run_once()
         assert result.ok, result.summary()
@@ -210,4 +217,6 @@ def test_trusted_ca_change_without_a_failed_login(
         assert not app.rotator.status().cluster_errors
     assert _failures(sim, mark) == []
     assert sim.handshake_failures.get("api", 0) == 0
-    assert x509.load_pem_x509_certificate(first.certificate.encode()).issuer.rfc4514_string() == old_ca
+    assert (
+        x509.load_pem_x509_certificate(first.certificate.encode()).issuer.rfc4514_string() == old_ca
+    )
