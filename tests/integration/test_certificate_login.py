@@ -11,11 +11,13 @@ from typing import Any
 
 import pytest
 import requests
+from click.testing import CliRunner
 from cryptography import x509
-from vault_bridge_lab.lab import ADMIN, ADMIN_PASSWORD, cluster_table, lab_config
+from vault_bridge_lab.lab import ADMIN, ADMIN_PASSWORD, cluster_table, lab_config, to_toml
 from vault_bridge_lab.openbao import DEFAULT_ROLE, OpenBaoServer, PkiSetup, setup_pki
 from vault_bridge_lab.simulator import SimulatedCluster
 
+from vault_bridge.cli.main import cli
 from vault_bridge.config.schema import parse_config
 from vault_bridge.models.certificates import CertificateInfo, split_pem_chain
 from vault_bridge.rotation.app import build
@@ -219,4 +221,50 @@ def test_trusted_ca_change_without_a_failed_login(
     assert sim.handshake_failures.get("api", 0) == 0
     assert (
         x509.load_pem_x509_certificate(first.certificate.encode()).issuer.rfc4514_string() == old_ca
+    )
+
+
+def _validate(doc: dict[str, Any], tmp_path: Path) -> Any:
+    path = tmp_path / "config.toml"
+    path.write_text(to_toml(doc), encoding="utf-8")
+    result = CliRunner().invoke(
+        cli, ["--config", str(path), "validate", "--connect"], catch_exceptions=False
+    )
+    print(result.output)  # for the suite-wide secret scan
+    return result
+
+
+def test_validate_connect_says_which_login_and_catches_the_cipher_mismatch(
+    openbao: OpenBaoServer, own_pki: PkiSetup, sim82: SimulatedCluster, tmp_path: Path
+) -> None:
+    sim = sim82
+    _one_time_setup(sim, tmp_path)
+    password_doc = _config(openbao, own_pki, sim, tmp_path, login="password")
+    result = _validate(password_doc, tmp_path)
+    assert result.exit_code == 0, result.output
+    assert (
+        "cluster east: logged in with password of admin@example.com; it accepts password "
+        "(Basic), client certificate (mTLS)" in result.output
+    )
+    # Only RSA ciphers for the databases, and proxy asks for an EC key: caught before issuing.
+    sim.set_access(data_cipher_list="ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-AES128-GCM-SHA256")
+    result = _validate(password_doc, tmp_path)
+    assert result.exit_code == 1
+    assert "proxy is configured with an EC key" in result.output
+    assert "data_cipher_list enables RSA ciphers only" in result.output
+    assert sim.install_count == 0
+    sim.set_access(data_cipher_list="ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256")
+    # The trusted CA goes in with the password; then Basic is turned off.
+    with build(parse_config(password_doc)) as app:
+        assert app.rotator.run_once().ok
+    sim.set_access(control_plane_basic_authentication=False)
+    result = _validate(password_doc, tmp_path)
+    assert result.exit_code == 1
+    assert "wrong username or password, or Basic authentication is turned off" in result.output
+    cert_doc = _config(openbao, own_pki, sim, tmp_path, login="certificate", login_ttl="30m")
+    result = _validate(cert_doc, tmp_path)
+    assert result.exit_code == 0, result.output
+    assert (
+        f"cluster east: logged in with client certificate {SUBJECT}; it accepts client "
+        "certificate (mTLS)" in result.output
     )

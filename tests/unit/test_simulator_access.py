@@ -179,3 +179,32 @@ def test_post_users_refuses_bad_bodies(
 def test_post_users_refuses_a_duplicate(sim: SimulatedCluster, tmp_path: Path) -> None:
     body = {"email": "admin@example.com", "role": "admin", "password": "x"}
     assert _call(sim, tmp_path, "POST", "/v1/users", body).status_code == 409
+
+
+RSA_ONLY = "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-AES128-GCM-SHA256"
+
+
+@pytest.mark.parametrize("path", ["/v1/cluster/certificates", "/v1/cluster/update_cert"])
+def test_8_2_refuses_an_ecdsa_proxy_with_rsa_only_ciphers(
+    sim: SimulatedCluster, tmp_path: Path, client_ca: OfflineCA, path: str
+) -> None:
+    cert, key = client_ca.leaf("proxy.example.com")  # EC key, serverAuth + clientAuth
+    item = {"name": "proxy", "certificate": cert + client_ca.pem, "key": key}
+    body = {"certificates": [item]} if path.endswith("certificates") else item
+    assert _call(sim, tmp_path, "PUT", "/v1/cluster", {"data_cipher_list": RSA_ONLY}).ok
+    refused = _call(sim, tmp_path, "PUT", path, body)
+    assert refused.status_code == 400 and "ECDSA" in refused.json()["description"]
+    assert sim.install_count == 0
+    # The control plane ciphers do not matter for proxy; ECDSA data ciphers let it in.
+    assert _call(sim, tmp_path, "PUT", "/v1/cluster", {"control_cipher_suites": RSA_ONLY}).ok
+    both = f"{RSA_ONLY}:ECDHE-ECDSA-AES128-GCM-SHA256"
+    assert _call(sim, tmp_path, "PUT", "/v1/cluster", {"data_cipher_list": both}).ok
+    assert _call(sim, tmp_path, "PUT", path, body).status_code == 200
+
+
+def test_before_8_2_an_ecdsa_proxy_goes_in(tmp_path: Path, client_ca: OfflineCA) -> None:
+    with SimulatedCluster("old", software_version="7.22.2-14") as old:
+        cert, key = client_ca.leaf("proxy.example.com")
+        item = {"name": "proxy", "certificate": cert + client_ca.pem, "key": key}
+        assert _call(old, tmp_path, "PUT", "/v1/cluster", {"data_cipher_list": RSA_ONLY}).ok
+        assert _call(old, tmp_path, "PUT", "/v1/cluster/update_cert", item).status_code == 200

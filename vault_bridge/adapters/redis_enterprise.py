@@ -27,7 +27,7 @@ from vault_bridge.config.schema import ClusterSettings
 from vault_bridge.decisions.install import CertUpload
 from vault_bridge.errors import ClusterError
 from vault_bridge.models.certificates import InstalledCertificate, IssuedCertificate
-from vault_bridge.models.cluster import Bdb, Crdb, CrdbTask, Node
+from vault_bridge.models.cluster import Bdb, ClusterAccess, Crdb, CrdbTask, Node
 
 logger = logging.getLogger(__name__)
 
@@ -407,6 +407,13 @@ class ClusterClient:
     def cluster_info(self) -> dict[str, Any]:
         """GET /v1/cluster"""
         return dict(self.request("GET", "/v1/cluster"))
+
+    def access(self) -> ClusterAccess:
+        """GET /v1/cluster -> the login and cipher settings."""
+        data = self.request("GET", "/v1/cluster")
+        if not isinstance(data, dict):
+            raise ClusterError("GET /v1/cluster answered no object", cluster=self.name)
+        return ClusterAccess.from_json(data)
 
     def certificates(self) -> dict[str, InstalledCertificate]:
         """GET /v1/cluster/certificates -> installed certificates by name (keys dropped)."""

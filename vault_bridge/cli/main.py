@@ -211,11 +211,17 @@ def validate(ctx: Context, connect: bool) -> None:
     )
     if not connect:
         return
+    from vault_bridge.rotation.access_checks import access_report
     from vault_bridge.rotation.app import build
     from vault_bridge.rotation.connect_checks import connect_checks
 
     with build(settings) as app:
+        app.rotator.trust_vault_chains()
         problems = connect_checks(app)
+        access = access_report(app)
+    problems.extend(access.problems)
+    for note in access.notes:
+        click.echo(note)
     for problem in problems:
         click.echo(f"error: {problem}", err=True)
     if problems:

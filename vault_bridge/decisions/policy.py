@@ -46,11 +46,33 @@ def policy_rules(settings: Settings) -> list[PolicyRule]:
             ("update",),
             f"{verb} for {users}",
         )
+    logins = sorted(
+        (c.login_certificate for c in settings.clusters if c.login_certificate is not None),
+        key=lambda s: (s.pki_mount, s.mode, s.role, s.cluster),
+    )
+    for login in logins:
+        users = ", ".join(
+            s.cluster
+            for s in logins
+            if (s.pki_mount, s.mode, s.role) == (login.pki_mount, login.mode, login.role)
+        )
+        verb = "sign a CSR made here" if login.mode == "sign" else "issue a key and certificate"
+        add(
+            f"{login.pki_mount}/{login.mode}/{login.role}",
+            ("update",),
+            f"{verb} for the client certificate vault-bridge logs in to {users} with",
+        )
     for spec in specs:
         add(
             f"{spec.pki_mount}/roles/{spec.role}",
             ("read",),
             "validate --connect checks the role's flags before anything is issued",
+        )
+    for login in logins:
+        add(
+            f"{login.pki_mount}/roles/{login.role}",
+            ("read",),
+            "validate --connect checks the login role's client_flag",
         )
     if settings.agent.revoke_superseded:
         for mount in sorted({s.pki_mount for s in specs}):

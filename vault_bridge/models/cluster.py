@@ -143,3 +143,30 @@ class Bdb:
             ),
             enforce_client_authentication=data.get("enforce_client_authentication") == "enabled",
         )
+
+
+@dataclass(frozen=True)
+class ClusterAccess:
+    """The access and TLS settings of ``GET /v1/cluster`` that decide how vault_bridge logs in
+    and which certificates the cluster accepts. A field the cluster does not report is None
+    (older versions: Basic authentication is on, mTLS off)."""
+
+    basic_authentication: bool
+    mtls_certificate_authentication: bool
+    control_cipher_suites: str | None
+    data_cipher_list: str | None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ClusterAccess:
+        def text(key: str) -> str | None:
+            value = data.get(key)
+            return value if isinstance(value, str) and value.strip() else None
+
+        basic = data.get("control_plane_basic_authentication", True)
+        mtls = data.get("mtls_certificate_authentication", False)
+        return cls(
+            basic_authentication=basic is not False,
+            mtls_certificate_authentication=mtls is True,
+            control_cipher_suites=text("control_cipher_suites"),
+            data_cipher_list=text("data_cipher_list"),
+        )

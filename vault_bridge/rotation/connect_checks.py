@@ -41,7 +41,7 @@ def connect_checks(app: App) -> list[str]:
             client.nodes()
             if not client.can_install():
                 problems.append(
-                    f"cluster {name}: user {client.settings.username!r} may not install "
+                    f"cluster {name}: user {client.settings.username or '(the login certificate)'!r} may not install "
                     f"certificates (needs the admin role)"
                 )
         except VaultBridgeError as exc:

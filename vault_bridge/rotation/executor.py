@@ -206,6 +206,15 @@ class Rotator:
             self.issuers(spec.pki_mount)
             self.clusters[cluster.name].set_trust(self._chains[spec.pki_mount])
 
+    def trust_vault_chains(self) -> None:
+        """Trust Vault's chain for every cluster whose ``api`` certificate we manage (what a
+        pass does first), so that a check run before any pass reaches a rotated API."""
+        for cluster in self.settings.clusters:
+            try:
+                self._trust_own_api_cert(cluster)
+            except VaultBridgeError as exc:
+                logger.debug("cluster %s: Vault chain not trusted yet: %s", cluster.name, exc)
+
     def statuses_for(
         self, cluster: ClusterSettings
     ) -> tuple[list[CertStatus], dict[str, InstalledCertificate]]:

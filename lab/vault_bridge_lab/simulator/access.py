@@ -30,6 +30,26 @@ from vault_bridge_lab.simulator.names import Version
 from vault_bridge_lab.simulator.routing import ApiError, invalid_request
 
 BASIC_AUTH_OFF_MIN_VERSION: Final[Version] = (8, 2)
+#: From 8.2 an ECDSA certificate for these names is refused at upload when the ciphers that
+#: serve it are RSA only (release notes 8.2.0-25): control plane for cm/api/metrics_exporter,
+#: data plane for proxy.
+ECDSA_CHECK_MIN_VERSION: Final[Version] = (8, 2)
+CIPHER_SETTING_OF: Final[Mapping[str, str]] = {
+    "api": "control_cipher_suites",
+    "cm": "control_cipher_suites",
+    "metrics_exporter": "control_cipher_suites",
+    "proxy": "data_cipher_list",
+}
+_DEFAULT_TLS12: Final = (
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256"
+)
+CIPHER_KEYS: Final = (
+    "control_cipher_suites",
+    "data_cipher_list",
+    "control_cipher_suites_tls_1_3",
+    "data_cipher_suites_tls_1_3",
+)
 SUBJECT_VALIDATION_TYPES: Final = ("disabled", "san_cn", "full_subject")
 _SUBJECT_KEYS: Final = {"CN", "OU", "O", "C", "L", "ST"}
 
@@ -75,6 +95,10 @@ class AccessControl:
             "mtls_client_cert_subject_validation_type": "disabled",
             "mtls_authorized_subjects": [],
             "control_plane_basic_authentication": True,
+            "control_cipher_suites": _DEFAULT_TLS12,
+            "data_cipher_list": _DEFAULT_TLS12,
+            "control_cipher_suites_tls_1_3": "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256",
+            "data_cipher_suites_tls_1_3": "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256",
         }
 
     @property
@@ -107,6 +131,10 @@ class AccessControl:
                 changes[key] = value
             elif key == "mtls_authorized_subjects":
                 changes[key] = _subjects(value)
+            elif key in CIPHER_KEYS:
+                if not isinstance(value, str) or not value.strip():
+                    raise invalid_request(f"{key} must be a non-empty cipher string")
+                changes[key] = value
         if "control_plane_basic_authentication" in changes and version < BASIC_AUTH_OFF_MIN_VERSION:
             raise invalid_request(
                 "control_plane_basic_authentication needs Redis Enterprise 8.2 or later"
@@ -114,6 +142,14 @@ class AccessControl:
         with self._lock:
             self.settings.update(changes)
         return changes
+
+    def rsa_only(self, name: str) -> bool:
+        """Whether the TLS 1.2 ciphers serving certificate ``name`` are all RSA ones."""
+        setting = CIPHER_SETTING_OF.get(name)
+        if setting is None:
+            return False
+        entries = [e for e in str(self.settings[setting]).split(":") if e and e[0] not in "!-"]
+        return bool(entries) and all("RSA" in e.upper() for e in entries)
 
     # ---- authentication
 

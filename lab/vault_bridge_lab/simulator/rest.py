@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from vault_bridge_lab.simulator.access import User
-from vault_bridge_lab.simulator.certs import parse_item, validate_certificate
+from vault_bridge_lab.simulator.access import ECDSA_CHECK_MIN_VERSION, User
+from vault_bridge_lab.simulator.certs import Installed, parse_item, validate_certificate
 from vault_bridge_lab.simulator.databases import DatabaseError
 from vault_bridge_lab.simulator.names import BULK_MIN_VERSION, INTERNODE_NAMES
 from vault_bridge_lab.simulator.routing import (
@@ -253,6 +254,8 @@ class RestApi:
             )
         now = self._cluster._now()
         validated = [validate_certificate(item, now=now, bad_cert_status=400) for item in items]
+        for installed in validated:
+            self._check_ciphers(installed)
         self._cluster._apply(validated)
         return ApiResponse(200, {}, close="api" in names)
 
@@ -261,8 +264,22 @@ class RestApi:
         item = parse_item(req.json(), "the body")
         self._cluster._check_name(item.name)
         installed = validate_certificate(item, now=self._cluster._now(), bad_cert_status=404)
+        self._check_ciphers(installed)
         self._cluster._apply([installed])
         return ApiResponse(200, {}, close=item.name == "api")
+
+    def _check_ciphers(self, installed: Installed) -> None:
+        """8.2+: an ECDSA certificate is refused when only RSA ciphers would serve it."""
+        if self._cluster._lowest_version() < ECDSA_CHECK_MIN_VERSION:
+            return
+        if isinstance(installed.leaf.public_key(), ec.EllipticCurvePublicKey) and (
+            self._cluster.access.rsa_only(installed.name)
+        ):
+            # UNDOCUMENTED: the error code (the release notes name the refusal, not its body).
+            raise invalid_request(
+                f"{installed.name}: an ECDSA certificate needs ECDSA ciphers; only RSA ciphers "
+                "are configured"
+            )
 
     # ---- databases (the model is in vault_bridge_lab.simulator.world)
 
