@@ -17,8 +17,10 @@ from vault_bridge_lab.lab import ADMIN, ADMIN_PASSWORD, cluster_table, lab_confi
 from vault_bridge_lab.openbao import DEFAULT_ROLE, OpenBaoServer, PkiSetup, setup_pki
 from vault_bridge_lab.simulator import SimulatedCluster
 
+from tests.conftest import register_secret
 from vault_bridge.cli.main import cli
 from vault_bridge.config.schema import parse_config
+from vault_bridge.decisions.policy import render_policy
 from vault_bridge.models.certificates import CertificateInfo, split_pem_chain
 from vault_bridge.rotation.app import build
 
@@ -268,3 +270,45 @@ def test_validate_connect_says_which_login_and_catches_the_cipher_mismatch(
         f"cluster east: logged in with client certificate {SUBJECT}; it accepts client "
         "certificate (mTLS)" in result.output
     )
+
+
+def test_policy_grants_exactly_the_login_role_and_suffices(
+    openbao: OpenBaoServer,
+    own_pki: PkiSetup,
+    sim82: SimulatedCluster,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sim = sim82
+    _one_time_setup(sim, tmp_path)
+    with build(parse_config(_config(openbao, own_pki, sim, tmp_path, login="password"))) as app:
+        assert app.rotator.run_once().ok
+    sim.set_access(control_plane_basic_authentication=False)
+    settings = parse_config(
+        _config(openbao, own_pki, sim, tmp_path, login="certificate", login_ttl="30m")
+    )
+    text = render_policy(settings)
+    paths = [line.split('"')[1] for line in text.splitlines() if line.startswith("path ")]
+    m = own_pki.issuing_mount
+    assert paths == [
+        f"{m}/sign/redis",
+        f"{m}/sign/{LOGIN_ROLE}",
+        f"{m}/roles/redis",
+        f"{m}/roles/{LOGIN_ROLE}",
+        f"{m}/revoke",
+        "auth/token/renew-self",
+        "auth/token/lookup-self",
+    ]
+    # A token with only that policy: the issuer reads (LIST issuers, issuer JSON) need none.
+    root = openbao.client()
+    name = f"vb-login-{uuid.uuid4().hex[:8]}"
+    root.sys.create_or_update_policy(name=name, policy=text)
+    token = root.auth.token.create(policies=[name], no_default_policy=True, ttl="1h")["auth"][
+        "client_token"
+    ]
+    register_secret(token)
+    monkeypatch.setenv("VAULT_TOKEN", token)
+    with build(settings) as app:
+        result = app.rotator.run_once(force=[("east", "proxy")])
+        assert result.ok, result.summary()
+        assert app.logins["east"].held is not None
