@@ -95,7 +95,7 @@ def test_certificate_user_logs_in_and_a_foreign_certificate_is_refused_in_the_ha
     other = _client_files(make_ca("Other CA"), "robot.example.com", tmp_path)
     with pytest.raises(requests.exceptions.RequestException):
         _call(sim, tmp_path, "GET", "/v1/nodes", auth=None, cert=other)
-    assert sim.handshake_failures["api"] == 1
+    assert sim.wait_for_handshake_failures("api", 1) == 1
     # Basic still works (mTLS is additive) until it is turned off.
     assert _call(sim, tmp_path, "GET", "/v1/nodes").status_code == 200
     off = {"control_plane_basic_authentication": False}

@@ -27,7 +27,15 @@ from vault_bridge.config.schema import ClusterSettings
 from vault_bridge.decisions.install import CertUpload
 from vault_bridge.errors import ClusterError
 from vault_bridge.models.certificates import InstalledCertificate, IssuedCertificate
-from vault_bridge.models.cluster import Bdb, ClusterAccess, Crdb, CrdbTask, Node
+from vault_bridge.models.cluster import (
+    Bdb,
+    ClusterAccess,
+    Crdb,
+    CrdbTask,
+    Node,
+    OcspConfig,
+    OcspStatus,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -414,6 +422,30 @@ class ClusterClient:
         if not isinstance(data, dict):
             raise ClusterError("GET /v1/cluster answered no object", cluster=self.name)
         return ClusterAccess.from_json(data)
+
+    # -- OCSP stapling of the proxy certificate ------------------------------------------
+
+    def ocsp(self) -> OcspConfig | None:
+        """GET /v1/ocsp (None: the cluster has no OCSP, 404, or not on every node, 406)."""
+        try:
+            return OcspConfig.from_json(self.request("GET", "/v1/ocsp", retry=False))
+        except ClusterError as exc:
+            if exc.status in (404, 406):
+                return None
+            raise
+
+    def enable_ocsp(self) -> OcspConfig:
+        """PUT /v1/ocsp with ``{"ocsp_functionality": true}``."""
+        body = {"ocsp_functionality": True}
+        return OcspConfig.from_json(self.request("PUT", "/v1/ocsp", body, retry=False))
+
+    def ocsp_status(self) -> OcspStatus:
+        """GET /v1/ocsp/status: the status the cluster staples now (its cache)."""
+        return OcspStatus.from_json(self.request("GET", "/v1/ocsp/status"))
+
+    def ocsp_test(self) -> OcspStatus:
+        """POST /v1/ocsp/test: ask the responder now (cached when OCSP is on)."""
+        return OcspStatus.from_json(self.request("POST", "/v1/ocsp/test", retry=False))
 
     def certificates(self) -> dict[str, InstalledCertificate]:
         """GET /v1/cluster/certificates -> installed certificates by name (keys dropped)."""

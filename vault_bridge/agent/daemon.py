@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from vault_bridge.adapters.vault.client import VaultClient
-from vault_bridge.agent.health import Metrics, Snapshot, serving
+from vault_bridge.agent.health import Metrics, Snapshot, login_samples, serving
 from vault_bridge.agent.oneshot import result_json
 from vault_bridge.agent.passes import AgentRotator, Passes
 from vault_bridge.agent.revocation import revoke_due
@@ -396,6 +396,10 @@ class Agent:
             reasons.append(f"Vault: {self.token_error}")
         reasons.extend(self.passes.reasons())
         vault = self.app.vault if self.app is not None else None
+        ocsp = {}
+        if self.app is not None:
+            samples = (*samples, *login_samples(self.app.logins.values(), now))
+            ocsp = {c: s.cert_status for c, s in self.app.rotator.ocsp.items()}
         self.metrics.publish(
             Snapshot(
                 certificates=samples,
@@ -403,6 +407,7 @@ class Agent:
                 token_expires_at=vault.token_expires_at if vault else None,
                 ready=not reasons,
                 reasons=tuple(reasons),
+                ocsp=ocsp,
             )
         )
 

@@ -24,7 +24,9 @@ def _short_issuer(issuer: str | None) -> str:
 
 
 def status_table(statuses: Sequence[CertStatus]) -> str:
-    headers = ("CLUSTER", "NAME", "STATE", "SERIAL", "ISSUER", "NOT AFTER", "RENEW AT")
+    headers: tuple[str, ...] = ("CLUSTER", "NAME", "STATE", "SERIAL", "ISSUER", "NOT AFTER")
+    headers += ("RENEW AT",)
+    ocsp = any(s.ocsp is not None for s in statuses)  # the column only where OCSP is on
     rows = [
         (
             s.cluster,
@@ -34,9 +36,12 @@ def status_table(statuses: Sequence[CertStatus]) -> str:
             _short_issuer(s.issuer),
             _time(s.not_after),
             _time(s.renew_at),
+            *((s.ocsp or "-",) if ocsp else ()),
         )
         for s in statuses
     ]
+    if ocsp:
+        headers += ("OCSP",)
     widths = [
         max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
     ]

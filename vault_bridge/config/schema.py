@@ -142,6 +142,7 @@ class ClusterConfig(_Strict):
     crdb_cli_path: str = "/opt/redislabs/bin/crdb-cli"
     docker_container: str | None = None
     docker_host: str | None = None
+    ocsp_responder: Literal["vault"] | None = None
     verify_endpoints: dict[str, str] = {}
     certificates: dict[str, CertificateConfig] = {}
 
@@ -209,6 +210,11 @@ class ClusterConfig(_Strict):
                 raise ValueError(
                     "expected exactly one of 'password_file', 'password_env' or 'password_vault'"
                 )
+        if self.ocsp_responder == "vault" and "proxy" not in self.certificates:
+            raise ValueError(
+                "key 'ocsp_responder' needs [clusters.certificates.proxy]: the responder is "
+                "the one the proxy certificate names"
+            )
         if self.crdb_update == "docker" and not self.docker_container:
             raise ValueError("missing key 'docker_container': required when crdb_update = 'docker'")
         return self
@@ -346,6 +352,7 @@ class ClusterSettings:
     login_certificate: LoginSpec | None = None
     # The PKI mount whose issuers the cluster's mtls_trusted_ca trusts (None: not managed).
     trusted_ca_mount: str | None = None
+    ocsp_responder: Literal["vault"] | None = None
 
     @property
     def host(self) -> str:
@@ -616,6 +623,7 @@ def _resolve(parsed: FileConfig, path: Path | None) -> Settings:
                 login=cluster.login,
                 login_certificate=login_spec,
                 trusted_ca_mount=trusted_ca_mount,
+                ocsp_responder=cluster.ocsp_responder,
             )
         )
     vault = parsed.vault

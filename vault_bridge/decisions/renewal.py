@@ -38,12 +38,13 @@ class CertStatus:
     not_after: datetime | None
     renew_at: datetime | None
     fingerprint: str | None
+    ocsp: str | None = None  # proxy with OCSP stapling on: GOOD, REVOKED or UNKNOWN
 
     def as_json(self) -> dict[str, str | None]:
         def iso(value: datetime | None) -> str | None:
             return value.isoformat().replace("+00:00", "Z") if value else None
 
-        return {
+        out = {
             "cluster": self.cluster,
             "name": self.name,
             "serial": self.serial,
@@ -52,6 +53,9 @@ class CertStatus:
             "renew_at": iso(self.renew_at),
             "state": self.state,
         }
+        if self.ocsp is not None:
+            out["ocsp"] = self.ocsp
+        return out
 
 
 @dataclass(frozen=True)

@@ -170,3 +170,50 @@ class ClusterAccess:
             control_cipher_suites=text("control_cipher_suites"),
             data_cipher_list=text("data_cipher_list"),
         )
+
+
+OCSP_STATUSES = ("GOOD", "REVOKED", "UNKNOWN")
+
+
+@dataclass(frozen=True)
+class OcspConfig:
+    """``GET /v1/ocsp``: whether OCSP stapling is on, and the responder the proxy certificate
+    names (read-only: it comes from the certificate's Authority Information Access)."""
+
+    enabled: bool
+    responder_url: str
+
+    @classmethod
+    def from_json(cls, data: Any) -> OcspConfig:
+        if not isinstance(data, dict):
+            return cls(False, "")
+        url = data.get("responder_url")
+        return cls(data.get("ocsp_functionality") is True, url if isinstance(url, str) else "")
+
+
+@dataclass(frozen=True)
+class OcspStatus:
+    """``GET /v1/ocsp/status`` or ``POST /v1/ocsp/test``: the proxy certificate's OCSP status.
+    Anything but GOOD or REVOKED (missing, malformed) is UNKNOWN."""
+
+    cert_status: str  # GOOD, REVOKED or UNKNOWN
+    responder_url: str
+    this_update: str = ""
+    next_update: str = ""
+
+    @classmethod
+    def from_json(cls, data: Any) -> OcspStatus:
+        if not isinstance(data, dict):
+            return cls("UNKNOWN", "")
+        status = str(data.get("cert_status") or "").upper()
+
+        def text(key: str) -> str:
+            value = data.get(key)
+            return value if isinstance(value, str) else ""
+
+        return cls(
+            status if status in OCSP_STATUSES else "UNKNOWN",
+            text("responder_url"),
+            text("this_update"),
+            text("next_update"),
+        )

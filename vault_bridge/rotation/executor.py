@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
@@ -30,8 +30,10 @@ from vault_bridge.models.certificates import (
     InstalledCertificate,
     IssuedCertificate,
 )
+from vault_bridge.models.cluster import OcspStatus
 from vault_bridge.rotation.keys import build_csr, check_before_install, generate_key, key_to_pem
 from vault_bridge.rotation.login import LoginCertificate
+from vault_bridge.rotation.ocsp import after_proxy_change, check_proxy_before_install, read_ocsp
 from vault_bridge.rotation.trusted_ca import reconcile_trusted_ca
 
 logger = logging.getLogger(__name__)
@@ -188,6 +190,8 @@ class Rotator:
         self._bulk_unsupported: set[str] = set()
         # The login certificates of clusters with login = "certificate" (set by the wiring).
         self.logins: Mapping[str, LoginCertificate] = {}
+        # The proxy certificate's OCSP status by cluster, as last read (stapling on only).
+        self.ocsp: dict[str, OcspStatus] = {}
 
     # -- reading -------------------------------------------------------------------------
 
@@ -225,7 +229,22 @@ class Rotator:
             classify(spec, installed.get(spec.name.value), self.issuers(spec.pki_mount), now)
             for spec in cluster.certificates
         ]
+        status = self._read_ocsp(cluster) if cluster.spec(CertName.PROXY) else None
+        if status is not None:
+            statuses = [
+                replace(s, ocsp=status.cert_status) if s.name == CertName.PROXY.value else s
+                for s in statuses
+            ]
         return statuses, installed
+
+    def _read_ocsp(self, cluster: ClusterSettings) -> OcspStatus | None:
+        """What the cluster staples for its proxy certificate (None: OCSP off or unknown)."""
+        status = read_ocsp(self.clusters[cluster.name])
+        if status is None:
+            self.ocsp.pop(cluster.name, None)
+        else:
+            self.ocsp[cluster.name] = status
+        return status
 
     def status(self) -> PassResult:
         """Classify every configured certificate; clusters that fail are reported apart."""
@@ -318,6 +337,7 @@ class Rotator:
             if changes:
                 self.hooks.installed(changes)
                 followup_errors = self.run_followups(changes)
+                self.report_ocsp(changes)
                 for change in changes:
                     error = followup_errors.get((change.cluster, change.name))
                     result.outcomes.append(
@@ -418,6 +438,8 @@ class Rotator:
             assert spec is not None
             try:
                 issued = self.obtain(spec)
+                if action.name == CertName.PROXY.value:
+                    check_proxy_before_install(client, issued)
             except DeferredError as exc:
                 logger.info("%s on %s: deferred: %s", action.name, cluster_name, exc)
                 result.outcomes.append(Outcome(cluster_name, action.name, "failed", error=str(exc)))
@@ -430,6 +452,25 @@ class Rotator:
                 cluster_name, action.name, issued, previous.get(action.name)
             )
         return ready
+
+    def report_ocsp(self, changes: Sequence[Change]) -> None:
+        """After a proxy change: stapling on with Vault (``ocsp_responder``), ask the responder
+        now, record and log the status. Never fails the change: it is installed."""
+        for change in changes:
+            if change.name != CertName.PROXY.value:
+                continue
+            cluster = self.settings.cluster(change.cluster)
+            try:
+                status = after_proxy_change(
+                    cluster, self.clusters[change.cluster], change.issued, self.vault.address
+                )
+            except VaultBridgeError as exc:
+                logger.warning("cluster %s: OCSP check after the install: %s", change.cluster, exc)
+                continue
+            if status is None:
+                self.ocsp.pop(change.cluster, None)
+            else:
+                self.ocsp[change.cluster] = status
 
     def _install_cluster(
         self, cluster_name: str, ready: Mapping[str, Change], result: PassResult

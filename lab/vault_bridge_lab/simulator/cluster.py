@@ -32,6 +32,7 @@ from vault_bridge_lab.simulator.names import (
     Version,
     parse_version,
 )
+from vault_bridge_lab.simulator.ocsp import Fetch, OcspModel, https_fetch
 from vault_bridge_lab.simulator.rest import (
     DEFAULT_USERS,
     Fault,
@@ -72,9 +73,14 @@ class SimulatedCluster:
         ports: dict[str, int] | None = None,
         clock: Callable[[], datetime] | None = None,
         world: DatabaseWorld | None = None,
+        ocsp_fetch: Fetch | None = None,
+        ocsp_ca_file: str | None = None,
     ) -> None:
         """``world``: the databases, CRDBs and tasks, shared with the other clusters given the
-        same one (an Active-Active database spanning them); a world of its own by default."""
+        same one (an Active-Active database spanning them); a world of its own by default.
+
+        ``ocsp_fetch(url, request_der) -> response_der`` asks an OCSP responder (default: an
+        HTTP POST, an https responder verified with ``ocsp_ca_file``)."""
         unknown = sorted(set(ports or {}) - set(LISTENERS))
         if unknown:
             raise ValueError(f"unknown listener(s) {unknown}; known: {', '.join(LISTENERS)}")
@@ -91,8 +97,10 @@ class SimulatedCluster:
                 for user, (password, role) in (DEFAULT_USERS if users is None else users).items()
             }
         )
+        self.ocsp = OcspModel(ocsp_fetch or https_fetch(ocsp_ca_file, timeout=5.0))
         #: TLS handshakes that failed, by listener (a refused client certificate among them).
         self.handshake_failures: dict[str, int] = {}
+        self._handshakes = threading.Condition()
         self._lock = threading.RLock()
         self._nodes: list[Node] = []
         self._certs: dict[str, Installed] = {}
@@ -348,8 +356,18 @@ class SimulatedCluster:
         return self.access.authenticate(authorization, peer)
 
     def _handshake_failed(self, listener: str, exc: BaseException) -> None:
-        with self._lock:
+        with self._handshakes:
             self.handshake_failures[listener] = self.handshake_failures.get(listener, 0) + 1
+            self._handshakes.notify_all()
+
+    def wait_for_handshake_failures(self, listener: str, count: int, timeout: float = 5.0) -> int:
+        """Block until ``listener`` counted ``count`` failed handshakes (the server counts one
+        a moment after the client saw its alert), or ``timeout``; returns the count."""
+        with self._handshakes:
+            self._handshakes.wait_for(
+                lambda: self.handshake_failures.get(listener, 0) >= count, timeout
+            )
+            return self.handshake_failures.get(listener, 0)
 
     def add_certificate_user(self, name: str, subject: str, role: str = "admin") -> None:
         """A user with ``auth_method`` certificate and ``certificate_subject_line`` ``subject``
@@ -406,6 +424,8 @@ class SimulatedCluster:
             self.install_count += len(installed)
         if any(item.name == MTLS_TRUSTED_CA for item in installed):
             self._refresh_api_context()
+        if any(item.name == "proxy" for item in installed):
+            self.ocsp.proxy_changed()
         self.world.certificates_changed(self.name)
         for item in installed:
             info = CertificateInfo.from_cert(item.leaf)

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from vault_bridge.models.certificates import split_pem_chain
 from vault_bridge_lab.simulator.access import ECDSA_CHECK_MIN_VERSION, User
 from vault_bridge_lab.simulator.certs import Installed, parse_item, validate_certificate
 from vault_bridge_lab.simulator.databases import DatabaseError
@@ -77,6 +78,10 @@ class RestApi:
         add("GET", "/v1/nodes/<uid>", self.get_node)
         add("GET", "/v1/cluster", self.get_cluster)
         add("PUT", "/v1/cluster", self.put_cluster)
+        add("GET", "/v1/ocsp", self.get_ocsp)
+        add("PUT", "/v1/ocsp", self.put_ocsp)
+        add("GET", "/v1/ocsp/status", self.get_ocsp_status)
+        add("POST", "/v1/ocsp/test", self.post_ocsp_test)
         add("GET", "/v1/users", self.get_users)
         add("POST", "/v1/users", self.post_user)
         add("GET", "/v1/cluster/certificates", self.get_certificates)
@@ -201,6 +206,30 @@ class RestApi:
         self._cluster.access.update(body, self._cluster._lowest_version())
         self._cluster._refresh_api_context()
         return self.get_cluster(req)
+
+    # ---- OCSP (the model is in vault_bridge_lab.simulator.ocsp)
+
+    def _proxy(self) -> tuple[x509.Certificate, x509.Certificate | None]:
+        installed = self._cluster._certs_snapshot()["proxy"]
+        chain = split_pem_chain(installed.chain_pem)
+        issuer = x509.load_pem_x509_certificate(chain[1].encode()) if len(chain) > 1 else None
+        return installed.leaf, issuer
+
+    def get_ocsp(self, req: ApiRequest) -> ApiResponse:
+        """GET: /v1/ocsp"""
+        return ApiResponse(200, self._cluster.ocsp.config_json(self._proxy()[0]))
+
+    def put_ocsp(self, req: ApiRequest) -> ApiResponse:
+        """PUT: /v1/ocsp"""
+        return ApiResponse(200, self._cluster.ocsp.update(req.json(), self._proxy()[0]))
+
+    def get_ocsp_status(self, req: ApiRequest) -> ApiResponse:
+        """GET: /v1/ocsp/status"""
+        return ApiResponse(200, self._cluster.ocsp.cached(self._proxy()[0]))
+
+    def post_ocsp_test(self, req: ApiRequest) -> ApiResponse:
+        """POST: /v1/ocsp/test"""
+        return ApiResponse(200, self._cluster.ocsp.test(*self._proxy()))
 
     def get_users(self, req: ApiRequest) -> ApiResponse:
         """GET: /v1/users"""

@@ -596,6 +596,22 @@ class VaultClient:
             raise VaultError(f"{path} returned no issuer certificate", url=self._url(path))
         return PkiIssuer(issuer_id=issuer, certificate=certificate[0], ca_chain=tuple(chain))
 
+    def read_urls(self, mount: str) -> dict[str, Any]:
+        """GET: /{mount}/config/urls (issuing certificates, CRL and OCSP URLs)."""
+        path = f"{mount}/config/urls"
+        resp = self._call("GET", path, lambda: self._hvac.read(path), capability="read")
+        return _data(resp, path)
+
+    def write_urls(self, mount: str, urls: Mapping[str, Any]) -> None:
+        """POST: /{mount}/config/urls (an admin operation: `vault-bridge vault-setup`)."""
+        path = f"{mount}/config/urls"
+        self._call(
+            "POST",
+            path,
+            lambda: self._hvac.write_data(path, data=dict(urls)),
+            capability="update",
+        )
+
     def read_kv(self, mount: str, path: str, key: str) -> str:
         """GET: /{mount}/data/{path} (KV version 2); returns the value of ``key``.
 
