@@ -545,6 +545,69 @@ class ClusterClient:
             self.request("GET", f"/v1/bdbs/{uid}", messages=DATABASE_STATUS_MESSAGES)
         )
 
+    # -- a database's own proxy certificate ---------------------------------------------
+
+    def bdb_certificates(
+        self, expires_before: str | None = None
+    ) -> dict[int, InstalledCertificate]:
+        """GET /v1/bdbs/certificates[?expires_before=] -> the databases' own proxy certificates
+        by uid. 404: the cluster has no such endpoint (an older Redis Enterprise)."""
+        query = f"?expires_before={expires_before}" if expires_before else ""
+        try:
+            data = self.request(
+                "GET", f"/v1/bdbs/certificates{query}", messages=DATABASE_STATUS_MESSAGES
+            )
+        except ClusterError as exc:
+            if exc.status == 404:
+                raise ClusterError(
+                    "this cluster has no per-database certificate endpoints "
+                    "(GET /v1/bdbs/certificates answers 404): per-database certificates need "
+                    "a newer Redis Enterprise",
+                    cluster=self.name,
+                    status=404,
+                ) from exc
+            raise
+        out: dict[int, InstalledCertificate] = {}
+        for item in data if isinstance(data, list) else []:
+            if not isinstance(item, dict) or not isinstance(item.get("cert"), str):
+                continue
+            try:
+                uid = int(item.get("bdb_uid", ""))
+            except ValueError:
+                continue
+            out[uid] = InstalledCertificate.from_pem(f"bdb:{uid}", item["cert"])
+        return out
+
+    def bdb_certificate(self, uid: int) -> InstalledCertificate | None:
+        """GET /v1/bdbs/<uid>/certificates (None: the database has no certificate of its own)."""
+        try:
+            data = self.request(
+                "GET", f"/v1/bdbs/{uid}/certificates", messages=DATABASE_STATUS_MESSAGES
+            )
+        except ClusterError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        pem = data.get("cert") if isinstance(data, dict) else None
+        if not isinstance(pem, str) or not pem.strip():
+            return None
+        return InstalledCertificate.from_pem(f"bdb:{uid}", pem)
+
+    def set_bdb_certificate(self, uid: int, upload: CertUpload, *, dry_run: bool) -> None:
+        """POST /v1/bdbs/<uid>/certificates[?dry_run=true] with ``{"cert", "private_key"}``
+        (dry_run validates without changing anything). Never resent blindly: the caller reads
+        the certificate back."""
+        body = {"cert": upload.certificate, "private_key": upload.key}
+        query = "?dry_run=true" if dry_run else ""
+        self.request(
+            "POST",
+            f"/v1/bdbs/{uid}/certificates{query}",
+            body,
+            certificate=upload.name,
+            messages=DATABASE_STATUS_MESSAGES,
+            retry=False,
+        )
+
     def update_bdb(self, uid: int, changes: Mapping[str, Any]) -> Bdb:
         """PUT /v1/bdbs/<uid> (409 busy is retried with backoff)."""
         return Bdb.from_json(

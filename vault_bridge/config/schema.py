@@ -112,6 +112,19 @@ class CertificateConfig(CertSettings):
     ip_sans: list[str] = []
 
 
+class DatabaseCertConfig(CertificateConfig):
+    """``[clusters.databases.<name>]``: a database's own proxy (endpoint) certificate."""
+
+    verify_endpoint: str | None = None  # host:port of the database endpoint, for the TLS check
+
+    @field_validator("verify_endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_hostport(value, default_port=None)
+        return value
+
+
 class TrustedCaConfig(_Strict):
     """``[clusters.certificates.mtls_trusted_ca]``: a CA bundle, no role and no key."""
 
@@ -145,6 +158,7 @@ class ClusterConfig(_Strict):
     ocsp_responder: Literal["vault"] | None = None
     verify_endpoints: dict[str, str] = {}
     certificates: dict[str, CertificateConfig] = {}
+    databases: dict[str, DatabaseCertConfig] = {}
 
     @model_validator(mode="before")
     @classmethod
@@ -272,6 +286,22 @@ class CertSpec:
 
 
 @dataclass(frozen=True)
+class DatabaseSpec:
+    """A database's own proxy certificate: the database (by name) and the certificate.
+
+    ``cert`` carries the name ``proxy`` for the checks a proxy certificate passes; the status
+    and logs name it ``bdb:<database>``."""
+
+    database: str
+    cert: CertSpec
+    verify_endpoint: str | None
+
+    @property
+    def label(self) -> str:
+        return f"bdb:{self.database}"
+
+
+@dataclass(frozen=True)
 class LoginSpec:
     """The client certificate vault_bridge logs in to one cluster with (login = "certificate")."""
 
@@ -353,6 +383,7 @@ class ClusterSettings:
     # The PKI mount whose issuers the cluster's mtls_trusted_ca trusts (None: not managed).
     trusted_ca_mount: str | None = None
     ocsp_responder: Literal["vault"] | None = None
+    databases: tuple[DatabaseSpec, ...] = ()
 
     @property
     def host(self) -> str:
@@ -429,12 +460,15 @@ def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
             if model is ClusterConfig or part in CertName.__members__.values():
                 model = CertificateConfig
                 continue
-            return model if model is CertificateConfig else None
+            return model if issubclass(model, CertificateConfig) else None
         ann = field.annotation
         target = _unwrap_model(ann)
         if target is None:
             if part == "certificates":
                 model = CertificateConfig
+                continue
+            if part == "databases":
+                model = DatabaseCertConfig
                 continue
             return None
         model = target
@@ -594,6 +628,16 @@ def _resolve(parsed: FileConfig, path: Path | None) -> Settings:
                     f"{where}.login_certificate",
                 )
             )
+        databases = tuple(
+            DatabaseSpec(
+                database=name,
+                cert=_resolve_spec(
+                    cluster.name, CertName.PROXY, db, parsed.defaults, f"{where}.databases.{name}"
+                ),
+                verify_endpoint=db.verify_endpoint,
+            )
+            for name, db in cluster.databases.items()
+        )
         trusted_ca_mount: str | None = None
         if cluster.trusted_ca is not None:
             trusted_ca_mount = str(
@@ -624,6 +668,7 @@ def _resolve(parsed: FileConfig, path: Path | None) -> Settings:
                 login_certificate=login_spec,
                 trusted_ca_mount=trusted_ca_mount,
                 ocsp_responder=cluster.ocsp_responder,
+                databases=databases,
             )
         )
     vault = parsed.vault

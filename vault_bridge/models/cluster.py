@@ -126,6 +126,7 @@ class Bdb:
     replica_sources: tuple[ReplicaSource, ...] = field(repr=False)
     authentication_ssl_client_certs: tuple[str, ...] = field(repr=False)
     enforce_client_authentication: bool = False
+    port: int | None = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Bdb:
@@ -142,6 +143,7 @@ class Bdb:
                 for c in data.get("authentication_ssl_client_certs") or []
             ),
             enforce_client_authentication=data.get("enforce_client_authentication") == "enabled",
+            port=data["port"] if isinstance(data.get("port"), int) else None,
         )
 
 

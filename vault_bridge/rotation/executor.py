@@ -31,6 +31,7 @@ from vault_bridge.models.certificates import (
     IssuedCertificate,
 )
 from vault_bridge.models.cluster import OcspStatus
+from vault_bridge.rotation.databases import DatabaseState, database_states, rotate_database
 from vault_bridge.rotation.keys import build_csr, check_before_install, generate_key, key_to_pem
 from vault_bridge.rotation.login import LoginCertificate
 from vault_bridge.rotation.ocsp import after_proxy_change, check_proxy_before_install, read_ocsp
@@ -192,6 +193,10 @@ class Rotator:
         self.logins: Mapping[str, LoginCertificate] = {}
         # The proxy certificate's OCSP status by cluster, as last read (stapling on only).
         self.ocsp: dict[str, OcspStatus] = {}
+        # Databases with a certificate of their own, as the last status read found them, and
+        # why a cluster's could not be read.
+        self.databases: dict[tuple[str, str], DatabaseState] = {}
+        self.database_errors: dict[str, str] = {}
 
     # -- reading -------------------------------------------------------------------------
 
@@ -250,6 +255,8 @@ class Rotator:
         """Classify every configured certificate; clusters that fail are reported apart."""
         self._issuers.clear()
         result = PassResult()
+        self.databases.clear()
+        self.database_errors.clear()
         for cluster in self.settings.clusters:
             try:
                 statuses, _ = self.statuses_for(cluster)
@@ -257,7 +264,22 @@ class Rotator:
                 result.cluster_errors[cluster.name] = str(exc)
                 continue
             result.statuses.extend(statuses)
+            result.statuses.extend(self._database_statuses(cluster))
         return result
+
+    def _database_statuses(self, cluster: ClusterSettings) -> list[CertStatus]:
+        """The databases' own certificates; a failure is the databases' own, not the cluster's."""
+        try:
+            states = database_states(
+                cluster, self.clusters[cluster.name], self.issuers, self.clock()
+            )
+        except VaultBridgeError as exc:
+            logger.error("cluster %s: database certificates: %s", cluster.name, exc)
+            self.database_errors[cluster.name] = str(exc)
+            return []
+        for state in states:
+            self.databases[(cluster.name, state.spec.label)] = state
+        return [state.status for state in states]
 
     def plan(self, force: Iterable[tuple[str, str]] = ()) -> tuple[list[Action], PassResult]:
         current = self.status()
@@ -317,6 +339,8 @@ class Rotator:
         trusted = self.reconcile_trusted_cas()
         actions, result = self.plan(force)
         result.outcomes.extend(trusted)
+        database_actions = [a for a in actions if (a.cluster, a.name) in self.databases]
+        actions = [a for a in actions if (a.cluster, a.name) not in self.databases]
         if only is not None:
             actions = [a for a in actions if (a.cluster, a.name) in only]
         by_cluster: dict[str, list[Action]] = {}
@@ -356,7 +380,36 @@ class Rotator:
         finally:
             if prepared is not None:
                 prepared.release()
+        self._rotate_databases(database_actions, result)
         return result
+
+    def _rotate_databases(self, actions: Sequence[Action], result: PassResult) -> None:
+        """Databases due a certificate of their own, after the cluster certificates."""
+        for cluster, error in self.database_errors.items():
+            for spec in self.settings.cluster(cluster).databases:
+                result.outcomes.append(Outcome(cluster, spec.label, "failed", error=error))
+        for action in actions:
+            state = self.databases[(action.cluster, action.name)]
+            try:
+                info = rotate_database(
+                    state,
+                    cluster=self.settings.cluster(action.cluster),
+                    client=self.clusters[action.cluster],
+                    clients=self.clusters,
+                    vault=self.vault,
+                    now=self.clock,
+                    probe=self._probe,
+                    sleep=self._sleep,
+                )
+            except VaultBridgeError as exc:
+                logger.error("%s on %s: %s", action.name, action.cluster, exc)
+                result.outcomes.append(
+                    Outcome(action.cluster, action.name, "failed", error=str(exc))
+                )
+                continue
+            result.outcomes.append(
+                Outcome(action.cluster, action.name, "installed", info.serial, info.not_after)
+            )
 
     def reconcile_trusted_cas(self) -> list[Outcome]:
         """``mtls_trusted_ca`` of every cluster that has it configured, first in a pass: a

@@ -19,7 +19,7 @@ from vault_bridge.config.durations import parse_duration
 from vault_bridge.config.schema import LoginSpec
 from vault_bridge.decisions.login import login_renewal_time, login_replacement
 from vault_bridge.errors import VaultBridgeError
-from vault_bridge.models.certificates import CertName, IssuedCertificate
+from vault_bridge.models.certificates import CertName, IssuedCertificate, KeyType, Mode
 from vault_bridge.rotation.keys import build_csr, check_before_install, generate_key, key_to_pem
 
 logger = logging.getLogger(__name__)
@@ -101,35 +101,67 @@ class LoginCertificate:
 
     def _issue(self) -> IssuedCertificate:
         spec = self.spec
-        self._vault.ensure_token()
-        if spec.mode == "sign":
-            key = generate_key(spec.key_type, spec.key_bits)
-            csr = build_csr(key, spec.common_name, spec.alt_names, spec.ip_sans)
-            data = self._vault.sign(
-                spec.pki_mount,
-                spec.role,
-                csr,
-                common_name=spec.common_name,
-                alt_names=spec.alt_names,
-                ip_sans=spec.ip_sans,
-                ttl=spec.ttl,
-            )
-            issued = IssuedCertificate.from_vault(data, private_key=key_to_pem(key))
-        else:
-            issued = self._vault.issue(
-                spec.pki_mount,
-                spec.role,
-                common_name=spec.common_name,
-                alt_names=spec.alt_names,
-                ip_sans=spec.ip_sans,
-                ttl=spec.ttl,
-            )
-        # The checks of a cluster certificate: enough lifetime left, clientAuth, the key.
-        check_before_install(
-            issued,
-            CertName.API,
-            now=self._clock(),
-            requested_ttl=parse_duration(spec.ttl),
+        return issue_from_vault(
+            self._vault,
+            pki_mount=spec.pki_mount,
+            role=spec.role,
+            mode=spec.mode,
+            key_type=spec.key_type,
+            key_bits=spec.key_bits,
+            common_name=spec.common_name,
+            alt_names=spec.alt_names,
+            ip_sans=spec.ip_sans,
+            ttl=spec.ttl,
+            now=self._clock,
             client_only=True,
         )
-        return issued
+
+
+def issue_from_vault(
+    vault: VaultClient,
+    *,
+    pki_mount: str,
+    role: str,
+    mode: Mode,
+    key_type: KeyType,
+    key_bits: int,
+    common_name: str,
+    alt_names: tuple[str, ...],
+    ip_sans: tuple[str, ...],
+    ttl: str,
+    now: Callable[[], datetime],
+    client_only: bool = False,
+) -> IssuedCertificate:
+    """A certificate from ``<mount>/sign/<role>`` (key made here) or ``<mount>/issue/<role>``,
+    with the checks of a certificate before install (lifetime left, EKUs, key match)."""
+    vault.ensure_token()
+    if mode == "sign":
+        key = generate_key(key_type, key_bits)
+        csr = build_csr(key, common_name, alt_names, ip_sans)
+        data = vault.sign(
+            pki_mount,
+            role,
+            csr,
+            common_name=common_name,
+            alt_names=alt_names,
+            ip_sans=ip_sans,
+            ttl=ttl,
+        )
+        issued = IssuedCertificate.from_vault(data, private_key=key_to_pem(key))
+    else:
+        issued = vault.issue(
+            pki_mount,
+            role,
+            common_name=common_name,
+            alt_names=alt_names,
+            ip_sans=ip_sans,
+            ttl=ttl,
+        )
+    check_before_install(
+        issued,
+        CertName.API,  # any ordinary name: the internode rules do not apply
+        now=now(),
+        requested_ttl=parse_duration(ttl),
+        client_only=client_only,
+    )
+    return issued

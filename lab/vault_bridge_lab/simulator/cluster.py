@@ -23,6 +23,7 @@ from vault_bridge.models.certificates import CertificateInfo, split_pem_chain
 from vault_bridge_lab.simulator.access import AccessControl, User
 from vault_bridge_lab.simulator.certs import Installed, cached_rsa_key, key_pem, self_signed
 from vault_bridge_lab.simulator.databases import Outage
+from vault_bridge_lab.simulator.dbcerts import DbCertificates
 from vault_bridge_lab.simulator.names import (
     INTERNODE_NAMES,
     KNOWN_NAMES,
@@ -98,6 +99,7 @@ class SimulatedCluster:
             }
         )
         self.ocsp = OcspModel(ocsp_fetch or https_fetch(ocsp_ca_file, timeout=5.0))
+        self.db_certs = DbCertificates()
         #: TLS handshakes that failed, by listener (a refused client certificate among them).
         self.handshake_failures: dict[str, int] = {}
         self._handshakes = threading.Condition()
@@ -213,6 +215,61 @@ class SimulatedCluster:
             raise RuntimeError(f"simulated cluster {self.name} has not started: no {name} port")
         host = f"[{self._connect_host}]" if ":" in self._connect_host else self._connect_host
         return f"{host}:{port}"
+
+    def bdb_endpoint(self, uid: int) -> str:
+        """``host:port`` of the TLS endpoint of a database with a certificate of its own."""
+        with self._lock:
+            server = self._servers.get(f"bdb:{uid}")
+            if server is None:
+                raise KeyError(f"database {uid} on {self.name} has no endpoint of its own")
+            port = int(server.server_address[1])
+        host = f"[{self._connect_host}]" if ":" in self._connect_host else self._connect_host
+        return f"{host}:{port}"
+
+    def open_bdb_endpoint(self, uid: int) -> str:
+        """Start the TLS endpoint of database ``uid`` (it serves the database's own
+        certificate, or the cluster's proxy certificate while it has none); ``host:port``."""
+        self.world.bdb_json(self.name, uid)  # the database exists
+        key = f"bdb:{uid}"
+        with self._lock:
+            if not self._servers:
+                raise RuntimeError(f"simulated cluster {self.name} is not running")
+            if key not in self._servers:
+                server = TLSServer(
+                    (self.host, 0),
+                    ProxyHandler,
+                    label=f"sim-{self.name}-{key}",
+                    context=partial(self._db_context, uid),
+                    cluster=self,
+                )
+                self._servers[key] = server
+                thread = threading.Thread(target=server.serve, name=server.label, daemon=True)
+                thread.start()
+                self._threads.append(thread)
+        return self.bdb_endpoint(uid)
+
+    def _db_context(self, uid: int) -> ssl.SSLContext:
+        with self._lock:
+            return self._contexts.get(f"bdb:{uid}") or self._contexts["proxy"]
+
+    def _set_db_certificate(self, uid: int, installed: Installed) -> None:
+        """A database's own certificate: new connections to its endpoint see it."""
+        context = self._server_context(installed) if self._tls_dir is not None else None
+        self.db_certs.put(uid, installed)
+        with self._lock:
+            if context is not None:
+                self._contexts[f"bdb:{uid}"] = context
+        self.world.certificates_changed(self.name)
+        info = CertificateInfo.from_cert(installed.leaf)
+        logger.info("cluster %s: database %s: certificate serial %s", self.name, uid, info.serial)
+
+    def _delete_db_certificate(self, uid: int) -> bool:
+        removed = self.db_certs.delete(uid)
+        with self._lock:
+            self._contexts.pop(f"bdb:{uid}", None)
+        if removed:
+            self.world.certificates_changed(self.name)
+        return removed
 
     def installed_pem(self, name: str) -> str:
         """The chain (leaf first, as given) installed for a certificate name."""

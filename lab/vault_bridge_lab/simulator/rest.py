@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -17,6 +17,7 @@ from vault_bridge.models.certificates import split_pem_chain
 from vault_bridge_lab.simulator.access import ECDSA_CHECK_MIN_VERSION, User
 from vault_bridge_lab.simulator.certs import Installed, parse_item, validate_certificate
 from vault_bridge_lab.simulator.databases import DatabaseError
+from vault_bridge_lab.simulator.dbcerts import DB_CERTS_MIN_VERSION
 from vault_bridge_lab.simulator.names import BULK_MIN_VERSION, INTERNODE_NAMES
 from vault_bridge_lab.simulator.routing import (
     ROLE_PERMISSIONS,
@@ -93,6 +94,11 @@ class RestApi:
         add("GET", "/v1/crdb_tasks", self.get_crdb_tasks)
         add("GET", "/v1/crdb_tasks/<task_id>", self.get_crdb_task)
         add("GET", "/v1/bdbs", self.get_bdbs)
+        since = DB_CERTS_MIN_VERSION
+        add("GET", "/v1/bdbs/certificates", self.get_bdb_certs, min_version=since)
+        add("GET", "/v1/bdbs/<uid>/certificates", self.get_bdb_cert, min_version=since)
+        add("POST", "/v1/bdbs/<uid>/certificates", self.post_bdb_cert, min_version=since)
+        add("DELETE", "/v1/bdbs/<uid>/certificates", self.delete_bdb_cert, min_version=since)
         add("GET", "/v1/bdbs/<uid>", self.get_bdb)
         add("PUT", "/v1/bdbs/<uid>", self.put_bdb)
 
@@ -117,7 +123,8 @@ class RestApi:
             response = err.response()
         else:
             try:
-                response = self._answer(method, path, user, raw_body)
+                query = parse_qs(urlsplit(target).query, keep_blank_values=True)
+                response = self._answer(method, path, user, raw_body, query)
             except ApiError as err:
                 response = err.response()
             except Exception:
@@ -133,7 +140,14 @@ class RestApi:
         logger.debug("cluster %s: %s %s -> %s", cluster.name, method, path, response.status)
         return response
 
-    def _answer(self, method: str, path: str, user: User | None, raw_body: bytes) -> ApiResponse:
+    def _answer(
+        self,
+        method: str,
+        path: str,
+        user: User | None,
+        raw_body: bytes,
+        query: Mapping[str, list[str]],
+    ) -> ApiResponse:
         cluster = self._cluster
         fault = cluster._take_fault(method, path)
         if fault is not None:
@@ -153,7 +167,7 @@ class RestApi:
                 "insufficient_permissions",
                 f"role {user.role!r} lacks the {route.permission} permission",
             )
-        return route.handler(ApiRequest(method, path, params, user.name, raw_body))
+        return route.handler(ApiRequest(method, path, params, user.name, raw_body, query))
 
     # ---- handlers: one per route; the docstring names the verb and path
 
@@ -362,6 +376,43 @@ class RestApi:
         return self._world(
             lambda: self._cluster.world.update_bdb(self._cluster.name, uid, body, now)
         )
+
+    # ---- a database's own proxy certificate (vault_bridge_lab.simulator.dbcerts)
+
+    def _existing_uid(self, req: ApiRequest) -> int:
+        uid = self._uid(req)
+        self._world(lambda: self._cluster.world.bdb_json(self._cluster.name, uid))  # 404
+        return uid
+
+    def get_bdb_certs(self, req: ApiRequest) -> ApiResponse:
+        """GET: /v1/bdbs/certificates"""
+        return ApiResponse(200, self._cluster.db_certs.listing(dict(req.query)))
+
+    def get_bdb_cert(self, req: ApiRequest) -> ApiResponse:
+        """GET: /v1/bdbs/<uid>/certificates"""
+        uid = self._existing_uid(req)
+        installed = self._cluster.db_certs.get(uid)
+        if installed is None:
+            raise ApiError(404, "not_found", f"database {uid} has no certificate of its own")
+        return ApiResponse(200, self._cluster.db_certs.json(uid, installed))
+
+    def post_bdb_cert(self, req: ApiRequest) -> ApiResponse:
+        """POST: /v1/bdbs/<uid>/certificates[?dry_run]: validate, then set (unless dry_run)."""
+        uid = self._existing_uid(req)
+        dry_run = req.query.get("dry_run", ["false"])[0].lower() in ("", "true", "1")
+        installed = self._cluster.db_certs.check(
+            req.json(), now=self._cluster._now(), extra_check=self._check_ciphers
+        )
+        if not dry_run:
+            self._cluster._set_db_certificate(uid, installed)
+        return ApiResponse(200, self._cluster.db_certs.json(uid, installed))
+
+    def delete_bdb_cert(self, req: ApiRequest) -> ApiResponse:
+        """DELETE: /v1/bdbs/<uid>/certificates"""
+        uid = self._existing_uid(req)
+        if not self._cluster._delete_db_certificate(uid):
+            raise ApiError(404, "not_found", f"database {uid} has no certificate of its own")
+        return ApiResponse(200, {})
 
     @staticmethod
     def _uid(req: ApiRequest) -> int:

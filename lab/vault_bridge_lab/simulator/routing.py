@@ -49,6 +49,7 @@ class ApiRequest:
     params: Mapping[str, str]
     user: str
     raw_body: bytes = field(repr=False)
+    query: Mapping[str, list[str]] = field(default_factory=dict)
 
     def json(self) -> Any:
         """The body as JSON; 400 when it is missing or not JSON."""
