@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import requests
 import urllib3
@@ -552,7 +553,7 @@ class ClusterClient:
     ) -> dict[int, InstalledCertificate]:
         """GET /v1/bdbs/certificates[?expires_before=] -> the databases' own proxy certificates
         by uid. 404: the cluster has no such endpoint (an older Redis Enterprise)."""
-        query = f"?expires_before={expires_before}" if expires_before else ""
+        query = f"?expires_before={quote(expires_before)}" if expires_before else ""
         try:
             data = self.request(
                 "GET", f"/v1/bdbs/certificates{query}", messages=DATABASE_STATUS_MESSAGES

@@ -18,10 +18,10 @@ from cryptography import x509
 
 from vault_bridge.adapters.redis_enterprise import ClusterClient
 from vault_bridge.adapters.vault.client import VaultClient
-from vault_bridge.config.schema import ClusterSettings, DatabaseSpec
+from vault_bridge.config.schema import ClusterSettings, DatabaseSpec, Settings
 from vault_bridge.decisions.followup_plan import leaf_fp
 from vault_bridge.decisions.install import CertUpload
-from vault_bridge.decisions.renewal import CertStatus, classify
+from vault_bridge.decisions.renewal import Action, CertStatus, classify
 from vault_bridge.errors import ClusterError, FollowUpError, VaultBridgeError, VerificationError
 from vault_bridge.models.certificates import CertificateInfo, InstalledCertificate
 from vault_bridge.rotation.login import issue_from_vault
@@ -37,6 +37,76 @@ class DatabaseState:
     uid: int
     installed: InstalledCertificate | None
     status: CertStatus
+
+
+class DatabaseCertificates:
+    """The databases of every cluster with a certificate of their own, as the last status read
+    found them; a cluster whose databases cannot be read fails them, not the cluster."""
+
+    def __init__(self) -> None:
+        self.states: dict[tuple[str, str], DatabaseState] = {}
+        self.errors: dict[str, str] = {}
+
+    def clear(self) -> None:
+        self.states.clear()
+        self.errors.clear()
+
+    def has(self, cluster: str, name: str) -> bool:
+        return (cluster, name) in self.states
+
+    def read(
+        self,
+        cluster: ClusterSettings,
+        client: ClusterClient,
+        issuers: Callable[[str], Sequence[x509.Certificate]],
+        now: datetime,
+    ) -> list[CertStatus]:
+        try:
+            states = database_states(cluster, client, issuers, now)
+        except VaultBridgeError as exc:
+            logger.error("cluster %s: database certificates: %s", cluster.name, exc)
+            self.errors[cluster.name] = str(exc)
+            return []
+        for state in states:
+            self.states[(cluster.name, state.spec.label)] = state
+        return [state.status for state in states]
+
+    def rotate(
+        self,
+        actions: Sequence[Action],
+        settings: Settings,
+        clients: Mapping[str, ClusterClient],
+        vault: VaultClient,
+        *,
+        now: Callable[[], datetime],
+        probe: Callable[[str], CertificateInfo],
+        sleep: Callable[[float], None],
+    ) -> list[tuple[str, str, CertificateInfo | None, str | None]]:
+        """(cluster, name, new certificate or None, error) for every database certificate
+        acted on, and a failure for every database of a cluster that could not be read."""
+        out: list[tuple[str, str, CertificateInfo | None, str | None]] = []
+        for cluster, error in self.errors.items():
+            for spec in settings.cluster(cluster).databases:
+                out.append((cluster, spec.label, None, error))
+        for action in actions:
+            state = self.states[(action.cluster, action.name)]
+            try:
+                info = rotate_database(
+                    state,
+                    cluster=settings.cluster(action.cluster),
+                    client=clients[action.cluster],
+                    clients=clients,
+                    vault=vault,
+                    now=now,
+                    probe=probe,
+                    sleep=sleep,
+                )
+            except VaultBridgeError as exc:
+                logger.error("%s on %s: %s", action.name, action.cluster, exc)
+                out.append((action.cluster, action.name, None, str(exc)))
+                continue
+            out.append((action.cluster, action.name, info, None))
+        return out
 
 
 def database_states(

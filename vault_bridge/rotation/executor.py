@@ -31,7 +31,7 @@ from vault_bridge.models.certificates import (
     IssuedCertificate,
 )
 from vault_bridge.models.cluster import OcspStatus
-from vault_bridge.rotation.databases import DatabaseState, database_states, rotate_database
+from vault_bridge.rotation.databases import DatabaseCertificates
 from vault_bridge.rotation.keys import build_csr, check_before_install, generate_key, key_to_pem
 from vault_bridge.rotation.login import LoginCertificate
 from vault_bridge.rotation.ocsp import after_proxy_change, check_proxy_before_install, read_ocsp
@@ -193,10 +193,8 @@ class Rotator:
         self.logins: Mapping[str, LoginCertificate] = {}
         # The proxy certificate's OCSP status by cluster, as last read (stapling on only).
         self.ocsp: dict[str, OcspStatus] = {}
-        # Databases with a certificate of their own, as the last status read found them, and
-        # why a cluster's could not be read.
-        self.databases: dict[tuple[str, str], DatabaseState] = {}
-        self.database_errors: dict[str, str] = {}
+        # Databases with a certificate of their own, as the last status read found them.
+        self.databases = DatabaseCertificates()
 
     # -- reading -------------------------------------------------------------------------
 
@@ -256,7 +254,6 @@ class Rotator:
         self._issuers.clear()
         result = PassResult()
         self.databases.clear()
-        self.database_errors.clear()
         for cluster in self.settings.clusters:
             try:
                 statuses, _ = self.statuses_for(cluster)
@@ -264,22 +261,9 @@ class Rotator:
                 result.cluster_errors[cluster.name] = str(exc)
                 continue
             result.statuses.extend(statuses)
-            result.statuses.extend(self._database_statuses(cluster))
+            client = self.clusters[cluster.name]
+            result.statuses.extend(self.databases.read(cluster, client, self.issuers, self.clock()))
         return result
-
-    def _database_statuses(self, cluster: ClusterSettings) -> list[CertStatus]:
-        """The databases' own certificates; a failure is the databases' own, not the cluster's."""
-        try:
-            states = database_states(
-                cluster, self.clusters[cluster.name], self.issuers, self.clock()
-            )
-        except VaultBridgeError as exc:
-            logger.error("cluster %s: database certificates: %s", cluster.name, exc)
-            self.database_errors[cluster.name] = str(exc)
-            return []
-        for state in states:
-            self.databases[(cluster.name, state.spec.label)] = state
-        return [state.status for state in states]
 
     def plan(self, force: Iterable[tuple[str, str]] = ()) -> tuple[list[Action], PassResult]:
         current = self.status()
@@ -339,8 +323,8 @@ class Rotator:
         trusted = self.reconcile_trusted_cas()
         actions, result = self.plan(force)
         result.outcomes.extend(trusted)
-        database_actions = [a for a in actions if (a.cluster, a.name) in self.databases]
-        actions = [a for a in actions if (a.cluster, a.name) not in self.databases]
+        database_actions = [a for a in actions if self.databases.has(a.cluster, a.name)]
+        actions = [a for a in actions if not self.databases.has(a.cluster, a.name)]
         if only is not None:
             actions = [a for a in actions if (a.cluster, a.name) in only]
         by_cluster: dict[str, list[Action]] = {}
@@ -385,31 +369,22 @@ class Rotator:
 
     def _rotate_databases(self, actions: Sequence[Action], result: PassResult) -> None:
         """Databases due a certificate of their own, after the cluster certificates."""
-        for cluster, error in self.database_errors.items():
-            for spec in self.settings.cluster(cluster).databases:
-                result.outcomes.append(Outcome(cluster, spec.label, "failed", error=error))
-        for action in actions:
-            state = self.databases[(action.cluster, action.name)]
-            try:
-                info = rotate_database(
-                    state,
-                    cluster=self.settings.cluster(action.cluster),
-                    client=self.clusters[action.cluster],
-                    clients=self.clusters,
-                    vault=self.vault,
-                    now=self.clock,
-                    probe=self._probe,
-                    sleep=self._sleep,
-                )
-            except VaultBridgeError as exc:
-                logger.error("%s on %s: %s", action.name, action.cluster, exc)
+        done = self.databases.rotate(
+            actions,
+            self.settings,
+            self.clusters,
+            self.vault,
+            now=self.clock,
+            probe=self._probe,
+            sleep=self._sleep,
+        )
+        for cluster, name, info, error in done:
+            if info is None:
+                result.outcomes.append(Outcome(cluster, name, "failed", error=error))
+            else:
                 result.outcomes.append(
-                    Outcome(action.cluster, action.name, "failed", error=str(exc))
+                    Outcome(cluster, name, "installed", info.serial, info.not_after)
                 )
-                continue
-            result.outcomes.append(
-                Outcome(action.cluster, action.name, "installed", info.serial, info.not_after)
-            )
 
     def reconcile_trusted_cas(self) -> list[Outcome]:
         """``mtls_trusted_ca`` of every cluster that has it configured, first in a pass: a
