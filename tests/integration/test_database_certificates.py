@@ -149,3 +149,23 @@ def test_an_older_cluster_says_it_needs_a_newer_redis_enterprise(
     failed = [o for o in result.outcomes if o.name == "bdb:orders"]
     assert failed and "need a newer Redis Enterprise" in (failed[0].error or "")
     assert not result.cluster_errors  # the cluster's own certificates are not held up
+
+
+def test_an_active_active_instance_is_refused_not_changed(
+    openbao: OpenBaoServer,
+    pki: PkiSetup,
+    pair: tuple[SimulatedCluster, SimulatedCluster],
+    tmp_path: Path,
+) -> None:
+    east, west = pair
+    east.add_crdb("orders", participants=[east, west])
+    uid = next(b["uid"] for b in east.world.bdbs_json("east") if b["name"] == "orders")
+    settings = parse_config(_doc(openbao, pki, east, west, tmp_path, "127.0.0.1:1"))
+    with build(settings, sleep=lambda s: None) as app:
+        result = app.rotator.run_once(only=set())
+    failed = [o for o in result.outcomes if o.name == "bdb:orders"]
+    assert failed and "per-instance db_config" in (failed[0].error or "")
+    posts = [
+        r for r in east.requests if r.path == f"/v1/bdbs/{uid}/certificates" and r.method == "POST"
+    ]
+    assert posts == []

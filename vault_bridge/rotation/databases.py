@@ -37,6 +37,7 @@ class DatabaseState:
     uid: int
     installed: InstalledCertificate | None
     status: CertStatus
+    crdt: bool = False  # an Active-Active instance
 
 
 class DatabaseCertificates:
@@ -128,7 +129,9 @@ def database_states(
             raise ClusterError(f"no database named {spec.database!r}", cluster=cluster.name)
         installed = client.bdb_certificate(bdb.uid)
         status = classify(spec.cert, installed, issuers(spec.cert.pki_mount), now)
-        states.append(DatabaseState(spec, bdb.uid, installed, replace(status, name=spec.label)))
+        states.append(
+            DatabaseState(spec, bdb.uid, installed, replace(status, name=spec.label), bdb.crdt)
+        )
     return states
 
 
@@ -144,6 +147,16 @@ def rotate_database(
     sleep: Callable[[float], None],
 ) -> CertificateInfo:
     """A new certificate for one database, installed, checked and carried to its replicas."""
+    if state.crdt:
+        # The vendor page (objects/crdb/database_config.md) puts an instance's own certificate
+        # in the CRDB's per-instance db_config (cert, private_key), not on the bdb: refuse
+        # rather than change it where the CRDB would not know.
+        raise ClusterError(
+            f"{state.spec.database} is an Active-Active instance: its certificate belongs in "
+            "the CRDB's per-instance db_config, which vault-bridge does not manage yet",
+            cluster=cluster.name,
+            certificate=state.spec.label,
+        )
     cert = state.spec.cert
     issued = issue_from_vault(
         vault,
