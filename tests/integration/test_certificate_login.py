@@ -312,3 +312,52 @@ def test_policy_grants_exactly_the_login_role_and_suffices(
         result = app.rotator.run_once(force=[("east", "proxy")])
         assert result.ok, result.summary()
         assert app.logins["east"].held is not None
+
+
+def test_the_agent_keeps_its_login_certificate_renewed_with_basic_off(
+    openbao: OpenBaoServer, pki: PkiSetup, tmp_path: Path
+) -> None:
+    """The daemon on a cluster with Basic off: it logs in with its certificate and renews it
+    at its renewal time while otherwise idle (20 s lifetime), without a refused request."""
+    from tests.integration.test_agent import Lab
+
+    lab = Lab(tmp_path, openbao, pki, names=("proxy",), ttl="1h")
+    try:
+        sim = lab.sim
+        sim.set_software_version("8.2.0-25")
+        doc = lab.document()
+        table = doc["clusters"][0]
+        table["certificates"]["mtls_trusted_ca"] = {"pki_mount": pki.issuing_mount}
+        with build(parse_config(doc)) as app:  # the trusted CA, still with the password
+            assert app.rotator.run_once().ok
+        sim.set_access(mtls_certificate_authentication=True)
+        sim.add_certificate_user("vault-bridge@example.com", SUBJECT)
+        sim.set_access(control_plane_basic_authentication=False)
+        del table["username"], table["password_env"]
+        table["login"] = "certificate"
+        table["login_certificate"] = {
+            "role": "redis",
+            "common_name": LOGIN_CN,
+            "ttl": "20s",
+            "renew_before": "12s",
+        }
+        lab.write_config(text=to_toml(doc))
+        mark = len(sim.requests)
+        with lab.daemon("certificate-login") as agent:
+            agent.wait_ready()
+            time.sleep(18)
+            metrics = agent.metrics()
+            ready = agent.ready()
+            issued = agent.messages("issued a login certificate")
+            assert agent.stop() == 0
+    finally:
+        lab.close()
+    assert ready
+    assert len(issued) >= 3, issued  # the first, then renewed at least twice while idle
+    assert _failures(sim, mark) == []
+    assert sim.handshake_failures.get("api", 0) == 0
+    key = (
+        "vault_bridge_certificate_ready_status",
+        (("cluster", "east"), ("condition", "True"), ("name", "login_certificate")),
+    )
+    assert metrics[key] == 1.0

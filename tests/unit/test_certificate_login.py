@@ -138,6 +138,7 @@ def test_login_certificate_renews_when_due_and_rides_out_a_vault_outage(old: Off
     vault.fail = True
     assert login.current() is first  # Vault down: the valid one goes on being used
     vault.fail = False
+    clock[0] += timedelta(seconds=31)  # past the retry wait
     second = login.current()
     assert second.serial != first.serial and vault.signed == 2
     clock[0] = NOW + timedelta(hours=3)  # the held one expired and Vault is down: an error
@@ -237,3 +238,19 @@ def test_certificate_login_config_errors(cluster: dict[str, Any], message: str) 
     with pytest.raises(ConfigError) as err:
         _parse(**cluster)
     assert str(err.value).startswith(message)
+
+
+def test_login_renewal_retry_waits_after_a_failure(old: OfflineCA) -> None:
+    clock = [NOW]
+    vault = _Vault(old, clock)
+    login = LoginCertificate(SPEC, vault, clock=lambda: clock[0])  # type: ignore[arg-type]
+    first = login.current()
+    assert login.next_attempt == login.renew_at
+    clock[0] = NOW + timedelta(minutes=55)
+    vault.fail = True
+    assert login.current() is first and vault.signed == 1
+    assert login.next_attempt == clock[0] + timedelta(seconds=30)  # no busy loop
+    vault.fail = False
+    assert login.current() is first  # within the retry wait: Vault is not asked again
+    clock[0] += timedelta(seconds=31)
+    assert login.current() is not first and vault.signed == 2

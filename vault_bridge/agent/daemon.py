@@ -153,6 +153,7 @@ class Agent:
         if not self.keeper.healthy and self.state_backoff.allows(now):
             self._recover_state(now)
         self._token(app, now)
+        self._renew_logins(app, now)
         passes = self.passes
         if self._journal_open() and (passes.replay_backoff.allows(now) or passes.pass_now):
             passes.replay(app)
@@ -322,6 +323,17 @@ class Agent:
         self.token_backoff = Backoff()
         self.token_error = None
 
+    def _renew_logins(self, app: App, now: datetime) -> None:
+        """Renew the login certificates that are due, so a certificate in use never expires
+        while the agent sleeps (a request would renew it first anyway)."""
+        for login in app.logins.values():
+            at = login.next_attempt
+            if at is not None and at <= now:
+                try:
+                    login.current()
+                except VaultBridgeError as exc:
+                    logger.error("cluster %s: login certificate: %s", login.spec.cluster, exc)
+
     # -- CLI requests ------------------------------------------------------------------------
 
     def _serve(self, request: dict[str, Any]) -> None:
@@ -366,6 +378,10 @@ class Agent:
             candidates.append((self._next_revocation(), "revocation"))
             if self.app is not None:
                 candidates.append((self._token_due(self.app.vault, now), "Vault token"))
+                for login in self.app.logins.values():
+                    candidates.append(
+                        (login.next_attempt, f"login certificate of {login.spec.cluster}")
+                    )
         candidates.append((now + self.resync, "resync"))
         return next_wake(now, candidates)
 

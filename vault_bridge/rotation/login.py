@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from cryptography import x509
 
@@ -23,6 +23,9 @@ from vault_bridge.models.certificates import CertName, IssuedCertificate, KeyTyp
 from vault_bridge.rotation.keys import build_csr, check_before_install, generate_key, key_to_pem
 
 logger = logging.getLogger(__name__)
+
+# After a failed renewal while the held certificate is valid, the next attempt waits this long.
+RETRY_AFTER = timedelta(seconds=30)
 
 
 class LoginCertificate:
@@ -37,6 +40,7 @@ class LoginCertificate:
         self._lock = threading.Lock()
         self._issued: IssuedCertificate | None = None
         self._default_issuer: list[x509.Certificate] | None = None
+        self._retry_at: datetime | None = None  # after a failed renewal, while one is valid
         self.issued_count = 0
 
     @property
@@ -48,6 +52,14 @@ class LoginCertificate:
     def renew_at(self) -> datetime | None:
         issued = self._issued
         return login_renewal_time(self.spec, issued.info) if issued else None
+
+    @property
+    def next_attempt(self) -> datetime | None:
+        """When the agent should renew it (its renewal time, or the retry after a failure)."""
+        at = self.renew_at
+        if at is None:
+            return None
+        return max(at, self._retry_at) if self._retry_at else at
 
     def follow_issuer(self, default_issuer: list[x509.Certificate]) -> None:
         """The mount's default issuer (its chain) is trusted by the cluster now: a login
@@ -73,9 +85,17 @@ class LoginCertificate:
             if reason is None:
                 assert held is not None
                 return held
+            if (
+                held is not None
+                and held.not_after > now
+                and self._retry_at
+                and now < self._retry_at
+            ):
+                return held  # the last renewal failed a moment ago: the valid one goes on
             try:
                 issued = self._issue()
             except VaultBridgeError as exc:
+                self._retry_at = now + RETRY_AFTER
                 if held is not None and held.not_after > now:
                     logger.warning(
                         "cluster %s: renewing the login certificate failed (%s); the current "
@@ -89,6 +109,7 @@ class LoginCertificate:
                 raise
             self._issued = issued
             self._default_issuer = None
+            self._retry_at = None
             self.issued_count += 1
             logger.info(
                 "cluster %s: issued a login certificate (%s): serial %s, not_after %s",
