@@ -122,7 +122,7 @@ def test_dry_run_refusal_changes_nothing(
     east.set_access(data_cipher_list="ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-AES128-GCM-SHA256")
     settings = parse_config(_doc(openbao, pki, east, west, tmp_path, endpoint))
     with build(settings, sleep=lambda s: None) as app:
-        result = app.rotator.run_once(only=set())
+        result = app.rotator.run_once(only={("east", "bdb:orders")})
         failed = [o for o in result.outcomes if o.name == "bdb:orders"]
         assert failed and failed[0].result == "failed" and "ECDSA" in (failed[0].error or "")
     posts = [
@@ -162,7 +162,7 @@ def test_an_active_active_instance_is_refused_not_changed(
     uid = next(b["uid"] for b in east.world.bdbs_json("east") if b["name"] == "orders")
     settings = parse_config(_doc(openbao, pki, east, west, tmp_path, "127.0.0.1:1"))
     with build(settings, sleep=lambda s: None) as app:
-        result = app.rotator.run_once(only=set())
+        result = app.rotator.run_once(only={("east", "bdb:orders")})
     failed = [o for o in result.outcomes if o.name == "bdb:orders"]
     assert failed and "per-instance db_config" in (failed[0].error or "")
     posts = [

@@ -323,10 +323,10 @@ class Rotator:
         trusted = self.reconcile_trusted_cas()
         actions, result = self.plan(force)
         result.outcomes.extend(trusted)
-        database_actions = [a for a in actions if self.databases.has(a.cluster, a.name)]
-        actions = [a for a in actions if not self.databases.has(a.cluster, a.name)]
         if only is not None:
             actions = [a for a in actions if (a.cluster, a.name) in only]
+        database_actions = [a for a in actions if self.databases.has(a.cluster, a.name)]
+        actions = [a for a in actions if not self.databases.has(a.cluster, a.name)]
         by_cluster: dict[str, list[Action]] = {}
         for action in actions:
             by_cluster.setdefault(action.cluster, []).append(action)
