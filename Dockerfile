@@ -26,11 +26,16 @@ ARG BASE_IMAGE=python:3.11-slim
 # requirements: what to build with and what to install, read from pyproject.toml.
 # The builder copies the two lists, so its cache keys on them, not on every
 # edit of pyproject.toml (tool settings, test extras).
+# EXTRAS: optional extras to add, comma-separated (`--build-arg EXTRAS=docker` for the docker
+# follow-up runner, which needs the Docker SDK; the default image leaves it out).
 FROM ${BASE_IMAGE} AS requirements
+ARG EXTRAS=
 COPY pyproject.toml /src/pyproject.toml
-RUN python3 -c 'import tomllib; p = tomllib.load(open("/src/pyproject.toml", "rb")); \
+RUN EXTRAS="$EXTRAS" python3 -c 'import os, tomllib; p = tomllib.load(open("/src/pyproject.toml", "rb")); \
+extras = [e for e in os.environ["EXTRAS"].split(",") if e]; \
+deps = p["project"]["dependencies"] + [d for e in extras for d in p["project"]["optional-dependencies"][e]]; \
 open("/requirements-build.txt", "w").write("\n".join(p["build-system"]["requires"]) + "\n"); \
-open("/requirements.txt", "w").write("\n".join(p["project"]["dependencies"]) + "\n")'
+open("/requirements.txt", "w").write("\n".join(deps) + "\n")'
 
 # ---------------------------------------------------------------------------
 # builder: wheels of every dependency (/wheels/deps) and of the project (/wheels/app).

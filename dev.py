@@ -4,7 +4,7 @@
     python3 dev.py demo        # OpenBao + a simulated cluster on loopback, one full rotation
     python3 dev.py test        # lint, types, import layers and the whole suite with coverage
     python3 dev.py test -k x   # extra arguments go to pytest
-    python3 dev.py lint        # ruff, mypy --strict (package, lab, tests), import-linter
+    python3 dev.py lint        # ruff, mypy --strict (package, lab, tests, benchmarks), import-linter
     python3 dev.py unit        # the unit suite alone: no servers, no sleeping
 
 Creates (or reuses) ``.venv`` next to this file and installs the runtime (``.``, with its test
@@ -79,7 +79,14 @@ def main(argv: list[str]) -> int:
     lint = [
         (str(BIN / "ruff"), "check", "."),
         (str(BIN / "ruff"), "format", "--check", "."),
-        (str(BIN / "mypy"), "--strict", "vault_bridge", "lab/vault_bridge_lab"),
+        (
+            str(BIN / "mypy"),
+            "--strict",
+            "vault_bridge",
+            "lab/vault_bridge_lab",
+            "tests",
+            "benchmarks",
+        ),
         (str(BIN / "lint-imports"),),
     ]
     for step in lint:

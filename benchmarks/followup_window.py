@@ -190,15 +190,12 @@ def vault_bridge_run(
 
     old = client.certificates()["proxy"].pem
     change = CertChange("east", "proxy", cert[0], old)
-    errors = followups.prepare(["east"], [change])
-    assert not errors, errors
-    try:
+    with followups.window(["east"], [change]) as window:
+        assert not window.refused, window.refused
         client.put_certificates([CertUpload("proxy", cert[0], cert[1])])
         at_200 = time.monotonic()
-        followups.installed("east", ["proxy"])
-        failed = followups.run([change])
-    finally:
-        followups.release()
+        window.installed("east", ["proxy"])
+        failed = window.finish([change])
     assert not failed, failed
     window = followups.last_windows["east"]
     return {"sent": window["request_sent"], "finished": window["finished"], "at_200": at_200}

@@ -565,6 +565,8 @@ def test_kill_during_install(
             "the journal to say installing",
             lambda: journal_phases(lab.state_dir) == ["installing"] * 2,
         )
+        # The journal is written before the request is sent: kill only once the cluster holds it.
+        wait_for("the install request to reach the cluster", lambda: lab.sim.faults_pending() == 0)
         first.kill()
     intents = {e["name"]: e for e in read_state(lab.state_dir)["journal"]}
     time.sleep(3.5)  # the held request is answered now
@@ -579,7 +581,7 @@ def test_kill_during_install(
                 assert settled[name].serial != intent["serial"]
                 wait_for(
                     "the orphan to be revoked",
-                    lambda i=intent: revoked(openbao, i["mount"], i["serial"]),
+                    functools.partial(revoked, openbao, intent["mount"], intent["serial"]),
                 )
         assert second.messages(
             "the interrupted install did " + ("happen" if happens else "not happen")
@@ -1002,7 +1004,11 @@ def background(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Background]:
     """Starts the selected long scenarios at once, so they overlap with everything else."""
-    selected = {item.name for item in request.session.items if item.module is request.module}
+    selected = {
+        item.name
+        for item in request.session.items
+        if isinstance(item, pytest.Function) and item.module is request.module
+    }
     runs = Background()
     for test, scenario in LONG.items():
         if test in selected:

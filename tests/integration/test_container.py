@@ -194,6 +194,16 @@ def test_no_compiler_pip_cache_or_build_leftovers(image: str) -> None:
     assert out.strip() == ""
 
 
+def test_image_carries_no_lab_code(image: str) -> None:
+    """The runtime image has vault_bridge, and neither the lab nor the optional Docker SDK."""
+    probe = (
+        "import importlib.util as u; "
+        "print(sorted(m for m in ('vault_bridge', 'vault_bridge_lab', 'docker') if u.find_spec(m)))"
+    )
+    out = docker_run("--entrypoint", "python", image, "-c", probe).stdout
+    assert out.strip() == "['vault_bridge']"
+
+
 def test_image_size(image: str) -> None:
     size = inspect(image)["Size"]
     base = inspect(BASE_IMAGE)["Size"]

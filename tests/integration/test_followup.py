@@ -415,7 +415,7 @@ def test_task_in_flight_too_long_keeps_the_old_certificate(
 
 # -- Replica Of --------------------------------------------------------------------------------
 
-SOURCE_FIELDS = {
+SOURCE_FIELDS: dict[str, Any] = {
     "compression": 6,
     "replication_tls_sni": "source.example.com",
     "client_key": "replica-client-key-not-a-real-key",

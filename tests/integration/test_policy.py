@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,7 @@ def test_rotation_works_with_only_the_policy_and_nothing_more(
         app.vault.revoke(pki.issuing_mount, serial=old)
 
     limited = hvac.Client(url=openbao.address, token=token, verify=openbao.ca_cert)
-    forbidden = [
+    forbidden: list[Callable[[], object]] = [
         lambda: limited.write(
             f"{pki.issuing_mount}/issue/redis-rsa", common_name="x.example.com"
         ),  # another role

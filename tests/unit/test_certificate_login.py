@@ -70,7 +70,7 @@ SPEC = LoginSpec(
     mode="sign",
     key_type="ec",
     key_bits=256,
-    ttl="1h",
+    ttl=timedelta(hours=1),
     renew_at=None,
     renew_before=timedelta(minutes=10),
 )

@@ -41,11 +41,26 @@ def test_defaults_are_applied(password_file: Path) -> None:
         "sign",
         "rsa",
         2048,
-        "720h",
+        timedelta(hours=720),
     )
     assert spec.renew_at == pytest.approx(0.667)
-    assert settings.clusters[0].password.get_secret_value() == "s3cret"
+    password = settings.clusters[0].password
+    assert password is not None and password.get_secret_value() == "s3cret"
     assert "s3cret" not in repr(settings)
+
+
+def test_durations_are_parsed_once_at_load(password_file: Path) -> None:
+    data = doc(password_file)
+    data["agent"] = {"resync_interval": "90s", "revoke_grace": "1h30m"}
+    data["clusters"][0]["certificates"]["proxy"]["ttl"] = "7d"
+    settings = parse_config(data)
+    agent = settings.agent
+    assert (agent.resync_interval, agent.revoke_grace, agent.stop_grace) == (
+        timedelta(seconds=90),
+        timedelta(hours=1, minutes=30),
+        timedelta(seconds=30),  # the default
+    )
+    assert settings.clusters[0].certificates[0].ttl == timedelta(days=7)
 
 
 def test_per_certificate_override_and_renew_before(password_file: Path) -> None:
@@ -53,7 +68,7 @@ def test_per_certificate_override_and_renew_before(password_file: Path) -> None:
     data["defaults"] = {"key_type": "ec", "key_bits": 384, "renew_before": "240h"}
     data["clusters"][0]["certificates"]["proxy"]["ttl"] = "2160h"
     spec = parse_config(data).clusters[0].certificates[0]
-    assert (spec.key_type, spec.key_bits, spec.ttl) == ("ec", 384, "2160h")
+    assert (spec.key_type, spec.key_bits, spec.ttl) == ("ec", 384, timedelta(hours=2160))
     assert spec.renew_at is None and spec.renew_before == timedelta(hours=240)
 
 
@@ -141,6 +156,12 @@ _DELETE = object()
         ("vault.auth", {"method": "tokn"}, "vault.auth.method: Input should be"),
         ("agent.max_issues_per_hour", 0, "agent.max_issues_per_hour"),
         ("agent.resync_interval", "soon", "agent.resync_interval: expected a duration"),
+        ("agent.stop_grace", "0s", "agent.stop_grace: expected a positive duration"),
+        (
+            "agent.revoke_grace",
+            3600,
+            "agent.revoke_grace: Input should be a valid string, got 3600",
+        ),
         (
             "clusters.0.ca_fingerprint",
             "abc",
@@ -187,7 +208,8 @@ def test_password_env(monkeypatch: pytest.MonkeyPatch, password_file: Path) -> N
     with pytest.raises(ConfigError, match="environment variable 'RE_EAST_PASSWORD' is not set"):
         parse_config(data)
     monkeypatch.setenv("RE_EAST_PASSWORD", "pw")
-    assert parse_config(data).clusters[0].password.get_secret_value() == "pw"
+    password = parse_config(data).clusters[0].password
+    assert password is not None and password.get_secret_value() == "pw"
 
 
 def test_password_from_vault_kv(password_file: Path) -> None:

@@ -27,7 +27,7 @@ def spec(
         mode="sign",
         key_type="ec",
         key_bits=256,
-        ttl="720h",
+        ttl=timedelta(hours=720),
         renew_at=renew_at,
         renew_before=renew_before,
     )

@@ -237,7 +237,7 @@ def test_renewal_time_drives_the_wake(test_ca: OfflineCA) -> None:
         mode="sign",
         key_type="ec",
         key_bits=256,
-        ttl="720h",
+        ttl=timedelta(hours=720),
         renew_at=0.667,
         renew_before=None,
     )

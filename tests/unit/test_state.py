@@ -29,8 +29,13 @@ from vault_bridge.models.certificates import (
     IssuedCertificate,
 )
 from vault_bridge.rotation.executor import Change
-from vault_bridge.state.journal import JournalPendingError, Keeper, RunawayGuardError, StoppingError
-from vault_bridge.state.records import CertRecord, Intent, State, Superseded
+from vault_bridge.state.journal import (
+    IntentJournal,
+    JournalPendingError,
+    RunawayGuardError,
+    StoppingError,
+)
+from vault_bridge.state.records import CertRecord, Intent, Phase, State, Superseded
 from vault_bridge.state.store import LockHeld, StateDir, write_atomic
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -89,8 +94,8 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def keeper(state_dir: StateDir, settings: Settings, clock: Clock) -> Keeper:
-    keeper = Keeper(state_dir, settings, clock=clock)
+def keeper(state_dir: StateDir, settings: Settings, clock: Clock) -> IntentJournal:
+    keeper = IntentJournal(state_dir, settings, clock=clock)
     keeper.load()
     return keeper
 
@@ -230,7 +235,7 @@ def read_only(directory: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None
 
 
 def test_read_only_directory_stops_issuing(
-    keeper: Keeper, settings: Settings, monkeypatch: pytest.MonkeyPatch
+    keeper: IntentJournal, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     keeper.save()
     before = keeper.state_dir.state_path.read_bytes()
@@ -248,7 +253,7 @@ def test_read_only_directory_stops_issuing(
 
 
 def test_full_disk_is_a_state_error_and_the_old_file_stays(
-    keeper: Keeper, monkeypatch: pytest.MonkeyPatch
+    keeper: IntentJournal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     keeper.save()
     before = keeper.state_dir.state_path.read_bytes()
@@ -309,13 +314,13 @@ def test_requests_and_answers(state_dir: StateDir) -> None:
 # -- the journal -----------------------------------------------------------------------------
 
 
-def on_disk(keeper: Keeper) -> dict[str, Any]:
+def on_disk(keeper: IntentJournal) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(keeper.state_dir.state_path.read_text())
     return data
 
 
 def test_a_rotation_through_the_journal(
-    keeper: Keeper, settings: Settings, clock: Clock, test_ca: OfflineCA
+    keeper: IntentJournal, settings: Settings, clock: Clock, test_ca: OfflineCA
 ) -> None:
     assert keeper.state is not None
     old = issued_cert(test_ca)
@@ -355,7 +360,7 @@ def test_a_rotation_through_the_journal(
 
 
 def test_a_foreign_certificate_is_never_queued_for_revocation(
-    keeper: Keeper, settings: Settings, test_ca: OfflineCA
+    keeper: IntentJournal, settings: Settings, test_ca: OfflineCA
 ) -> None:
     foreign, new = issued_cert(test_ca), issued_cert(test_ca)
     change = Change("east", "cm", new, InstalledCertificate.from_pem("cm", foreign.chain_pem))
@@ -366,7 +371,7 @@ def test_a_foreign_certificate_is_never_queued_for_revocation(
 
 
 def test_runaway_guard_stops_issuing_for_an_hour(
-    keeper: Keeper, settings: Settings, clock: Clock
+    keeper: IntentJournal, settings: Settings, clock: Clock
 ) -> None:
     proxy = spec(settings, "proxy")
     for _ in range(3):
@@ -383,7 +388,7 @@ def test_runaway_guard_stops_issuing_for_an_hour(
 
 
 def test_stopping_issues_nothing(state_dir: StateDir, settings: Settings, clock: Clock) -> None:
-    keeper = Keeper(state_dir, settings, clock=clock, stopping=lambda: True)
+    keeper = IntentJournal(state_dir, settings, clock=clock, stopping=lambda: True)
     keeper.load()
     with pytest.raises(StoppingError):
         keeper.before_issue(spec(settings, "proxy"))
@@ -416,7 +421,7 @@ class FakeRotator:
     followups: FakeFollowUps | None
 
 
-def intent(phase: str, name: str, issued: IssuedCertificate, old: str | None = None) -> Intent:
+def intent(phase: Phase, name: str, issued: IssuedCertificate, old: str | None = None) -> Intent:
     return Intent(
         "east",
         name,
@@ -427,10 +432,12 @@ def intent(phase: str, name: str, issued: IssuedCertificate, old: str | None = N
         issued.chain_pem,
         old,
         started_at=T0,
-    )  # type: ignore[arg-type]
+    )
 
 
-def test_replay_resolves_every_phase(keeper: Keeper, clock: Clock, test_ca: OfflineCA) -> None:
+def test_replay_resolves_every_phase(
+    keeper: IntentJournal, clock: Clock, test_ca: OfflineCA
+) -> None:
     assert keeper.state is not None
     orphan, went_in, old = issued_cert(test_ca), issued_cert(test_ca), issued_cert(test_ca)
     keeper.state.journal_issued(intent("issued", "cm", orphan))
@@ -450,7 +457,9 @@ def test_replay_resolves_every_phase(keeper: Keeper, clock: Clock, test_ca: Offl
     assert on_disk(keeper)["journal"] == []
 
 
-def test_replay_of_an_install_that_did_not_happen(keeper: Keeper, test_ca: OfflineCA) -> None:
+def test_replay_of_an_install_that_did_not_happen(
+    keeper: IntentJournal, test_ca: OfflineCA
+) -> None:
     assert keeper.state is not None
     lost = issued_cert(test_ca)
     keeper.state.journal_installing(intent("installing", "proxy", lost))
@@ -460,7 +469,7 @@ def test_replay_of_an_install_that_did_not_happen(keeper: Keeper, test_ca: Offli
     assert keeper.state.journal == {} and followups.calls == []
 
 
-def test_replay_keeps_what_it_cannot_resolve(keeper: Keeper, test_ca: OfflineCA) -> None:
+def test_replay_keeps_what_it_cannot_resolve(keeper: IntentJournal, test_ca: OfflineCA) -> None:
     assert keeper.state is not None
     unknown, pending, old = issued_cert(test_ca), issued_cert(test_ca), issued_cert(test_ca)
     keeper.state.journal_installing(intent("installing", "cm", unknown))
@@ -503,7 +512,7 @@ def test_a_new_change_keeps_the_old_certificate_of_pending_followups(test_ca: Of
 
 
 def test_no_new_certificate_while_an_earlier_change_is_in_the_journal(
-    keeper: Keeper, settings: Settings, clock: Clock, test_ca: OfflineCA
+    keeper: IntentJournal, settings: Settings, clock: Clock, test_ca: OfflineCA
 ) -> None:
     assert keeper.state is not None
     proxy = spec(settings, "proxy")
@@ -521,7 +530,7 @@ def test_no_new_certificate_while_an_earlier_change_is_in_the_journal(
 
 
 def test_followups_that_ran_from_the_wrong_certificate_stay_pending(
-    keeper: Keeper, test_ca: OfflineCA
+    keeper: IntentJournal, test_ca: OfflineCA
 ) -> None:
     assert keeper.state is not None
     a, b, c = issued_cert(test_ca), issued_cert(test_ca), issued_cert(test_ca)

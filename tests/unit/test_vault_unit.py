@@ -15,6 +15,7 @@ from vault_bridge.adapters.vault.client import (
     _is_cert_verification_error,
     token_action,
 )
+from vault_bridge.decisions.token import renew_due_at
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
@@ -75,3 +76,12 @@ def test_client_repr_and_unused_client_hold_no_secrets(monkeypatch: pytest.Monke
         assert client.token_expires_at is None and client.request_count == 0
         # hvac would read $VAULT_TOKEN on its own; we only read it at login.
         assert not client._hvac.token
+
+
+@pytest.mark.parametrize("ttl", [4, 60, 3600, 86400])
+def test_the_agent_wakes_for_the_token_when_token_action_says_renew(ttl: int) -> None:
+    due = renew_due_at(T0, ttl)
+    assert due == T0 + timedelta(seconds=ttl * 2 / 3)
+    before = due - timedelta(milliseconds=1)
+    for now, expected in ((before, "none"), (due, "renew")):
+        assert token_action(now=now, obtained_at=T0, ttl_seconds=ttl, renewable=True) == expected

@@ -21,9 +21,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from vault_bridge.adapters.redis_enterprise import ClusterClient
+from vault_bridge.adapters.ports import ClusterDatabases, CrdbRunner, Monotonic, Sleep, UpdateResult
 from vault_bridge.config.schema import ClusterSettings
 from vault_bridge.errors import ClusterError, FollowUpError
 from vault_bridge.models.cluster import CrdbTask
@@ -33,30 +33,6 @@ logger = logging.getLogger(__name__)
 OUTPUT_TAIL = 2000  # characters of crdb-cli output kept in an error
 _TASK_CREATED = re.compile(r"Task\s+(\S+)\s+created")
 _STATUS_CHANGED = re.compile(r"Status changed:\s*(\w+)\s*->\s*(\w+)")
-
-
-@dataclass(frozen=True)
-class UpdateResult:
-    """A finished update task."""
-
-    guid: str
-    task_id: str
-    status: str
-    output: str = ""
-
-
-class CrdbRunner(Protocol):
-    """Runs ``crdb update --crdb-guid <GUID> --force`` and waits for its task to end."""
-
-    kind: str
-
-    def warm(self, guid: str) -> None:
-        """Before step 1: make step 2 as quick to start as it can be (a connection, a client)."""
-        ...
-
-    def update(self, guid: str, *, on_sent: Callable[[], None]) -> UpdateResult:
-        """Raises :class:`FollowUpError` when the task fails or does not finish in time."""
-        ...
 
 
 def crdb_cli_command(path: str, guid: str) -> list[str]:
@@ -73,13 +49,13 @@ class RestRunner:
 
     def __init__(
         self,
-        client: ClusterClient,
+        client: ClusterDatabases,
         *,
         timeout: float = 300.0,
         first_poll: float = 0.02,
         max_poll: float = 1.0,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
+        clock: Monotonic = time.monotonic,
+        sleep: Sleep = time.sleep,
     ) -> None:
         self.client = client
         self.timeout = timeout
@@ -313,11 +289,11 @@ class DockerRunner:
 
 def runner_for(
     settings: ClusterSettings,
-    client: ClusterClient,
+    client: ClusterDatabases,
     *,
     timeout: float = 300.0,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
+    clock: Monotonic = time.monotonic,
+    sleep: Sleep = time.sleep,
 ) -> CrdbRunner | None:
     """The runner a cluster's ``crdb_update`` names; None for ``none``."""
     if settings.crdb_update == "rest":

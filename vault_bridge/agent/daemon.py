@@ -28,20 +28,20 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from vault_bridge.adapters.vault.client import VaultClient
+from vault_bridge.adapters.ports import VaultAuth
 from vault_bridge.agent.health import Metrics, Snapshot, login_samples, serving
 from vault_bridge.agent.oneshot import result_json
 from vault_bridge.agent.passes import AgentRotator, Passes
 from vault_bridge.agent.revocation import revoke_due
 from vault_bridge.agent.signals import Signals
-from vault_bridge.config.durations import parse_duration
 from vault_bridge.config.schema import Settings, load_config
 from vault_bridge.decisions.schedule import Backoff, Wake, after_failure, attempt_at, next_wake
+from vault_bridge.decisions.token import renew_due_at
 from vault_bridge.errors import StateError, VaultBridgeError, VaultUnavailableError
-from vault_bridge.rotation.app import App, build, utc_now
+from vault_bridge.models.times import iso, utc_now
+from vault_bridge.rotation.app import App, build
 from vault_bridge.rotation.followups import FollowUps
-from vault_bridge.state.journal import Keeper
-from vault_bridge.state.records import iso
+from vault_bridge.state.journal import IntentJournal
 from vault_bridge.state.store import LockHeld, StateDir
 
 logger = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class Agent:
         self.metrics = metrics or Metrics()
         self.state_dir = StateDir(settings.agent.state_dir)
         self.signals = Signals(lambda: self.stop_grace)
-        self.keeper = Keeper(
+        self.keeper = IntentJournal(
             self.state_dir,
             settings,
             clock=clock,
@@ -94,11 +94,11 @@ class Agent:
 
     @property
     def resync(self) -> timedelta:
-        return parse_duration(self.settings.agent.resync_interval)
+        return self.settings.agent.resync_interval
 
     @property
     def stop_grace(self) -> timedelta:
-        return parse_duration(self.settings.agent.stop_grace)
+        return self.settings.agent.stop_grace
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -286,7 +286,7 @@ class Agent:
 
     # -- Vault token -------------------------------------------------------------------------
 
-    def _token_due(self, vault: VaultClient, now: datetime) -> datetime:
+    def _token_due(self, vault: VaultAuth, now: datetime) -> datetime:
         if self.token_backoff.failures:
             assert self.token_backoff.next_attempt is not None
             return self.token_backoff.next_attempt
@@ -295,7 +295,8 @@ class Agent:
             return now
         if info.expire_time is None or info.ttl_seconds <= 0:
             return self.token_checked_at + self.resync  # notices a changed token file
-        return info.expire_time - timedelta(seconds=info.ttl_seconds / 3) + TOKEN_MARGIN
+        obtained_at = info.expire_time - timedelta(seconds=info.ttl_seconds)
+        return renew_due_at(obtained_at, info.ttl_seconds) + TOKEN_MARGIN
 
     def _token(self, app: App, now: datetime) -> None:
         if now < self._token_due(app.vault, now):

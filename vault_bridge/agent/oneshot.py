@@ -13,23 +13,32 @@ import os
 import random
 import signal
 import time
-from collections.abc import Iterable
-from datetime import datetime
-from typing import Any
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
+from vault_bridge.adapters.ports import Monotonic, Sleep
 from vault_bridge.agent.revocation import revoke_due
-from vault_bridge.config.durations import parse_duration
 from vault_bridge.config.schema import Settings
 from vault_bridge.errors import StateError
-from vault_bridge.rotation.app import build, utc_now
-from vault_bridge.rotation.executor import Outcome, PassResult
-from vault_bridge.state.journal import Clock, Keeper
-from vault_bridge.state.records import Key, iso, key_text
+from vault_bridge.models.times import iso_or_none, parse_iso, utc_now
+from vault_bridge.rotation.app import AppPorts, build
+from vault_bridge.rotation.executor import Outcome, PassResult, RotationHooks
+from vault_bridge.state.journal import Clock, IntentJournal
+from vault_bridge.state.records import Key, key_text
 from vault_bridge.state.store import LockHeld, StateDir
 
 logger = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = 900.0  # how long `issue` waits for a running agent's answer
+
+
+class BuildApp(Protocol):
+    """Makes the executor and its adapters for one pass: :func:`vault_bridge.rotation.app.build`."""
+
+    def __call__(
+        self, settings: Settings, *, clock: Clock, hooks: RotationHooks
+    ) -> AbstractContextManager[AppPorts]: ...
 
 
 def result_json(result: PassResult) -> dict[str, Any]:
@@ -42,7 +51,7 @@ def result_json(result: PassResult) -> dict[str, Any]:
                 "name": o.name,
                 "result": o.result,
                 "serial": o.serial,
-                "not_after": iso(o.not_after) if o.not_after else None,
+                "not_after": iso_or_none(o.not_after),
                 "error": o.error,
                 "reason": o.reason,
             }
@@ -62,7 +71,7 @@ def result_from_json(data: dict[str, Any]) -> PassResult:
                 name=str(item["name"]),
                 result=str(item["result"]),
                 serial=item.get("serial"),
-                not_after=datetime.fromisoformat(not_after) if not_after else None,
+                not_after=parse_iso(not_after) if not_after else None,
                 error=item.get("error"),
                 reason=str(item.get("reason") or ""),
             )
@@ -81,39 +90,56 @@ def rotate_once(
     lock_wait: float = 300.0,
     answer_wait: float = REQUEST_TIMEOUT,
     clock: Clock = utc_now,
+    build_app: BuildApp = build,
+    monotonic: Monotonic = time.monotonic,
+    sleep: Sleep = time.sleep,
+    kill: Callable[[int, int], None] = os.kill,
 ) -> PassResult:
     """One pass under the state directory's lock (`run --once`, `issue`).
 
     When a running agent holds the lock, the request is handed to it through the state
-    directory (``requests/``, then SIGUSR1) and its answer awaited; another one-shot pass
-    holding it is waited for. Raises :class:`StateError` when neither works out.
+    directory (``requests/``, then SIGUSR1 through ``kill``) and its answer awaited; another
+    one-shot pass holding it is waited for. Raises :class:`StateError` when neither works out.
     """
     forced = set(force)
     state_dir = StateDir(settings.agent.state_dir)
     state_dir.ensure()
-    deadline = time.monotonic() + lock_wait
+    deadline = monotonic() + lock_wait
     while True:
         try:
             with state_dir.locked("cli"):
-                return _rotate_locked(settings, state_dir, forced, only, clock)
+                return _rotate_locked(settings, state_dir, forced, only, clock, build_app)
         except LockHeld as exc:
             if exc.agent_pid is not None:
                 request = {
                     "kind": "issue" if forced else "run",
                     "targets": sorted(forced),
                 }
-                return _hand_over(state_dir, exc.agent_pid, request, answer_wait)
-            if time.monotonic() >= deadline:
+                return _hand_over(
+                    state_dir,
+                    exc.agent_pid,
+                    request,
+                    answer_wait,
+                    monotonic=monotonic,
+                    sleep=sleep,
+                    kill=kill,
+                )
+            if monotonic() >= deadline:
                 raise
-            time.sleep(0.2)
+            sleep(0.2)
 
 
 def _rotate_locked(
-    settings: Settings, state_dir: StateDir, force: set[Key], only: set[Key] | None, clock: Clock
+    settings: Settings,
+    state_dir: StateDir,
+    force: set[Key],
+    only: set[Key] | None,
+    clock: Clock,
+    build_app: BuildApp,
 ) -> PassResult:
-    keeper = Keeper(state_dir, settings, clock=clock)
+    keeper = IntentJournal(state_dir, settings, clock=clock)
     keeper.load()
-    with build(settings, clock=clock, hooks=keeper) as app:
+    with build_app(settings, clock=clock, hooks=keeper) as app:
         pending = keeper.replay(app.rotator)  # what a killed agent or pass left: first
         if pending:
             logger.warning("journal entries still pending: %s", ", ".join(map(key_text, pending)))
@@ -127,28 +153,35 @@ def _rotate_locked(
             app.vault,
             enabled=settings.agent.revoke_superseded,
             rng=random.Random(),
-            blocked_for=parse_duration(settings.agent.resync_interval),
+            blocked_for=settings.agent.resync_interval,
         )
     return result
 
 
 def _hand_over(
-    state_dir: StateDir, pid: int, request: dict[str, Any], timeout: float
+    state_dir: StateDir,
+    pid: int,
+    request: dict[str, Any],
+    timeout: float,
+    *,
+    monotonic: Monotonic,
+    sleep: Sleep,
+    kill: Callable[[int, int], None],
 ) -> PassResult:
     request_id = state_dir.submit(request)
     logger.info("the agent (pid %s) runs: handing it the request and waiting for its answer", pid)
     try:
-        os.kill(pid, signal.SIGUSR1)
+        kill(pid, signal.SIGUSR1)
     except ProcessLookupError:
         state_dir.withdraw(request_id)
         raise StateError(f"the agent (pid {pid}) is gone; try again") from None
-    deadline = time.monotonic() + timeout
+    deadline = monotonic() + timeout
     while True:
         answer = state_dir.read_result(request_id)
         if answer is not None:
             return result_from_json(answer)
         alive = state_dir.agent_pid() == pid
-        if not alive or time.monotonic() >= deadline:
+        if not alive or monotonic() >= deadline:
             answer = state_dir.read_result(request_id)
             if answer is not None:
                 return result_from_json(answer)
@@ -156,4 +189,4 @@ def _hand_over(
             what = "stopped before answering" if not alive else f"did not answer in {timeout:.0f}s"
             note = "" if withdrawn else " (it may still carry the request out)"
             raise StateError(f"the agent (pid {pid}) {what}{note}")
-        time.sleep(0.1)
+        sleep(0.1)

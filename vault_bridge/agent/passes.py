@@ -16,9 +16,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from vault_bridge.adapters.vault.client import VaultClient
+from vault_bridge.adapters.ports import VaultAuth
 from vault_bridge.agent.health import CertSample, Condition
-from vault_bridge.config.durations import parse_duration
 from vault_bridge.config.schema import CertSpec, Settings
 from vault_bridge.decisions.renewal import CertStatus, renewal_time
 from vault_bridge.decisions.schedule import (
@@ -31,16 +30,17 @@ from vault_bridge.decisions.schedule import (
 )
 from vault_bridge.errors import StateError, VaultBridgeError, VaultPermissionError
 from vault_bridge.models.certificates import CertState, IssuedCertificate
-from vault_bridge.rotation.app import App
+from vault_bridge.models.times import iso
+from vault_bridge.rotation.app import AppPorts
 from vault_bridge.rotation.executor import Change, Outcome, PassResult, Rotator
 from vault_bridge.state.journal import (
     Clock,
+    IntentJournal,
     JournalPendingError,
-    Keeper,
     RunawayGuardError,
     StoppingError,
 )
-from vault_bridge.state.records import Key, iso, key_text, log_change
+from vault_bridge.state.records import Key, key_text, log_change
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class Passes:
     """The passes of the agent and what they taught it about each certificate."""
 
     def __init__(
-        self, settings: Settings, keeper: Keeper, *, clock: Clock, rng: random.Random
+        self, settings: Settings, keeper: IntentJournal, *, clock: Clock, rng: random.Random
     ) -> None:
         self.settings = settings
         self.keeper = keeper
@@ -121,7 +121,7 @@ class Passes:
 
     @property
     def resync(self) -> timedelta:
-        return parse_duration(self.settings.agent.resync_interval)
+        return self.settings.agent.resync_interval
 
     def reload(self, settings: Settings) -> None:
         """A new configuration: forget what no longer applies, pass at once."""
@@ -184,7 +184,7 @@ class Passes:
 
     def run(
         self,
-        app: App,
+        app: AppPorts,
         *,
         force: Iterable[Key] = (),
         only: set[Key] | None = None,
@@ -235,62 +235,16 @@ class Passes:
         self.permission.pop((change.cluster, change.name), None)
 
     def _after_pass(
-        self, result: PassResult, rotator: AgentRotator, attempted: set[Key], vault: VaultClient
+        self, result: PassResult, rotator: AgentRotator, attempted: set[Key], vault: VaultAuth
     ) -> None:
         now = self.clock()
         installed_now, self._installed_now = self._installed_now, set()
         self.cluster_errors = dict(result.cluster_errors)
         for status in result.statuses:
-            key = (status.cluster, status.name)
-            if key in installed_now:
-                continue
-            new = View.of(status)
-            old = self.views.get(key)
-            self.views[key] = new
-            if old is None or old.state != new.state or old.serial != new.serial:
-                level = logging.INFO
-                message = _STATE_MESSAGES.get(new.state or "", str(new.state))
-                if new.state == "ok":
-                    message += f" (renewal at {iso(new.renew_at)})"
-                if new.state == "foreign" and not self.settings.agent.replace_foreign:
-                    level, message = logging.WARNING, message + " (left in place: replace_foreign)"
-                log_change(
-                    message,
-                    cluster=status.cluster,
-                    certificate=status.name,
-                    serial=status.serial,
-                    not_after=status.not_after,
-                    level=level,
-                )
+            if (status.cluster, status.name) not in installed_now:
+                self._book_view(status)
         for cluster in self.settings.clusters:
-            error = result.cluster_errors.get(cluster.name)
-            if error is None:
-                self.cluster_backoff.pop(cluster.name, None)
-                continue
-            keys = [k for k in watched(self.settings) if k[0] == cluster.name]
-            for key in keys:
-                if key in self.views:
-                    self.views[key] = replace(self.views[key], answered=False)
-            expiries = [self.views[k].not_after for k in keys if k in self.views]
-            earliest = min((t for t in expiries if t), default=None)
-            backoff = after_failure(
-                self.cluster_backoff.get(cluster.name, Backoff()),
-                now=now,
-                not_after=earliest,
-                rng=self.rng,
-                error=error,
-            )
-            self.cluster_backoff[cluster.name] = backoff
-            expiring = any(self.expiring(k, now) for k in keys)
-            logger.log(
-                logging.ERROR if expiring else logging.WARNING,
-                "cluster %s: %s (retrying at %s%s)",
-                cluster.name,
-                error,
-                iso(backoff.next_attempt),
-                "; a certificate has less than 10% of its lifetime left" if expiring else "",
-                extra={"cluster": cluster.name},
-            )
+            self._book_cluster(cluster.name, result.cluster_errors.get(cluster.name), now)
         failed = {(o.cluster, o.name): o for o in result.failed}
         for key, outcome in failed.items():
             self._failed(key, outcome, rotator.obtain_errors.get(key), now, vault)
@@ -302,10 +256,69 @@ class Passes:
                 key in attempted
                 and key not in failed
                 and key not in installed_now
-                and status.state not in ("ok",)
-                and not (status.state == "foreign" and not self.settings.agent.replace_foreign)
+                and self._still_due(status)
             ):
                 self._backoff_cert(key, "no outcome in the last pass", now)
+
+    def _still_due(self, status: CertStatus) -> bool:
+        """Whether the pass should have done something about ``status``."""
+        if status.state == "ok":
+            return False
+        return not (status.state == "foreign" and not self.settings.agent.replace_foreign)
+
+    def _book_view(self, status: CertStatus) -> None:
+        """Remember what the pass saw of a certificate; one line when its state changed."""
+        key = (status.cluster, status.name)
+        new = View.of(status)
+        old = self.views.get(key)
+        self.views[key] = new
+        if old is not None and old.state == new.state and old.serial == new.serial:
+            return
+        level = logging.INFO
+        message = _STATE_MESSAGES.get(new.state or "", str(new.state))
+        if new.state == "ok":
+            message += f" (renewal at {iso(new.renew_at)})"
+        if new.state == "foreign" and not self.settings.agent.replace_foreign:
+            level, message = logging.WARNING, message + " (left in place: replace_foreign)"
+        log_change(
+            message,
+            cluster=status.cluster,
+            certificate=status.name,
+            serial=status.serial,
+            not_after=status.not_after,
+            level=level,
+        )
+
+    def _book_cluster(self, name: str, error: str | None, now: datetime) -> None:
+        """A cluster that answered clears its backoff; one that did not backs off, and its
+        certificates are marked as not answered."""
+        if error is None:
+            self.cluster_backoff.pop(name, None)
+            return
+        keys = [k for k in watched(self.settings) if k[0] == name]
+        for key in keys:
+            if key in self.views:
+                self.views[key] = replace(self.views[key], answered=False)
+        expiries = [self.views[k].not_after for k in keys if k in self.views]
+        earliest = min((t for t in expiries if t), default=None)
+        backoff = after_failure(
+            self.cluster_backoff.get(name, Backoff()),
+            now=now,
+            not_after=earliest,
+            rng=self.rng,
+            error=error,
+        )
+        self.cluster_backoff[name] = backoff
+        expiring = any(self.expiring(k, now) for k in keys)
+        logger.log(
+            logging.ERROR if expiring else logging.WARNING,
+            "cluster %s: %s (retrying at %s%s)",
+            name,
+            error,
+            iso(backoff.next_attempt),
+            "; a certificate has less than 10% of its lifetime left" if expiring else "",
+            extra={"cluster": name},
+        )
 
     def _failed(
         self,
@@ -313,7 +326,7 @@ class Passes:
         outcome: Outcome,
         error: VaultBridgeError | None,
         now: datetime,
-        vault: VaultClient,
+        vault: VaultAuth,
     ) -> None:
         if isinstance(error, (StoppingError, StateError, RunawayGuardError, JournalPendingError)):
             return  # not the certificate's fault; the guard logged already
@@ -342,7 +355,7 @@ class Passes:
             return
         self._backoff_cert(key, outcome.error or "failed", now)
 
-    def _token_was_rejected(self, vault: VaultClient) -> bool:
+    def _token_was_rejected(self, vault: VaultAuth) -> bool:
         """After a 403: was it the token (expired or revoked: a new login fixes it, so the
         certificate is retried with the usual backoff) rather than the policy?"""
         before = vault.token_info.accessor if vault.token_info else None
@@ -381,7 +394,7 @@ class Passes:
         view = self.views.get(key)
         return view is not None and is_expiring(view.not_before, view.not_after, now)
 
-    def replay(self, app: App) -> None:
+    def replay(self, app: AppPorts) -> None:
         now = self.clock()
         errors = self.keeper.replay(app.rotator)
         if errors:

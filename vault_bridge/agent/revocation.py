@@ -12,18 +12,19 @@ import random
 from dataclasses import replace
 from datetime import timedelta
 
-from vault_bridge.adapters.vault.client import VaultClient
+from vault_bridge.adapters.ports import Vault
 from vault_bridge.decisions.schedule import after_failure, revocation_decision
 from vault_bridge.errors import VaultError, VaultPermissionError
-from vault_bridge.state.journal import Keeper
-from vault_bridge.state.records import iso, log_change
+from vault_bridge.models.times import iso
+from vault_bridge.state.journal import IntentJournal
+from vault_bridge.state.records import log_change
 
 logger = logging.getLogger(__name__)
 
 
 def revoke_due(
-    keeper: Keeper,
-    vault: VaultClient,
+    keeper: IntentJournal,
+    vault: Vault,
     *,
     enabled: bool,
     rng: random.Random,

@@ -12,6 +12,8 @@ import re
 import sys
 from datetime import UTC, datetime
 
+from vault_bridge.models.times import iso
+
 _SECRET_PATTERNS = (
     re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|$)", re.S),
     re.compile(r"\b(hvs|hvb|hvr|s|b)\.[A-Za-z0-9_-]{20,}"),
@@ -37,7 +39,7 @@ class ScrubFilter(logging.Filter):
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat().replace("+00:00", "Z"),
+            "time": iso(datetime.fromtimestamp(record.created, UTC)),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime
 
 from vault_bridge.decisions.renewal import Action, CertStatus
+from vault_bridge.models.times import table_time
 from vault_bridge.rotation.executor import PassResult
-
-
-def _time(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%SZ") if value else "-"
 
 
 def _short_issuer(issuer: str | None) -> str:
@@ -34,8 +30,8 @@ def status_table(statuses: Sequence[CertStatus]) -> str:
             s.state,
             (s.serial or "-")[:23] + ("..." if s.serial and len(s.serial) > 23 else ""),
             _short_issuer(s.issuer),
-            _time(s.not_after),
-            _time(s.renew_at),
+            table_time(s.not_after),
+            table_time(s.renew_at),
             *((s.ocsp or "-",) if ocsp else ()),
         )
         for s in statuses
@@ -69,6 +65,6 @@ def pass_lines(result: PassResult) -> list[str]:
         if outcome.result == "installed":
             lines.append(
                 f"installed {outcome.name} on {outcome.cluster}: serial {outcome.serial}, "
-                f"not_after {_time(outcome.not_after)}"
+                f"not_after {table_time(outcome.not_after)}"
             )
     return lines

@@ -1,1 +1,1 @@
-
+"""Configuration: the TOML schema (pydantic), loading, and the fully resolved settings."""

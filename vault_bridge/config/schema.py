@@ -13,11 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -25,6 +26,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from vault_bridge.config.durations import parse_duration
 from vault_bridge.errors import ConfigError
@@ -58,6 +60,19 @@ def _check_duration(value: str | None) -> str | None:
     if value is not None:
         parse_duration(value)
     return value
+
+
+def _to_timedelta(value: Any) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    if not isinstance(value, str):
+        raise PydanticCustomError("string_type", "Input should be a valid string")
+    return parse_duration(value)
+
+
+# A duration key: written as Vault writes them ("10m", "1h"), held as a timedelta once loaded,
+# so nothing parses a duration from the configuration at run time.
+Duration = Annotated[timedelta, BeforeValidator(_to_timedelta)]
 
 
 class AuthConfig(_Strict):
@@ -238,14 +253,12 @@ class AgentConfig(_Strict):
     state_dir: str = "/var/lib/vault-bridge"
     listen: str = "127.0.0.1:9109"
     log_format: LogFormat = "text"
-    resync_interval: str = "10m"
+    resync_interval: Duration = timedelta(minutes=10)
     max_issues_per_hour: int = Field(default=6, ge=1)
     replace_foreign: bool = True
     revoke_superseded: bool = True
-    revoke_grace: str = "1h"
-    stop_grace: str = "30s"
-
-    _dur = field_validator("resync_interval", "revoke_grace", "stop_grace")(_check_duration)
+    revoke_grace: Duration = timedelta(hours=1)
+    stop_grace: Duration = timedelta(seconds=30)
 
     @field_validator("listen")
     @classmethod
@@ -280,7 +293,7 @@ class CertSpec:
     mode: Mode
     key_type: KeyType
     key_bits: int
-    ttl: str
+    ttl: timedelta
     renew_at: float | None
     renew_before: timedelta | None
 
@@ -314,7 +327,7 @@ class LoginSpec:
     mode: Mode
     key_type: KeyType
     key_bits: int
-    ttl: str
+    ttl: timedelta
     renew_at: float | None
     renew_before: timedelta | None
 
@@ -562,10 +575,11 @@ def _resolve_spec(
         raise ConfigError(f"{where}: set either 'renew_at' or 'renew_before', not both")
     if renew_at is None and renew_before_s is None:
         renew_at = DEFAULT_RENEW_AT
-    ttl = pick("ttl", "720h")
+    ttl_text = pick("ttl", "720h")
+    ttl = parse_duration(ttl_text)
     renew_before = parse_duration(renew_before_s) if renew_before_s else None
-    if renew_before is not None and renew_before >= parse_duration(ttl):
-        raise ConfigError(f"{where}.renew_before: expected less than ttl {ttl!r}")
+    if renew_before is not None and renew_before >= ttl:
+        raise ConfigError(f"{where}.renew_before: expected less than ttl {ttl_text!r}")
     return CertSpec(
         cluster=cluster,
         name=name,
@@ -581,6 +595,38 @@ def _resolve_spec(
         renew_at=renew_at,
         renew_before=renew_before,
     )
+
+
+def _resolve_certificate_auth(
+    cluster: ClusterConfig, defaults: CertSettings, where: str
+) -> tuple[LoginSpec | None, tuple[DatabaseSpec, ...], str | None]:
+    """The login certificate, the databases' own certificates and the trusted CA's mount."""
+    login_spec: LoginSpec | None = None
+    if cluster.login_certificate is not None:
+        login_spec = LoginSpec.of(
+            _resolve_spec(
+                cluster.name,
+                CertName.API,  # only for the shared checks: any ordinary certificate name
+                cluster.login_certificate,
+                defaults,
+                f"{where}.login_certificate",
+            )
+        )
+    databases = tuple(
+        DatabaseSpec(
+            database=name,
+            cert=_resolve_spec(
+                cluster.name, CertName.PROXY, db, defaults, f"{where}.databases.{name}"
+            ),
+            verify_endpoint=db.verify_endpoint,
+        )
+        for name, db in cluster.databases.items()
+    )
+    trusted_ca_mount: str | None = None
+    if cluster.trusted_ca is not None:
+        mount = cluster.trusted_ca.pki_mount or defaults.pki_mount or "pki"
+        trusted_ca_mount = str(mount).strip("/")
+    return login_spec, databases, trusted_ca_mount
 
 
 def _resolve(parsed: FileConfig, path: Path | None) -> Settings:
@@ -617,32 +663,9 @@ def _resolve(parsed: FileConfig, path: Path | None) -> Settings:
                     f"{where}.certificates.{cert_name}",
                 )
             )
-        login_spec: LoginSpec | None = None
-        if cluster.login_certificate is not None:
-            login_spec = LoginSpec.of(
-                _resolve_spec(
-                    cluster.name,
-                    CertName.API,  # only for the shared checks: any ordinary certificate name
-                    cluster.login_certificate,
-                    parsed.defaults,
-                    f"{where}.login_certificate",
-                )
-            )
-        databases = tuple(
-            DatabaseSpec(
-                database=name,
-                cert=_resolve_spec(
-                    cluster.name, CertName.PROXY, db, parsed.defaults, f"{where}.databases.{name}"
-                ),
-                verify_endpoint=db.verify_endpoint,
-            )
-            for name, db in cluster.databases.items()
+        login_spec, databases, trusted_ca_mount = _resolve_certificate_auth(
+            cluster, parsed.defaults, where
         )
-        trusted_ca_mount: str | None = None
-        if cluster.trusted_ca is not None:
-            trusted_ca_mount = str(
-                cluster.trusted_ca.pki_mount or parsed.defaults.pki_mount or "pki"
-            ).strip("/")
         if cluster.ca_file and not Path(cluster.ca_file).is_file():
             raise ConfigError(f"{where}.ca_file: no such file {cluster.ca_file!r}")
         clusters.append(

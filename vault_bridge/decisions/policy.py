@@ -7,11 +7,11 @@ role with :func:`desired_role` and writes what differs.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from vault_bridge.config.durations import format_duration, parse_duration
+from vault_bridge.config.durations import format_duration
 from vault_bridge.config.schema import CertSpec, Settings
 from vault_bridge.models.vault import PkiRole
 
@@ -135,7 +135,7 @@ def desired_role(specs: Sequence[CertSpec]) -> dict[str, Any]:
         key_type, key_bits = "any", 0
     else:
         key_type, key_bits = next(iter(key_types))
-    max_ttl = max(parse_duration(s.ttl) for s in specs)
+    max_ttl = max(s.ttl for s in specs)
     return {
         "server_flag": True,
         "client_flag": True,
@@ -166,29 +166,47 @@ def role_fixes(role: PkiRole, specs: Sequence[CertSpec]) -> dict[str, Any]:
             fixes[flag] = True
     if role.generate_lease:
         fixes["generate_lease"] = False
-    issue_types = {s.key_type for s in specs if s.mode == "issue"}
-    if issue_types and role.key_type not in issue_types:
-        fixes["key_type"], fixes["key_bits"] = desired["key_type"], desired["key_bits"]
-    if any(s.mode == "sign" for s in specs) and role.key_type != "any" and not issue_types:
-        wanted = {s.key_type for s in specs}
-        if wanted != {role.key_type}:
-            fixes["key_type"], fixes["key_bits"] = "any", 0
-    longest = max(parse_duration(s.ttl) for s in specs).total_seconds()
+    fixes.update(_key_type_fixes(role, specs, desired))
+    longest = max(s.ttl for s in specs).total_seconds()
     if role.max_ttl_seconds and role.max_ttl_seconds < longest:
         fixes["max_ttl"] = desired["max_ttl"]
-    if not role.allow_any_name:
-        names = [n for s in specs for n in (s.common_name, *s.alt_names)]
-        if any(not name_allowed(n, role) for n in names):
-            fixes["allowed_domains"] = sorted({*role.allowed_domains, *desired["allowed_domains"]})
-            fixes["allow_bare_domains"] = True
-            if desired["allow_glob_domains"]:
-                fixes["allow_glob_domains"] = True
-            if desired["allow_wildcard_certificates"]:
-                fixes["allow_wildcard_certificates"] = True
-            if desired["allow_localhost"]:
-                fixes["allow_localhost"] = True
+    fixes.update(_name_fixes(role, specs, desired))
     if any(s.ip_sans for s in specs) and not role.allow_ip_sans:
         fixes["allow_ip_sans"] = True
+    return fixes
+
+
+def _key_type_fixes(
+    role: PkiRole, specs: Sequence[CertSpec], desired: Mapping[str, Any]
+) -> dict[str, Any]:
+    """``issue`` needs the role's key type to be one asked for; ``sign`` alone needs it to
+    accept every key type the CSRs carry."""
+    issue_types = {s.key_type for s in specs if s.mode == "issue"}
+    if issue_types:
+        if role.key_type not in issue_types:
+            return {"key_type": desired["key_type"], "key_bits": desired["key_bits"]}
+        return {}
+    if role.key_type != "any" and {s.key_type for s in specs} != {role.key_type}:
+        return {"key_type": "any", "key_bits": 0}
+    return {}
+
+
+def _name_fixes(
+    role: PkiRole, specs: Sequence[CertSpec], desired: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The names the role must allow: the configured ones added to its own."""
+    if role.allow_any_name:
+        return {}
+    names = [n for s in specs for n in (s.common_name, *s.alt_names)]
+    if all(name_allowed(n, role) for n in names):
+        return {}
+    fixes: dict[str, Any] = {
+        "allowed_domains": sorted({*role.allowed_domains, *desired["allowed_domains"]}),
+        "allow_bare_domains": True,
+    }
+    for flag in ("allow_glob_domains", "allow_wildcard_certificates", "allow_localhost"):
+        if desired[flag]:
+            fixes[flag] = True
     return fixes
 
 

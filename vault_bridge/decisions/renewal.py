@@ -21,6 +21,7 @@ from vault_bridge.models.certificates import (
     InstalledCertificate,
     load_leaf,
 )
+from vault_bridge.models.times import iso_or_none
 
 JITTER_FRACTION = 0.05
 
@@ -41,16 +42,13 @@ class CertStatus:
     ocsp: str | None = None  # proxy with OCSP stapling on: GOOD, REVOKED or UNKNOWN
 
     def as_json(self) -> dict[str, str | None]:
-        def iso(value: datetime | None) -> str | None:
-            return value.isoformat().replace("+00:00", "Z") if value else None
-
         out = {
             "cluster": self.cluster,
             "name": self.name,
             "serial": self.serial,
             "issuer": self.issuer,
-            "not_after": iso(self.not_after),
-            "renew_at": iso(self.renew_at),
+            "not_after": iso_or_none(self.not_after),
+            "renew_at": iso_or_none(self.renew_at),
             "state": self.state,
         }
         if self.ocsp is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
 # A token is renewed (or a new one obtained) once 2/3 of its TTL has passed.
@@ -10,6 +10,11 @@ RENEW_FRACTION = 2 / 3
 
 
 TokenAction = Literal["none", "renew", "login"]
+
+
+def renew_due_at(obtained_at: datetime, ttl_seconds: int) -> datetime:
+    """When a token that had ``ttl_seconds`` left at ``obtained_at`` is due for renewal."""
+    return obtained_at + timedelta(seconds=ttl_seconds * RENEW_FRACTION)
 
 
 def token_action(
@@ -31,7 +36,7 @@ def token_action(
     elapsed = (now - obtained_at).total_seconds()
     if elapsed >= ttl_seconds:
         return "login"
-    if elapsed < ttl_seconds * RENEW_FRACTION:
+    if now < renew_due_at(obtained_at, ttl_seconds):
         return "none"
     if renewable:
         return "renew"

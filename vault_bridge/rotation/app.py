@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
+from vault_bridge.adapters.ports import Vault
 from vault_bridge.adapters.redis_enterprise import ClusterClient
 from vault_bridge.adapters.vault.client import (
     AppRoleAuth,
@@ -17,13 +19,10 @@ from vault_bridge.adapters.vault.client import (
     VaultClient,
 )
 from vault_bridge.config.schema import ClusterSettings, Settings
+from vault_bridge.models.times import utc_now
 from vault_bridge.models.vault import DEFAULT_K8S_JWT
 from vault_bridge.rotation.executor import FollowUpRunner, RotationHooks, Rotator
 from vault_bridge.rotation.login import LoginCertificate
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def auth_from_settings(settings: Settings) -> AuthMethod:
@@ -65,6 +64,17 @@ def vault_client(settings: Settings, clock: Callable[[], datetime] = utc_now) ->
         timeout=vault.timeout,
         clock=clock,
     )
+
+
+class AppPorts(Protocol):
+    """What the agent's passes, revocation and the one-shot pass use of :class:`App`: the
+    executor, and Vault through its port (token upkeep, revocation)."""
+
+    @property
+    def rotator(self) -> Rotator: ...
+
+    @property
+    def vault(self) -> Vault: ...
 
 
 @dataclass

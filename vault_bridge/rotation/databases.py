@@ -16,8 +16,7 @@ from datetime import datetime
 
 from cryptography import x509
 
-from vault_bridge.adapters.redis_enterprise import ClusterClient
-from vault_bridge.adapters.vault.client import VaultClient
+from vault_bridge.adapters.ports import ClusterDatabaseCertificates, Vault
 from vault_bridge.config.schema import ClusterSettings, DatabaseSpec, Settings
 from vault_bridge.decisions.followup_plan import leaf_fp
 from vault_bridge.decisions.install import CertUpload
@@ -58,7 +57,7 @@ class DatabaseCertificates:
     def read(
         self,
         cluster: ClusterSettings,
-        client: ClusterClient,
+        client: ClusterDatabaseCertificates,
         issuers: Callable[[str], Sequence[x509.Certificate]],
         now: datetime,
     ) -> list[CertStatus]:
@@ -76,8 +75,8 @@ class DatabaseCertificates:
         self,
         actions: Sequence[Action],
         settings: Settings,
-        clients: Mapping[str, ClusterClient],
-        vault: VaultClient,
+        clients: Mapping[str, ClusterDatabaseCertificates],
+        vault: Vault,
         *,
         now: Callable[[], datetime],
         probe: Callable[[str], CertificateInfo],
@@ -112,7 +111,7 @@ class DatabaseCertificates:
 
 def database_states(
     cluster: ClusterSettings,
-    client: ClusterClient,
+    client: ClusterDatabaseCertificates,
     issuers: Callable[[str], Sequence[x509.Certificate]],
     now: datetime,
 ) -> list[DatabaseState]:
@@ -139,9 +138,9 @@ def rotate_database(
     state: DatabaseState,
     *,
     cluster: ClusterSettings,
-    client: ClusterClient,
-    clients: Mapping[str, ClusterClient],
-    vault: VaultClient,
+    client: ClusterDatabaseCertificates,
+    clients: Mapping[str, ClusterDatabaseCertificates],
+    vault: Vault,
     now: Callable[[], datetime],
     probe: Callable[[str], CertificateInfo],
     sleep: Callable[[float], None],
@@ -233,7 +232,7 @@ def carry_to_replicas(
     new_pem: str,
     *,
     first: bool,
-    clients: Mapping[str, ClusterClient],
+    clients: Mapping[str, ClusterDatabaseCertificates],
     where: str,
 ) -> int:
     """Every Replica Of destination (on any configured cluster) whose ``server_cert`` is the
@@ -277,5 +276,5 @@ def carry_to_replicas(
     return updated
 
 
-def _port_of(client: ClusterClient, uid: int) -> int | None:
+def _port_of(client: ClusterDatabaseCertificates, uid: int) -> int | None:
     return client.bdb(uid).port

@@ -1,4 +1,4 @@
-"""The executor: carries out a plan through the adapters (Vault, clusters, TLS probes).
+"""The executor: carries out a plan through the ports (Vault, clusters, TLS probes).
 
 A pass reads what every cluster serves, classifies it (:mod:`vault_bridge.decisions.renewal`), obtains a
 certificate from Vault for each one due, checks it, installs it, reads it back and checks the
@@ -7,22 +7,38 @@ served leaf. One certificate's failure never stops the others.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from cryptography import x509
 
-from vault_bridge.adapters.redis_enterprise import ClusterClient
+from vault_bridge.adapters.ports import (
+    Clock,
+    ClusterCertificates,
+    ClusterDatabaseCertificates,
+    ClusterOcsp,
+    Sleep,
+    TlsProbe,
+    Vault,
+    VaultIssuers,
+)
 from vault_bridge.adapters.tls_probe import served_certificate
-from vault_bridge.adapters.vault.client import VaultClient
-from vault_bridge.config.durations import parse_duration
 from vault_bridge.config.schema import MTLS_TRUSTED_CA, CertSpec, ClusterSettings, Settings
 from vault_bridge.decisions.install import CertUpload, InstallBatch, install_batches
 from vault_bridge.decisions.renewal import Action, CertStatus, classify, plan
-from vault_bridge.errors import ClusterError, DeferredError, VaultBridgeError, VerificationError
+from vault_bridge.errors import (
+    ClusterError,
+    DeferredError,
+    VaultBridgeError,
+    VaultError,
+    VerificationError,
+)
 from vault_bridge.models.certificates import (
     CertChange,
     CertificateInfo,
@@ -31,6 +47,7 @@ from vault_bridge.models.certificates import (
     IssuedCertificate,
 )
 from vault_bridge.models.cluster import OcspStatus
+from vault_bridge.models.times import iso
 from vault_bridge.rotation.databases import DatabaseCertificates
 from vault_bridge.rotation.keys import build_csr, check_before_install, generate_key, key_to_pem
 from vault_bridge.rotation.login import LoginCertificate
@@ -39,7 +56,7 @@ from vault_bridge.rotation.trusted_ca import reconcile_trusted_ca
 
 logger = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
+Key = tuple[str, str]  # (cluster, certificate name)
 
 
 @dataclass(frozen=True)
@@ -124,26 +141,51 @@ class FollowUpRunner(Protocol):
         ...
 
 
-@runtime_checkable
-class PreparingFollowUps(FollowUpRunner, Protocol):
-    """A follow-up runner that also wants the moments around step 1 (the install), to keep the
-    window between step 1 and step 2 short: :class:`vault_bridge.rotation.followups.FollowUps`."""
+class FollowUpWindow(Protocol):
+    """The follow-ups of one pass's proxy/syncer installs, open around them."""
 
-    def prepare(
-        self, clusters: Sequence[str], changes: Sequence[CertChange] = ()
-    ) -> dict[str, str]:
-        """Right before installing ``changes`` (proxy/syncer) on ``clusters`` (discovery,
-        tasks in flight, the lock, step 2 armed); returns, by cluster, why its proxy/syncer
-        install must not go ahead."""
+    @property
+    def refused(self) -> Mapping[str, str]:
+        """By cluster: why its proxy/syncer install must not go ahead in this pass."""
         ...
 
     def installed(self, cluster: str, names: Sequence[str]) -> None:
         """The install request on ``cluster`` answered 200 for ``names`` (proxy/syncer)."""
         ...
 
-    def release(self) -> None:
-        """The pass is over (releases what ``prepare`` took, whether ``run`` ran or not)."""
+    def finish(self, changes: Sequence[CertChange]) -> dict[tuple[str, str], str]:
+        """Step 2 for the installed and verified ``changes``; an error by (cluster, name)."""
         ...
+
+
+@runtime_checkable
+class WindowedFollowUps(FollowUpRunner, Protocol):
+    """A follow-up runner that opens a window around the installs, to keep the time between
+    step 1 and step 2 short: :class:`vault_bridge.rotation.followups.FollowUps`."""
+
+    def window(
+        self, clusters: Sequence[str], changes: Sequence[CertChange] = ()
+    ) -> AbstractContextManager[FollowUpWindow]:
+        """Opened right before installing ``changes`` (proxy/syncer) on ``clusters``
+        (discovery, tasks in flight, the lock, step 2 armed); closed once step 2 is over."""
+        ...
+
+
+class _WithoutWindow:
+    """The window of a runner that has none (or of no runner): step 2 after the installs."""
+
+    refused: Mapping[str, str] = {}
+
+    def __init__(self, runner: FollowUpRunner | None) -> None:
+        self._runner = runner
+
+    def installed(self, cluster: str, names: Sequence[str]) -> None:
+        return None
+
+    def finish(self, changes: Sequence[CertChange]) -> dict[tuple[str, str], str]:
+        if not changes or self._runner is None:
+            return {}
+        return self._runner.run(changes)
 
 
 class NoHooks:
@@ -167,14 +209,14 @@ class Rotator:
     def __init__(
         self,
         settings: Settings,
-        vault: VaultClient,
-        clusters: Mapping[str, ClusterClient],
+        vault: Vault,
+        clusters: Mapping[str, ClusterCertificates],
         *,
         clock: Clock,
         hooks: RotationHooks | None = None,
         followups: FollowUpRunner | None = None,
-        probe: Callable[[str], CertificateInfo] = served_certificate,
-        sleep: Callable[[float], None] | None = None,
+        probe: TlsProbe = served_certificate,
+        sleep: Sleep = time.sleep,
         probe_attempts: int = 5,
     ) -> None:
         self.settings = settings
@@ -184,7 +226,7 @@ class Rotator:
         self.hooks: RotationHooks = hooks or NoHooks()
         self.followups = followups
         self._probe = probe
-        self._sleep = sleep or (lambda s: None)
+        self._sleep = sleep
         self._probe_attempts = probe_attempts
         self._issuers: dict[str, list[x509.Certificate]] = {}
         self._chains: dict[str, list[str]] = {}
@@ -242,7 +284,8 @@ class Rotator:
 
     def _read_ocsp(self, cluster: ClusterSettings) -> OcspStatus | None:
         """What the cluster staples for its proxy certificate (None: OCSP off or unknown)."""
-        status = read_ocsp(self.clusters[cluster.name])
+        client = self.clusters[cluster.name]
+        status = read_ocsp(client) if isinstance(client, ClusterOcsp) else None
         if status is None:
             self.ocsp.pop(cluster.name, None)
         else:
@@ -262,7 +305,9 @@ class Rotator:
                 continue
             result.statuses.extend(statuses)
             client = self.clusters[cluster.name]
-            result.statuses.extend(self.databases.read(cluster, client, self.issuers, self.clock()))
+            if cluster.databases and isinstance(client, ClusterDatabaseCertificates):
+                now = self.clock()
+                result.statuses.extend(self.databases.read(cluster, client, self.issuers, now))
         return result
 
     def plan(self, force: Iterable[tuple[str, str]] = ()) -> tuple[list[Action], PassResult]:
@@ -301,15 +346,13 @@ class Rotator:
                 ttl=spec.ttl,
             )
         self.hooks.issued(spec, issued)
-        check_before_install(
-            issued, spec.name, now=self.clock(), requested_ttl=parse_duration(spec.ttl)
-        )
+        check_before_install(issued, spec.name, now=self.clock(), requested_ttl=spec.ttl)
         logger.info(
             "issued %s for %s: serial %s, not_after %s",
             spec.name.value,
             spec.cluster,
             issued.serial,
-            issued.not_after.isoformat(),
+            iso(issued.not_after),
         )
         return issued
 
@@ -338,41 +381,28 @@ class Rotator:
             name: self._obtain_cluster(name, cluster_actions, result)
             for name, cluster_actions in by_cluster.items()
         }
-        prepared = self._prepare_followups(ready, result)
-        try:
+        with self._followup_window(ready, result) as window:
             for cluster_name, cluster_ready in ready.items():
-                changes.extend(self._install_cluster(cluster_name, cluster_ready, result))
+                changes.extend(self._install_cluster(cluster_name, cluster_ready, result, window))
             if changes:
                 self.hooks.installed(changes)
-                followup_errors = self.run_followups(changes)
+                needed = [c.cert_change for c in changes if CertName(c.name).needs_followup]
+                self._book(changes, window.finish(needed), result)
                 self.report_ocsp(changes)
-                for change in changes:
-                    error = followup_errors.get((change.cluster, change.name))
-                    result.outcomes.append(
-                        Outcome(
-                            change.cluster,
-                            change.name,
-                            "failed" if error else "installed",
-                            change.issued.serial,
-                            change.issued.not_after,
-                            f"follow-up failed: {error}" if error else None,
-                        )
-                    )
-                self.hooks.completed(
-                    [c for c in changes if (c.cluster, c.name) not in followup_errors]
-                )
-        finally:
-            if prepared is not None:
-                prepared.release()
         self._rotate_databases(database_actions, result)
         return result
 
     def _rotate_databases(self, actions: Sequence[Action], result: PassResult) -> None:
         """Databases due a certificate of their own, after the cluster certificates."""
+        clients = {
+            name: client
+            for name, client in self.clusters.items()
+            if isinstance(client, ClusterDatabaseCertificates)
+        }
         done = self.databases.rotate(
             actions,
             self.settings,
-            self.clusters,
+            clients,
             self.vault,
             now=self.clock,
             probe=self._probe,
@@ -395,6 +425,8 @@ class Rotator:
                 continue
             client = self.clusters[cluster.name]
             try:
+                if not isinstance(self.vault, VaultIssuers):
+                    raise VaultError("this Vault adapter cannot list a mount's issuers")
                 self._trust_own_api_cert(cluster)
                 done = reconcile_trusted_ca(
                     cluster, client, self.vault, self.logins.get(cluster.name)
@@ -412,38 +444,50 @@ class Rotator:
                 )
         return outcomes
 
-    def _prepare_followups(
+    def _book(
+        self, changes: Sequence[Change], followup_errors: Mapping[Key, str], result: PassResult
+    ) -> None:
+        """The outcome of each installed change, its follow-ups done or failed."""
+        for change in changes:
+            error = followup_errors.get((change.cluster, change.name))
+            result.outcomes.append(
+                Outcome(
+                    change.cluster,
+                    change.name,
+                    "failed" if error else "installed",
+                    change.issued.serial,
+                    change.issued.not_after,
+                    f"follow-up failed: {error}" if error else None,
+                )
+            )
+        self.hooks.completed([c for c in changes if (c.cluster, c.name) not in followup_errors])
+
+    @contextlib.contextmanager
+    def _followup_window(
         self, ready: Mapping[str, dict[str, Change]], result: PassResult
-    ) -> PreparingFollowUps | None:
-        """Let the follow-ups prepare for the proxy/syncer installs about to happen; a cluster
+    ) -> Iterator[FollowUpWindow]:
+        """The follow-ups' window around the proxy/syncer installs about to happen; a cluster
         they are not ready for keeps its current proxy/syncer this pass."""
         followups = self.followups
-        if not isinstance(followups, PreparingFollowUps):
-            return None
         clusters = [c for c, r in ready.items() if any(CertName(n).needs_followup for n in r)]
-        if not clusters:
-            return None
+        if not isinstance(followups, WindowedFollowUps) or not clusters:
+            yield _WithoutWindow(followups)
+            return
         changes = [
             change.cert_change
             for cluster in clusters
             for change in ready[cluster].values()
             if CertName(change.name).needs_followup
         ]
-        for cluster, error in followups.prepare(clusters, changes).items():
-            for name in [n for n in ready[cluster] if CertName(n).needs_followup]:
-                del ready[cluster][name]
-                logger.error("%s on %s: not installed: %s", name, cluster, error)
-                result.outcomes.append(
-                    Outcome(cluster, name, "failed", error=f"not installed: {error}")
-                )
-        return followups
-
-    def run_followups(self, changes: Sequence[Change]) -> dict[tuple[str, str], str]:
-        """Follow-ups for the proxy and syncer changes among ``changes`` (all clusters at once)."""
-        needed = [c.cert_change for c in changes if CertName(c.name).needs_followup]
-        if not needed or self.followups is None:
-            return {}
-        return self.followups.run(needed)
+        with followups.window(clusters, changes) as window:
+            for cluster, error in window.refused.items():
+                for name in [n for n in ready[cluster] if CertName(n).needs_followup]:
+                    del ready[cluster][name]
+                    logger.error("%s on %s: not installed: %s", name, cluster, error)
+                    result.outcomes.append(
+                        Outcome(cluster, name, "failed", error=f"not installed: {error}")
+                    )
+            yield window
 
     def _obtain_cluster(
         self, cluster_name: str, actions: Sequence[Action], result: PassResult
@@ -466,7 +510,7 @@ class Rotator:
             assert spec is not None
             try:
                 issued = self.obtain(spec)
-                if action.name == CertName.PROXY.value:
+                if action.name == CertName.PROXY.value and isinstance(client, ClusterOcsp):
                     check_proxy_before_install(client, issued)
             except DeferredError as exc:
                 logger.info("%s on %s: deferred: %s", action.name, cluster_name, exc)
@@ -488,9 +532,12 @@ class Rotator:
             if change.name != CertName.PROXY.value:
                 continue
             cluster = self.settings.cluster(change.cluster)
+            client = self.clusters[change.cluster]
+            if not isinstance(client, ClusterOcsp):
+                continue
             try:
                 status = after_proxy_change(
-                    cluster, self.clusters[change.cluster], change.issued, self.vault.address
+                    cluster, client, change.issued, self.settings.vault.address or ""
                 )
             except VaultBridgeError as exc:
                 logger.warning("cluster %s: OCSP check after the install: %s", change.cluster, exc)
@@ -501,7 +548,11 @@ class Rotator:
                 self.ocsp[change.cluster] = status
 
     def _install_cluster(
-        self, cluster_name: str, ready: Mapping[str, Change], result: PassResult
+        self,
+        cluster_name: str,
+        ready: Mapping[str, Change],
+        result: PassResult,
+        window: FollowUpWindow,
     ) -> list[Change]:
         """Install ``ready`` on one cluster, then read each back and check what is served."""
         if not ready:
@@ -515,10 +566,9 @@ class Rotator:
                 result.outcomes.append(Outcome(cluster_name, name, "failed", error=str(exc)))
             return []
         errors = self._install(client, list(ready.values()), version)
-        if isinstance(self.followups, PreparingFollowUps):
-            done = [n for n in ready if CertName(n).needs_followup and n not in errors]
-            if done:
-                self.followups.installed(cluster_name, done)
+        done = [n for n in ready if CertName(n).needs_followup and n not in errors]
+        if done:
+            window.installed(cluster_name, done)
         installed: list[Change] = []
         for name, change in ready.items():
             error = errors.get(name)
@@ -536,13 +586,13 @@ class Rotator:
                     name,
                     cluster_name,
                     change.issued.serial,
-                    change.issued.not_after.isoformat(),
+                    iso(change.issued.not_after),
                 )
                 installed.append(change)
         return installed
 
     def _install(
-        self, client: ClusterClient, changes: Sequence[Change], version: tuple[int, ...]
+        self, client: ClusterCertificates, changes: Sequence[Change], version: tuple[int, ...]
     ) -> dict[str, str]:
         """Install ``changes``; returns an error message per certificate that failed."""
         by_name = {c.name: c for c in changes}
@@ -556,7 +606,7 @@ class Rotator:
         return errors
 
     def _send_batch(
-        self, client: ClusterClient, batch: InstallBatch, changes: Sequence[Change]
+        self, client: ClusterCertificates, batch: InstallBatch, changes: Sequence[Change]
     ) -> dict[str, str]:
         uploads = [CertUpload.of(c.name, c.issued) for c in changes]
         if batch.endpoint == "bulk":
@@ -580,7 +630,7 @@ class Rotator:
         return self._one_by_one(client, uploads, bulk=False)
 
     def _one_by_one(
-        self, client: ClusterClient, uploads: Sequence[CertUpload], *, bulk: bool
+        self, client: ClusterCertificates, uploads: Sequence[CertUpload], *, bulk: bool
     ) -> dict[str, str]:
         errors: dict[str, str] = {}
         for upload in uploads:
@@ -593,7 +643,9 @@ class Rotator:
                 errors[upload.name] = str(exc)
         return errors
 
-    def _verify(self, settings: ClusterSettings, client: ClusterClient, change: Change) -> None:
+    def _verify(
+        self, settings: ClusterSettings, client: ClusterCertificates, change: Change
+    ) -> None:
         """Read the certificate back and check the served leaf."""
         expected = change.issued.info.fingerprint
         installed = client.certificates().get(change.name)

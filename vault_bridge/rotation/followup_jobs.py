@@ -3,7 +3,6 @@ and the jobs of step 2, each armed on a thread of its own and fired at the insta
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import threading
@@ -13,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from vault_bridge.adapters.file_lock import flock_within, unlock
 from vault_bridge.decisions.followup_plan import Key
+from vault_bridge.decisions.followup_window import ArmedStep, StepKind, may_go
 from vault_bridge.errors import VaultBridgeError
 
 logger = logging.getLogger(__name__)
@@ -59,18 +60,15 @@ class FollowUpLock:
             return False
         try:
             self._fd = self._open()
-            while self._fd is not None:
-                try:
-                    fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    return True
-                except BlockingIOError:
-                    if not blocking or (deadline is not None and time.monotonic() >= deadline):
-                        os.close(self._fd)
-                        self._fd = None
-                        _PROCESS_LOCK.release()
-                        return False
-                    time.sleep(0.05)
-            return True
+            if self._fd is None:
+                return True
+            wait = 0.0 if not blocking else _remaining(deadline)
+            if flock_within(self._fd, wait, poll=0.05):
+                return True
+            os.close(self._fd)
+            self._fd = None
+            _PROCESS_LOCK.release()
+            return False
         except BaseException:
             _PROCESS_LOCK.release()
             raise
@@ -87,23 +85,28 @@ class FollowUpLock:
 
     def release(self) -> None:
         if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            unlock(self._fd)
             os.close(self._fd)
             self._fd = None
         _PROCESS_LOCK.release()
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 @dataclass
 class Job:
     """One step 2 action, its thread and what came of it."""
 
-    kind: str  # "crdb" | "replica" | "client-cert"
+    kind: StepKind
     what: str
     clusters: tuple[str, ...]  # the changing clusters it follows (their windows it closes)
     keys: tuple[Key, ...]  # changes its failure fails
     action: Callable[[Job], None]
     warm: Callable[[], object] | None = None  # run while armed, before the go
     targets: tuple[str, ...] = ()  # clusters it sends REST requests to
+    guid: str | None = None  # the CRDB of a "crdb" job
     go: threading.Event = field(default_factory=threading.Event)
     warmed: threading.Event = field(default_factory=threading.Event)
     cancelled: bool = False
@@ -117,19 +120,15 @@ class Job:
     def __post_init__(self) -> None:
         self.planned_keys = self.keys
 
-    def ready(self, installed: set[Key]) -> bool:
-        """May it go, given the changes installed so far? A CRDB update once each of its
-        changing clusters has one installed (syncing whatever is installed is always right);
-        a database update only once every change it carries is installed."""
-        if self.kind == "crdb":
-            return {c for c, _ in installed} >= set(self.clusters)
-        return set(self.planned_keys) <= installed
+    def armed(self) -> ArmedStep:
+        """The job as the window's decisions see it."""
+        return ArmedStep(
+            self.kind, self.guid, self.clusters, self.planned_keys, self.go.is_set(), self.cancelled
+        )
 
-    def wanted(self, changes: set[Key]) -> bool:
-        """Still to do once ``changes`` are the ones installed and verified?"""
-        if self.kind == "crdb":
-            return any(k in changes for k in self.planned_keys)
-        return set(self.planned_keys) <= changes
+    def ready(self, installed: set[Key]) -> bool:
+        """May it go, given the changes installed so far (:func:`may_go`)?"""
+        return may_go(self.armed(), installed)
 
     def mark_sent(self, at: float) -> None:
         if self.sent is None:

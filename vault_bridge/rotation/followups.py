@@ -2,43 +2,44 @@
 
 After step 1 (the install) the cluster rejects connections that use the old certificate, so
 every affected CRDB and replica is broken until step 2 ran. :class:`FollowUps` keeps that
-window as short as possible:
+window as short as possible. The executor opens it around the installs::
 
-- :meth:`FollowUps.prepare`, called by the executor right before the installs, takes the lock
-  that keeps vault_bridge from starting any other update until step 2 is over, discovers the
-  CRDBs with an instance on the changing clusters (``GET /v1/crdbs``, cross-checked with
-  ``crdt_guid`` on ``GET /v1/bdbs``) and the databases of every configured cluster, waits
-  (bounded) for update tasks already in flight (``GET /v1/crdb_tasks``), plans step 2 and
-  *arms* it: one thread per CRDB and per Replica Of database, each with a warm connection,
-  waiting for the go;
-- :meth:`FollowUps.installed`, called when an install answered 200, gives the go to every job
-  whose changing clusters are all installed now (the documented multi-cluster form: install on
-  each participating cluster, then one update per CRDB);
-- :meth:`FollowUps.run` (after the executor verified the installs and journaled them) gives
-  the go to what is left, cancels what belongs to an install that failed, waits for every task
-  to finish (a failed or timed-out task is retried, then reported naming its GUID) and reports
-  the window: install 200 -> last step 2 request sent, and -> last task finished (logged, and
-  observed into ``vault_bridge_followup_window_seconds{cluster,stage}``).
+    with followups.window(clusters, changes) as window:   # lock, discovery, step 2 armed
+        ...install, except on the clusters in window.refused...
+        window.installed(cluster, names)                   # at each install's 200: the go
+        errors = window.finish(verified_changes)           # the rest of step 2, waited for
+    # closed: armed jobs that never got the go are cancelled, the lock is released
 
-:meth:`run` also works on its own, from public PEMs only (a journal replay after a crash, which
-must run step 2 first): it then discovers, waits and locks itself. It is idempotent.
+Opening takes the lock that keeps vault_bridge from starting any other update until step 2 is
+over, discovers the CRDBs with an instance on the changing clusters (``GET /v1/crdbs``,
+cross-checked with ``crdt_guid`` on ``GET /v1/bdbs``) and the databases of every configured
+cluster, waits (bounded) for update tasks already in flight (``GET /v1/crdb_tasks``), plans step
+2 and *arms* it: one thread per CRDB and per Replica Of database, each with a warm connection,
+waiting for the go. A failed or timed-out task is retried, then reported naming its GUID; the
+window (install 200 -> last step 2 request sent, and -> last task finished) is logged and
+observed into ``vault_bridge_followup_window_seconds{cluster,stage}``.
 
-What to do is decided by :func:`vault_bridge.decisions.followup_plan.plan_followups`; the runners of step 2
-are in :mod:`vault_bridge.adapters.crdb_runners`.
+:meth:`FollowUps.run` is step 2 on its own, from public PEMs only (a journal replay after a
+crash, which must run step 2 first): it discovers, waits and locks itself. It is idempotent.
+
+What to do is decided by :mod:`vault_bridge.decisions.followup_plan` and
+:mod:`vault_bridge.decisions.followup_window`; the parts are discovery
+(:mod:`~vault_bridge.rotation.followup_discovery`), the jobs
+(:mod:`~vault_bridge.rotation.followup_step2`, :mod:`~vault_bridge.rotation.followup_jobs`), the
+open window (:mod:`~vault_bridge.rotation.followup_window`) and the runners of step 2
+(:mod:`vault_bridge.adapters.crdb_runners`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
-from vault_bridge.adapters.crdb_runners import CrdbRunner, DockerRunner, runner_for
+from vault_bridge.adapters.crdb_runners import DockerRunner, runner_for
+from vault_bridge.adapters.ports import ClusterDatabases, CrdbRunner, Monotonic, Sleep
 from vault_bridge.adapters.redis_enterprise import ClusterClient
 from vault_bridge.config.schema import CrdbUpdate, Settings
 from vault_bridge.decisions.followup_plan import (
@@ -47,30 +48,28 @@ from vault_bridge.decisions.followup_plan import (
     FollowUpPlan,
     Key,
     plan_crdb_updates,
-    plan_followups,
 )
+from vault_bridge.decisions.followup_window import STAGE_FINISHED, STAGE_SENT
 from vault_bridge.errors import FollowUpError, VaultBridgeError
 from vault_bridge.models.certificates import CertChange
-from vault_bridge.rotation.followup_jobs import FollowUpLock, Job, Limits, Lock, join, start
-from vault_bridge.rotation.replica_of import ReplicaOf
+from vault_bridge.rotation.followup_discovery import Discovery
+from vault_bridge.rotation.followup_jobs import FollowUpLock, Limits, Lock
+from vault_bridge.rotation.followup_step2 import Step2
+from vault_bridge.rotation.followup_window import HasWindow, Window
 
-__all__ = ["FollowUpLock", "FollowUps", "Limits", "Lock", "Step2Report"]
+__all__ = [
+    "STAGE_FINISHED",
+    "STAGE_SENT",
+    "FollowUpLock",
+    "FollowUps",
+    "HasWindow",
+    "Limits",
+    "Lock",
+    "Step2Report",
+    "Window",
+]
 
 logger = logging.getLogger(__name__)
-
-STAGE_SENT = "request_sent"
-STAGE_FINISHED = "finished"
-
-
-class WindowHistogram(Protocol):
-    def labels(self, *, cluster: str, stage: str) -> Any: ...
-
-
-class HasWindow(Protocol):
-    """What :class:`vault_bridge.agent.health.Metrics` offers the follow-ups."""
-
-    @property
-    def followup_window(self) -> WindowHistogram: ...
 
 
 @dataclass(frozen=True)
@@ -82,28 +81,17 @@ class Step2Report:
     warnings: tuple[str, ...] = ()
 
 
-@dataclass
-class _Prepared:
-    views: dict[str, ClusterView]
-    clusters: tuple[str, ...]
-    changes: tuple[CertChange, ...] = ()
-    plan: FollowUpPlan | None = None
-    jobs: list[Job] = field(default_factory=list)
-    step1: dict[str, float] = field(default_factory=dict)  # cluster -> install 200 (clock)
-    installed: set[Key] = field(default_factory=set)
-
-
 class FollowUps:
-    """Implements the Rotator's follow-up runner (``prepare`` / ``installed`` / ``run`` /
-    ``release``) and ``vault-bridge follow-up`` (:meth:`run_crdb_updates`)."""
+    """The follow-up coordinator: :meth:`window` for the executor's installs, :meth:`run` for
+    a replay, :meth:`run_crdb_updates` for ``vault-bridge follow-up``."""
 
     def __init__(
         self,
         settings: Settings,
-        clusters: Mapping[str, ClusterClient] | None,
+        clusters: Mapping[str, ClusterDatabases] | None,
         *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
+        clock: Monotonic = time.monotonic,
+        sleep: Sleep = time.sleep,
         metrics: HasWindow | None = None,
         lock: Lock | None = None,
         limits: Limits | None = None,
@@ -115,21 +103,22 @@ class FollowUps:
         self.metrics = metrics
         self.limits = limits or Limits()
         self._lock: Lock = lock or FollowUpLock(settings.agent.state_dir)
-        self._clusters: Mapping[str, ClusterClient] | None = clusters
+        self._held = False
+        self._clusters: Mapping[str, ClusterDatabases] | None = clusters
         self._own: dict[str, ClusterClient] = {}
         self._runners: dict[str, CrdbRunner | None] = dict(runners or {})
-        self._prepared: _Prepared | None = None
-        self._held = False
         self.last_windows: dict[str, dict[str, float]] = {}  # cluster -> stage -> seconds
-        self.replica_of = ReplicaOf(self.client, clock=clock, sleep=sleep, limits=self.limits)
+        names = [c.name for c in settings.clusters]
+        self.discovery = Discovery(names, self.client, clock=clock, sleep=sleep, limits=self.limits)
+        self.step2 = Step2(self.client, self.runner, clock=clock, sleep=sleep, limits=self.limits)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, metrics: HasWindow | None = None) -> FollowUps:
-        """Unbound: :func:`vault_bridge.rotation.app.build` hands it the cluster clients (:meth:`bind`);
-        used alone, it makes its own."""
+        """Unbound: :func:`vault_bridge.rotation.app.build` hands it the cluster clients
+        (:meth:`bind`); used alone, it makes its own."""
         return cls(settings, None, metrics=metrics)
 
-    def bind(self, clusters: Mapping[str, ClusterClient]) -> None:
+    def bind(self, clusters: Mapping[str, ClusterDatabases]) -> None:
         self._clusters = clusters
 
     def close(self) -> None:
@@ -140,7 +129,7 @@ class FollowUps:
             if isinstance(runner, DockerRunner):
                 runner.docker.close()
 
-    def client(self, name: str) -> ClusterClient:
+    def client(self, name: str) -> ClusterDatabases:
         if self._clusters is not None and name in self._clusters:
             return self._clusters[name]
         if name not in self._own:
@@ -164,393 +153,118 @@ class FollowUps:
 
     # -- the lock ------------------------------------------------------------------------------
 
-    def _acquire(self) -> None:
+    def _acquire(self) -> bool:
+        """Take the follow-up lock; False when this coordinator holds it already. Raises
+        :class:`FollowUpError` when another follow-up keeps it past the bound."""
         if self._held:
-            return
+            return False
         if not self._lock.acquire(True, self.limits.lock_wait):
             raise FollowUpError(
                 f"another follow-up held the lock for {self.limits.lock_wait:g}s; not starting"
             )
         self._held = True
+        return True
 
-    def release(self) -> None:
-        """End of the window: cancels armed jobs that never got the go, lets the next update
-        start. Idempotent."""
-        self._abandon()
-        if self._held:
-            self._held = False
-            self._lock.release()
+    def _release(self) -> None:
+        self._held = False
+        self._lock.release()
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self._acquire()
+        took = self._acquire()
         try:
             yield
         finally:
-            self.release()
+            if took:
+                self._release()
 
-    # -- before step 1 ---------------------------------------------------------------------------
+    # -- around the executor's installs ----------------------------------------------------------
 
-    def prepare(
+    @contextlib.contextmanager
+    def window(
         self, clusters: Sequence[str], changes: Sequence[CertChange] = ()
-    ) -> dict[str, str]:
-        """Right before installing ``proxy``/``syncer`` on ``clusters``: take the lock,
-        discover, wait for update tasks in flight (bounded) and, given the ``changes`` about to
-        be installed, arm step 2. Returns, by cluster, why its install must not go ahead (its
-        CRDBs could not be listed, or an update stays in flight)."""
-        self._abandon()
+    ) -> Iterator[Window]:
+        """The follow-ups of installing ``changes`` (proxy/syncer) on ``clusters``: opened
+        right before the installs (lock, discovery, tasks in flight waited for, step 2 armed),
+        closed after step 2. ``window.refused`` names, by cluster, why its proxy/syncer
+        install must not go ahead (its CRDBs could not be listed, an update stays in flight,
+        or another follow-up holds the lock)."""
         try:
-            self._acquire()
+            took = self._acquire()
         except FollowUpError as exc:
-            return {c: str(exc) for c in clusters}
-        views = self.discover()
-        errors = {c: f"follow-ups not ready: {views[c].error}" for c in clusters if views[c].error}
-        ready = [c for c in clusters if c not in errors]
+            reason = str(exc)
+            yield self._window({}, refused={c: reason for c in clusters}, unavailable=reason)
+            return
+        window: Window | None = None
+        try:
+            window = self._open(clusters, changes)
+            yield window
+        finally:
+            if window is not None:
+                self._close(window)
+            if took:
+                self._release()
+
+    def _open(self, clusters: Sequence[str], changes: Sequence[CertChange]) -> Window:
+        views = self.discovery.discover()
+        refused = {c: f"follow-ups not ready: {views[c].error}" for c in clusters if views[c].error}
+        ready = [c for c in clusters if c not in refused]
         steps, _ = plan_crdb_updates(ready, views, self.modes)
-        busy = self._wait_in_flight(steps, views)
-        for cluster, guids in busy.items():
-            errors[cluster] = (
+        for cluster, guids in self.discovery.wait_in_flight(steps).items():
+            refused[cluster] = (
                 f"an update of CRDB {', '.join(guids)} is still in flight after "
                 f"{self.limits.in_flight_wait:g}s; not installing in between"
             )
-        prepared = _Prepared(views, tuple(clusters))
-        armed = [c for c in changes if c.cluster in ready and c.cluster not in errors]
+        window = self._window(views, refused=refused)
+        armed = [c for c in changes if c.cluster in ready and c.cluster not in refused]
         if armed:
-            prepared.changes = tuple(armed)
-            prepared.plan = plan_followups(armed, views, self.modes)
-            prepared.jobs = self._jobs(prepared.plan, armed)
-            self._reserve(prepared.jobs)
-            self._start(prepared.jobs)
-            deadline = self.clock() + self.limits.warm_wait
-            for job in prepared.jobs:  # step 1 waits until every job is armed (bounded)
-                job.warmed.wait(max(0.0, deadline - self.clock()))
-        self._prepared = prepared
-        return errors
+            try:
+                window.arm(armed, self.limits.warm_wait)
+            except BaseException:
+                window.close()
+                raise
+        return window
 
-    def installed(self, cluster: str, names: Sequence[str]) -> None:
-        """Step 1 answered 200 on ``cluster`` for ``names``: its window starts, and every
-        armed job that has what it needs installed now goes."""
-        prepared = self._prepared
-        if prepared is None or not names:
-            return
-        prepared.step1.setdefault(cluster, self.clock())
-        prepared.installed.update((cluster, name) for name in names)
-        for job in prepared.jobs:
-            if not job.go.is_set() and job.ready(prepared.installed):
-                job.fire()
-
-    def _abandon(self) -> None:
-        """Cancel and join armed jobs of a preparation nobody ran (never fired)."""
-        prepared, self._prepared = self._prepared, None
-        if prepared is not None:
-            for job in prepared.jobs:
-                job.cancel()
-            self._join(prepared.jobs)
-
-    def discover(self) -> dict[str, ClusterView]:
-        """Every configured cluster's CRDBs, databases and proxy/syncer certificates, read at
-        once (one thread per cluster)."""
-        names = [c.name for c in self.settings.clusters]
-        with ThreadPoolExecutor(
-            max_workers=len(names), thread_name_prefix="followup-discover"
-        ) as pool:
-            return dict(zip(names, pool.map(self._view, names), strict=True))
-
-    def _view(self, name: str) -> ClusterView:
-        client = self.client(name)
-        try:
-            crdbs = tuple(client.crdbs())
-            bdbs = tuple(client.bdbs())
-            certs = client.certificates()
-        except VaultBridgeError as exc:
-            logger.warning("follow-ups: cannot read cluster %s: %s", name, exc)
-            return ClusterView(name, error=str(exc))
-        proxy, syncer = certs.get("proxy"), certs.get("syncer")
-        return ClusterView(
-            name,
-            crdbs,
-            bdbs,
-            proxy.pem if proxy else None,
-            syncer.pem if syncer else None,
+    def _window(
+        self,
+        views: Mapping[str, ClusterView],
+        *,
+        refused: Mapping[str, str],
+        unavailable: str | None = None,
+    ) -> Window:
+        return Window(
+            self.step2,
+            views,
+            self.modes,
+            clock=self.clock,
+            metrics=self.metrics,
+            refused=refused,
+            unavailable=unavailable,
         )
 
-    def _wait_in_flight(
-        self, steps: Sequence[CrdbStep2], views: Mapping[str, ClusterView]
-    ) -> dict[str, list[str]]:
-        """Wait until no update task of these CRDBs is queued or started; returns, by cluster,
-        the GUIDs still busy after the bound."""
-        guids = {s.guid for s in steps}
-        clusters = sorted({c for s in steps for c in s.clusters})
-        deadline = self.clock() + self.limits.in_flight_wait
-        logged = False
-        while True:
-            busy: dict[str, list[str]] = {}
-            for cluster in clusters:
-                try:
-                    tasks = self.client(cluster).crdb_tasks()
-                except VaultBridgeError as exc:
-                    busy.setdefault(cluster, []).append(f"(tasks unreadable: {exc})")
-                    continue
-                for task in tasks:
-                    if task.crdb_guid in guids and not task.done:
-                        busy.setdefault(cluster, []).append(task.crdb_guid)
-            if not busy or self.clock() >= deadline:
-                return busy
-            if not logged:
-                logger.info(
-                    "waiting for update tasks in flight before installing: %s",
-                    ", ".join(sorted({g for gs in busy.values() for g in gs})),
-                )
-                logged = True
-            self.sleep(self.limits.poll)
+    def _close(self, window: Window) -> None:
+        window.close()
+        if window.windows is not None:
+            self.last_windows = window.windows
 
-    # -- step 2 -------------------------------------------------------------------------------
+    # -- step 2 on its own -----------------------------------------------------------------------
 
-    def run(self, changes: Sequence[CertChange]) -> dict[tuple[str, str], str]:
-        """Step 2 for ``changes`` (every cluster at once); an error by (cluster, name) for each
-        follow-up that failed. Safe to run again for the same changes."""
-        prepared, self._prepared = self._prepared, None
+    def run(self, changes: Sequence[CertChange]) -> dict[Key, str]:
+        """Step 2 for ``changes`` installed earlier (every cluster at once); an error by
+        (cluster, name) for each follow-up that failed. Safe to run again for the same
+        changes."""
         if not changes:
-            if prepared is not None:
-                self._prepared = prepared
-            self.release()
             return {}
-        keys = {(c.cluster, c.name) for c in changes}
         try:
-            self._acquire()
-            jobs: list[Job] = []
-            plans: list[FollowUpPlan] = []
-            done_guids: set[str] = set()
-            if prepared is not None and prepared.plan is not None:
-                # Armed in prepare: give the go to what the installed changes need; a database
-                # update that also carries a change that did not make it is planned again
-                # below without it.
-                covered = {(c.cluster, c.name) for c in prepared.changes}
-                for job in prepared.jobs:
-                    if not job.go.is_set():
-                        if job.wanted(keys):
-                            job.fire()
-                        else:
-                            job.cancel()
-                            if job.kind != "crdb":
-                                covered -= set(job.planned_keys)
-                    job.keys = tuple(k for k in job.planned_keys if k in keys)
-                    if job.kind == "crdb" and not job.cancelled:
-                        done_guids.add(job.what)
-                jobs.extend(prepared.jobs)
-                plans.append(prepared.plan)
-                rest = [c for c in changes if (c.cluster, c.name) not in covered]
-            else:
-                rest = list(changes)
-            if rest:
-                views = prepared.views if prepared is not None else self._discover_for(rest)
-                plan = plan_followups(rest, views, self.modes)
-                more = [
-                    j
-                    for j in self._jobs(plan, rest)
-                    if j.kind != "crdb" or j.what not in done_guids
-                ]
-                for job in more:
-                    job.fire()
-                self._reserve(more)
-                self._start(more)
-                jobs.extend(more)
-                plans.append(plan)
-            for plan in plans:
-                for warning in plan.warnings:
-                    logger.warning("%s", warning)
-            self._join(jobs)
-            errors: dict[tuple[str, str], str] = {
-                k: v for plan in plans for k, v in plan.errors.items() if k in keys
-            }
-            for job in jobs:
-                if job.error is not None and not job.cancelled:
-                    for key in job.keys:
-                        errors[key] = f"{errors[key]}; {job.error}" if key in errors else job.error
-            self._report(
-                [j for j in jobs if not j.cancelled],
-                changes,
-                prepared.step1 if prepared else {},
-            )
-            return errors
+            with self._locked():
+                views = self.discovery.for_changes(changes, self.modes)
+                window = self._window(views, refused={})
+                try:
+                    return window.finish(changes)
+                finally:
+                    self._close(window)
         except VaultBridgeError as exc:
             return {(c.cluster, c.name): str(exc) for c in changes}
-        finally:
-            self.release()
-
-    def _discover_for(self, changes: Sequence[CertChange]) -> dict[str, ClusterView]:
-        """Discovery when step 1 happened elsewhere (a replay, the CLI): step 2 goes at once,
-        after any update already in flight (bounded)."""
-        views = self.discover()
-        changed = [c for c in views if any(ch.cluster == c for ch in changes)]
-        steps, _ = plan_crdb_updates([c for c in changed if not views[c].error], views, self.modes)
-        busy = self._wait_in_flight(steps, views)
-        if busy:
-            logger.warning(
-                "update tasks still in flight after %gs; running step 2 anyway: %s",
-                self.limits.in_flight_wait,
-                busy,
-            )
-        return views
-
-    # -- the jobs' threads --------------------------------------------------------------------
-
-    def _reserve(self, jobs: Sequence[Job]) -> None:
-        """Enough pooled connections per cluster for its jobs to go at once."""
-        per_cluster: dict[str, int] = {}
-        for job in jobs:
-            for cluster in job.targets:
-                per_cluster[cluster] = per_cluster.get(cluster, 0) + 1
-        for cluster, count in per_cluster.items():
-            self.client(cluster).reserve_connections(count + 2)
-
-    def _start(self, jobs: Sequence[Job]) -> None:
-        start(jobs, self._do, wait=self.limits.lock_wait)
-
-    def _join(self, jobs: Sequence[Job]) -> None:
-        join(jobs)
-
-    def _do(self, job: Job) -> None:
-        try:
-            job.action(job)
-        except VaultBridgeError as exc:
-            job.error = str(exc)
-            logger.error("follow-up %s failed: %s", job.what, exc)
-        except Exception as exc:  # a bug must not leave the other jobs' results unreported
-            job.error = f"{type(exc).__name__}: {exc}"
-            logger.exception("follow-up %s failed", job.what)
-        if job.done is None:
-            job.done = self.clock()
-
-    def _jobs(self, plan: FollowUpPlan, changes: Sequence[CertChange]) -> list[Job]:
-        jobs: list[Job] = []
-        for step in plan.crdb_updates:
-            keys = tuple((c.cluster, c.name) for c in changes if c.cluster in step.clusters)
-            runner = self.runner(step.via)
-            jobs.append(
-                Job(
-                    "crdb",
-                    f"CRDB {step.guid} ({step.name})",
-                    tuple(sorted(set(step.clusters))),
-                    keys,
-                    functools.partial(self._crdb, step=step),
-                    warm=functools.partial(runner.warm, step.guid) if runner else None,
-                    targets=(step.via,) if runner and runner.kind == "rest" else (),
-                )
-            )
-        for update in plan.server_cert_updates:
-            jobs.append(
-                Job(
-                    "replica",
-                    f"replica {update.name} (uid {update.uid}) on {update.cluster}",
-                    tuple(sorted({c for c, _ in update.causes})),
-                    update.causes,
-                    functools.partial(self.replica_of.set_server_cert, update=update),
-                    warm=functools.partial(self.client(update.cluster).bdb, update.uid),
-                    targets=(update.cluster,),
-                )
-            )
-        for client_update in plan.client_cert_updates:
-            jobs.append(
-                Job(
-                    "client-cert",
-                    f"source {client_update.name} (uid {client_update.uid}) on "
-                    f"{client_update.cluster}",
-                    (client_update.cause[0],),
-                    (client_update.cause,),
-                    functools.partial(self.replica_of.swap_client_cert, update=client_update),
-                    warm=functools.partial(
-                        self.client(client_update.cluster).bdb, client_update.uid
-                    ),
-                    targets=(client_update.cluster,),
-                )
-            )
-        return jobs
-
-    def _crdb(self, job: Job, step: CrdbStep2) -> None:
-        runner = self.runner(step.via)
-        if runner is None:  # planned only through clusters with a runner
-            raise FollowUpError(f"no runner for cluster {step.via}")
-        last: VaultBridgeError | None = None
-        for attempt in range(1, self.limits.attempts + 1):
-            try:
-                result = runner.update(step.guid, on_sent=lambda: job.mark_sent(self.clock()))
-            except VaultBridgeError as exc:
-                last = exc
-                if attempt < self.limits.attempts:
-                    logger.warning(
-                        "CRDB %s (%s): step 2 attempt %d of %d failed (%s); retrying",
-                        step.guid,
-                        step.name,
-                        attempt,
-                        self.limits.attempts,
-                        exc,
-                    )
-                    self.sleep(self.limits.retry_delay)
-                continue
-            job.done = self.clock()
-            logger.info(
-                "CRDB %s (%s): step 2 finished through %s (%s, task %s)",
-                step.guid,
-                step.name,
-                step.via,
-                runner.kind,
-                result.task_id,
-                extra={"cluster": step.via},
-            )
-            return
-        raise FollowUpError(
-            f"CRDB {step.guid} ({step.name}): `crdb update --force` failed "
-            f"{self.limits.attempts} times through {step.via} ({runner.kind}): {last}"
-        )
-
-    # -- the window ---------------------------------------------------------------------------
-
-    def _report(
-        self, jobs: Sequence[Job], changes: Sequence[CertChange], step1: Mapping[str, float]
-    ) -> None:
-        clusters = sorted({c.cluster for c in changes})
-        self.last_windows = {}
-        for cluster in clusters:
-            mine = [j for j in jobs if cluster in j.clusters]
-            names = ",".join(sorted({c.name for c in changes if c.cluster == cluster}))
-            crdbs = sum(1 for j in mine if j.kind == "crdb")
-            replicas = len(mine) - crdbs
-            start = step1.get(cluster)
-            sent = [j.sent for j in mine if j.sent is not None]
-            done = [j.done for j in mine if j.done is not None]
-            if start is None or not mine:
-                logger.info(
-                    "follow-ups of %s on %s: %d CRDB(s), %d replica update(s)%s",
-                    names,
-                    cluster,
-                    crdbs,
-                    replicas,
-                    "" if start is not None else " (step 1 happened earlier)",
-                    extra={"cluster": cluster},
-                )
-                continue
-            window = {STAGE_SENT: max(sent) - start, STAGE_FINISHED: max(done) - start}
-            self.last_windows[cluster] = window
-            failed = sum(1 for j in mine if j.error)
-            logger.info(
-                "follow-ups of %s on %s: %d CRDB(s), %d replica update(s); window from the "
-                "install's 200: %.1f ms to the last step 2 request sent, %.1f ms to the last "
-                "finished%s",
-                names,
-                cluster,
-                crdbs,
-                replicas,
-                window[STAGE_SENT] * 1000,
-                window[STAGE_FINISHED] * 1000,
-                f" ({failed} failed)" if failed else "",
-                extra={"cluster": cluster},
-            )
-            if self.metrics is not None:
-                for stage, seconds in window.items():
-                    self.metrics.followup_window.labels(cluster=cluster, stage=stage).observe(
-                        seconds
-                    )
 
     # -- `vault-bridge follow-up` ---------------------------------------------------------------
 
@@ -562,21 +276,18 @@ class FollowUps:
         for name in names:
             self.settings.cluster(name)  # a ConfigError for an unknown one
         with self._locked():
-            views = {name: self._view(name) for name in names}
+            views = {name: self.discovery.view(name) for name in names}
             errors = {n: f"cannot read cluster {n}: {v.error}" for n, v in views.items() if v.error}
             readable = [n for n in names if not views[n].error]
             steps, warnings = plan_crdb_updates(readable, views, self.modes)
             for warning in warnings:
                 logger.warning("%s", warning)
-            busy = self._wait_in_flight(steps, views)
+            busy = self.discovery.wait_in_flight(steps)
             if busy:
                 logger.warning("update tasks still in flight; running step 2 anyway: %s", busy)
-            jobs = self._jobs(FollowUpPlan(crdb_updates=tuple(steps)), [])
-            for job in jobs:
-                job.fire()
-            self._reserve(jobs)
-            self._start(jobs)
-            self._join(jobs)
+            jobs = self.step2.jobs(FollowUpPlan(crdb_updates=tuple(steps)), [])
+            self.step2.launch(jobs, fire=True)
+            self.step2.join(jobs)
             for step, job in zip(steps, jobs, strict=True):
                 if job.error is not None:
                     errors[step.guid] = job.error

@@ -17,6 +17,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from vault_bridge.errors import CertificateError
 from vault_bridge.models.certificates import CertName, IssuedCertificate, KeyType, load_leaf
+from vault_bridge.models.times import iso
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
@@ -91,12 +92,12 @@ def check_before_install(
     if remaining <= timedelta(0):
         raise CertificateError(
             f"Vault issued an already expired certificate (NotAfter "
-            f"{cert.not_valid_after_utc.isoformat()}): does the issuing CA expire?"
+            f"{iso(cert.not_valid_after_utc)}): does the issuing CA expire?"
         )
     if remaining < minimum:
         raise CertificateError(
             f"Vault issued a certificate valid for only {int(remaining.total_seconds())}s "
-            f"(NotAfter {cert.not_valid_after_utc.isoformat()}), less than 10% of the requested "
+            f"(NotAfter {iso(cert.not_valid_after_utc)}), less than 10% of the requested "
             f"TTL: the issuing CA probably expires soon"
         )
     try:

@@ -14,8 +14,7 @@ from datetime import datetime, timedelta
 
 from cryptography import x509
 
-from vault_bridge.adapters.vault.client import VaultClient
-from vault_bridge.config.durations import parse_duration
+from vault_bridge.adapters.ports import Vault
 from vault_bridge.config.schema import LoginSpec
 from vault_bridge.decisions.login import login_renewal_time, login_replacement
 from vault_bridge.errors import VaultBridgeError
@@ -31,9 +30,7 @@ RETRY_AFTER = timedelta(seconds=30)
 class LoginCertificate:
     """The login certificate of one cluster; :meth:`current` is the cluster client's source."""
 
-    def __init__(
-        self, spec: LoginSpec, vault: VaultClient, *, clock: Callable[[], datetime]
-    ) -> None:
+    def __init__(self, spec: LoginSpec, vault: Vault, *, clock: Callable[[], datetime]) -> None:
         self.spec = spec
         self._vault = vault
         self._clock = clock
@@ -139,7 +136,7 @@ class LoginCertificate:
 
 
 def issue_from_vault(
-    vault: VaultClient,
+    vault: Vault,
     *,
     pki_mount: str,
     role: str,
@@ -149,7 +146,7 @@ def issue_from_vault(
     common_name: str,
     alt_names: tuple[str, ...],
     ip_sans: tuple[str, ...],
-    ttl: str,
+    ttl: timedelta,
     now: Callable[[], datetime],
     client_only: bool = False,
 ) -> IssuedCertificate:
@@ -182,7 +179,7 @@ def issue_from_vault(
         issued,
         CertName.API,  # any ordinary name: the internode rules do not apply
         now=now(),
-        requested_ttl=parse_duration(ttl),
+        requested_ttl=ttl,
         client_only=client_only,
     )
     return issued

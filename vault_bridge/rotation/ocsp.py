@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 
-from vault_bridge.adapters.redis_enterprise import ClusterClient
+from vault_bridge.adapters.ports import ClusterOcsp
 from vault_bridge.config.schema import ClusterSettings
 from vault_bridge.decisions.ocsp import ocsp_urls, refuse_proxy, vault_ocsp_url
 from vault_bridge.errors import CertificateError, VaultBridgeError
@@ -24,7 +24,7 @@ def expected_responder(cluster: ClusterSettings, vault_address: str) -> str | No
     return vault_ocsp_url(vault_address, spec.pki_mount)
 
 
-def read_ocsp(client: ClusterClient) -> OcspStatus | None:
+def read_ocsp(client: ClusterOcsp) -> OcspStatus | None:
     """What the cluster staples for its proxy certificate now (None: OCSP off, absent, or
     not readable; a failure here never fails a pass)."""
     try:
@@ -37,7 +37,7 @@ def read_ocsp(client: ClusterClient) -> OcspStatus | None:
         return None
 
 
-def check_proxy_before_install(client: ClusterClient, issued: IssuedCertificate) -> None:
+def check_proxy_before_install(client: ClusterOcsp, issued: IssuedCertificate) -> None:
     """Refuse a proxy certificate that would be stapled UNKNOWN (stapling on, no responder)."""
     config = client.ocsp()
     reason = refuse_proxy(issued.certificate, stapling_on=bool(config and config.enabled))
@@ -47,7 +47,7 @@ def check_proxy_before_install(client: ClusterClient, issued: IssuedCertificate)
 
 def after_proxy_change(
     cluster: ClusterSettings,
-    client: ClusterClient,
+    client: ClusterOcsp,
     issued: IssuedCertificate,
     vault_address: str,
 ) -> OcspStatus | None:

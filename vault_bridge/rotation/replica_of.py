@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
-from vault_bridge.adapters.redis_enterprise import ClusterClient
+from vault_bridge.adapters.ports import ClusterDatabases, Monotonic, Sleep
 from vault_bridge.decisions.followup_plan import ClientCertUpdate, ServerCertUpdate, leaf_fp
 from vault_bridge.errors import FollowUpError, VaultBridgeError
 from vault_bridge.rotation.followup_jobs import Job, Limits
@@ -19,10 +19,10 @@ class ReplicaOf:
 
     def __init__(
         self,
-        client: Callable[[str], ClusterClient],
+        client: Callable[[str], ClusterDatabases],
         *,
-        clock: Callable[[], float],
-        sleep: Callable[[float], None],
+        clock: Monotonic,
+        sleep: Sleep,
         limits: Limits,
     ) -> None:
         self.client = client

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
-from vault_bridge.adapters.redis_enterprise import ClusterClient
-from vault_bridge.adapters.vault.client import VaultClient
+from vault_bridge.adapters.ports import ClusterCertificates, VaultIssuers
 from vault_bridge.config.schema import MTLS_TRUSTED_CA, ClusterSettings
 from vault_bridge.decisions.install import CertUpload
 from vault_bridge.decisions.trusted_ca import TrustedCaPlan, plan_trusted_ca
@@ -32,7 +31,7 @@ class TrustedCaResult:
     plan: TrustedCaPlan
 
 
-def mount_ca_pems(vault: VaultClient, mount: str) -> list[str]:
+def mount_ca_pems(vault: VaultIssuers, mount: str) -> list[str]:
     """Every issuer certificate of ``mount`` with its chain (unauthenticated reads)."""
     pems: list[str] = []
     for issuer_id in vault.list_issuers(mount):
@@ -50,8 +49,8 @@ def _digests(pem: str) -> set[str]:
 
 def reconcile_trusted_ca(
     cluster: ClusterSettings,
-    client: ClusterClient,
-    vault: VaultClient,
+    client: ClusterCertificates,
+    vault: VaultIssuers,
     login: LoginCertificate | None,
 ) -> TrustedCaResult:
     """Bring ``mtls_trusted_ca`` on ``cluster`` to the mount's issuers (plus what the login
@@ -87,7 +86,7 @@ def reconcile_trusted_ca(
     return TrustedCaResult(plan.change, plan)
 
 
-def _install(client: ClusterClient, upload: CertUpload) -> None:
+def _install(client: ClusterCertificates, upload: CertUpload) -> None:
     """Bulk ``PUT /v1/cluster/certificates`` on 7.22.2+, else (or on 404/405) ``update_cert``."""
     if client.lowest_version() >= BULK_MIN_VERSION:
         try:

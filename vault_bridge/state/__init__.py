@@ -1,1 +1,1 @@
-
+"""The state directory: records, atomic writes and the lock, and the intent journal."""

@@ -1,10 +1,11 @@
-"""The intent journal: :class:`Keeper` records every step of a rotation in the state directory.
+"""The intent journal: :class:`IntentJournal` records every step of a rotation in the state
+directory.
 
-It is the :class:`vault_bridge.rotation.executor.RotationHooks` of the agent and of the CLI's one-shot
-pass: the runaway guard before Vault is asked, then the journal entry (an
-:class:`vault_bridge.state.records.Intent`) moves ``issued`` -> ``installing`` -> ``followups`` ->
-cleared, each step saved before the next starts. :meth:`Keeper.replay` resolves what a killed
-agent or pass left behind.
+It is the :class:`vault_bridge.rotation.executor.RotationHooks` of the agent and of the CLI's
+one-shot pass: the runaway guard before Vault is asked, then the journal entry (an
+:class:`vault_bridge.state.records.Intent`) moves ``issued`` -> ``installing`` -> ``followups``
+-> cleared, each step saved before the next starts. :meth:`IntentJournal.replay` resolves what
+a killed agent or pass left behind.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
-from vault_bridge.config.durations import parse_duration
 from vault_bridge.config.schema import CertSpec, Settings
 from vault_bridge.decisions.schedule import Backoff, is_expiring, runaway_until
 from vault_bridge.errors import DeferredError, StateError, VaultBridgeError
 from vault_bridge.models.certificates import CertName, IssuedCertificate
+from vault_bridge.models.times import iso
 from vault_bridge.rotation.executor import Change, Rotator
-from vault_bridge.state.records import Intent, Key, State, iso, key_text, log_change
+from vault_bridge.state.records import Intent, Key, State, key_text, log_change
 from vault_bridge.state.store import StateDir
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class JournalPendingError(DeferredError):
     """The journal still holds an earlier change of this certificate: it goes first."""
 
 
-class Keeper:
+class IntentJournal:
     """Records every step of a rotation in the state directory (the agent and the CLI).
 
     Before Vault is asked: the runaway guard, and the issue time is saved (nothing is issued
@@ -102,7 +103,7 @@ class Keeper:
             self.save()
 
     def _grace(self) -> timedelta:
-        return parse_duration(self.settings.agent.revoke_grace)
+        return self.settings.agent.revoke_grace
 
     def _mount(self, cluster: str, name: str) -> str:
         spec = self.settings.cluster(cluster).spec(name)
@@ -265,6 +266,18 @@ class Keeper:
         state = self.state
         if state is None or not (state.journal or state.pending):
             return {}
+        errors = self._resolve_journal(state, rotator)
+        pending = list(state.pending.values())
+        errors.update(self._run_pending_followups(pending, rotator))
+        for intent in pending:
+            if intent.key not in errors:
+                self._complete(intent.key)
+        self.save_quietly()
+        return errors
+
+    def _resolve_journal(self, state: State, rotator: Rotator) -> dict[Key, str]:
+        """Each journal entry: issued and never sent is an orphan; an install that may have
+        happened is looked up on its cluster (one read per cluster). Errors by certificate."""
         now = self.clock()
         errors: dict[Key, str] = {}
         served: dict[str, dict[str, str]] = {}
@@ -273,44 +286,57 @@ class Keeper:
                 state.orphan(intent, now)
                 _log_intent("issued but never installed (will be revoked)", intent)
             elif intent.phase == "installing":
-                client = rotator.clusters.get(intent.cluster)
-                if client is None:
-                    logger.warning("%s: cluster no longer configured; dropped", key_text(key))
-                    state.orphan(intent, now)
-                    continue
-                if intent.cluster not in served:
-                    try:
-                        certs = client.certificates()
-                    except VaultBridgeError as exc:
-                        errors[key] = str(exc)
-                        continue
-                    served[intent.cluster] = {n: c.info.fingerprint for n, c in certs.items()}
-                if served[intent.cluster].get(intent.name) == intent.info.fingerprint:
-                    state.journal_installed(key, now + self._grace())
-                    _log_intent("the interrupted install did happen", intent)
-                else:
-                    state.orphan(intent, now)
-                    _log_intent("the interrupted install did not happen (will be revoked)", intent)
-        pending = list(state.pending.values())
-        needing = [i for i in pending if _needs_followup(i.name)]
-        if needing and rotator.followups is not None:
-            logger.info(
-                "running %d pending follow-up(s) from the journal: %s",
-                len(needing),
-                ", ".join(key_text(i.key) for i in needing),
-            )
-            try:
-                failed = rotator.followups.run([i.cert_change for i in needing])
-            except VaultBridgeError as exc:
-                failed = {i.key: str(exc) for i in needing}
-            for failed_key, message in failed.items():
-                logger.error("follow-up of %s failed: %s", key_text(failed_key), message)
-            errors.update(failed)
-        for intent in pending:
-            if intent.key not in errors:
-                self._complete(intent.key)
-        self.save_quietly()
+                error = self._resolve_install(state, rotator, intent, served, now)
+                if error is not None:
+                    errors[key] = error
         return errors
+
+    def _resolve_install(
+        self,
+        state: State,
+        rotator: Rotator,
+        intent: Intent,
+        served: dict[str, dict[str, str]],
+        now: datetime,
+    ) -> str | None:
+        """Did the interrupted install of ``intent`` happen? Recorded either way; an error when
+        the cluster cannot tell (the entry stays)."""
+        client = rotator.clusters.get(intent.cluster)
+        if client is None:
+            logger.warning("%s: cluster no longer configured; dropped", key_text(intent.key))
+            state.orphan(intent, now)
+            return None
+        if intent.cluster not in served:
+            try:
+                certs = client.certificates()
+            except VaultBridgeError as exc:
+                return str(exc)
+            served[intent.cluster] = {n: c.info.fingerprint for n, c in certs.items()}
+        if served[intent.cluster].get(intent.name) == intent.info.fingerprint:
+            state.journal_installed(intent.key, now + self._grace())
+            _log_intent("the interrupted install did happen", intent)
+        else:
+            state.orphan(intent, now)
+            _log_intent("the interrupted install did not happen (will be revoked)", intent)
+        return None
+
+    def _run_pending_followups(self, pending: Sequence[Intent], rotator: Rotator) -> dict[Key, str]:
+        """The follow-ups of installs whose follow-ups are pending; errors by certificate."""
+        needing = [i for i in pending if _needs_followup(i.name)]
+        if not needing or rotator.followups is None:
+            return {}
+        logger.info(
+            "running %d pending follow-up(s) from the journal: %s",
+            len(needing),
+            ", ".join(key_text(i.key) for i in needing),
+        )
+        try:
+            failed = rotator.followups.run([i.cert_change for i in needing])
+        except VaultBridgeError as exc:
+            failed = {i.key: str(exc) for i in needing}
+        for failed_key, message in failed.items():
+            logger.error("follow-up of %s failed: %s", key_text(failed_key), message)
+        return failed
 
 
 def _log_intent(message: str, intent: Intent) -> None:

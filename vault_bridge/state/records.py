@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from vault_bridge.decisions.schedule import Backoff, recent_issues
 from vault_bridge.models.certificates import CertChange, CertificateInfo
+from vault_bridge.models.times import iso, iso_or_none, parse_iso
 
 logger = logging.getLogger(__name__)
 
@@ -32,17 +33,8 @@ Phase = Literal["issued", "installing", "followups"]
 # -- values ----------------------------------------------------------------------------------
 
 
-def _json_time(value: datetime | None) -> str | None:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
-
-
 def _time(value: Any) -> datetime | None:
-    if value is None:
-        return None
-    parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    if parsed.tzinfo is None:
-        raise ValueError(f"time without a timezone: {value!r}")
-    return parsed.astimezone(UTC)
+    return None if value is None else parse_iso(value)
 
 
 def _req_time(value: Any) -> datetime:
@@ -72,15 +64,15 @@ class CertRecord:
     def to_json(self) -> dict[str, Any]:
         return {
             "serial": self.serial,
-            "not_before": _json_time(self.not_before),
-            "not_after": _json_time(self.not_after),
+            "not_before": iso_or_none(self.not_before),
+            "not_after": iso_or_none(self.not_after),
             "fingerprint": self.fingerprint,
             "mount": self.mount,
             "lease_id": self.lease_id,
-            "issued_at": [_json_time(t) for t in self.issued_at],
+            "issued_at": [iso_or_none(t) for t in self.issued_at],
             "backoff": {
                 "failures": self.backoff.failures,
-                "next_attempt": _json_time(self.backoff.next_attempt),
+                "next_attempt": iso_or_none(self.backoff.next_attempt),
                 "last_error": self.backoff.last_error,
             },
         }
@@ -126,7 +118,7 @@ class Superseded:
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         for name in ("not_after", "revoke_after", "next_attempt"):
-            out[name] = _json_time(getattr(self, name))
+            out[name] = iso_or_none(getattr(self, name))
         return out
 
     @classmethod
@@ -184,8 +176,8 @@ class Intent:
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
-        out["not_after"] = _json_time(self.not_after)
-        out["started_at"] = _json_time(self.started_at)
+        out["not_after"] = iso_or_none(self.not_after)
+        out["started_at"] = iso_or_none(self.started_at)
         return out
 
     @classmethod
@@ -393,10 +385,6 @@ def _leaf_only(pem: str | None) -> str | None:
 # -- log lines -------------------------------------------------------------------------------
 
 
-def iso(value: datetime | None) -> str:
-    return value.isoformat().replace("+00:00", "Z") if value else "-"
-
-
 def log_change(
     message: str,
     *,
@@ -419,6 +407,6 @@ def log_change(
             "cluster": cluster,
             "certificate": certificate,
             "serial": serial,
-            "not_after": iso(not_after) if not_after else None,
+            "not_after": iso_or_none(not_after),
         },
     )

@@ -20,18 +20,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import logging
 import os
 import secrets
 import time
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from vault_bridge.adapters.file_lock import flock_within
 from vault_bridge.errors import StateError
+from vault_bridge.models.times import file_stamp, utc_now
 from vault_bridge.state.records import State
 
 logger = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ class StateDir:
             with contextlib.suppress(OSError):
                 if existing.read_bytes() == raw:
                     return existing
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        stamp = file_stamp(utc_now())
         copy = self.path / f"{STATE_FILE}.corrupt-{stamp}"
         try:
             write_atomic(copy, raw)
@@ -190,15 +190,8 @@ class StateDir:
             except OSError:
                 raise _state_error("open", path, exc) from exc
         try:
-            deadline = time.monotonic() + wait
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise LockHeld(self, self.agent_pid()) from None
-                    time.sleep(poll)
+            if not flock_within(fd, wait, poll=poll):
+                raise LockHeld(self, self.agent_pid())
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
                 os.write(fd, f"{os.getpid()} {role}\n".encode())

@@ -10,7 +10,7 @@ import ssl
 import tempfile
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from types import TracebackType
 from typing import Any
@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
 from vault_bridge.models.certificates import CertificateInfo, split_pem_chain
+from vault_bridge.models.times import utc_now
 from vault_bridge_lab.simulator.access import AccessControl, User
 from vault_bridge_lab.simulator.certs import Installed, cached_rsa_key, key_pem, self_signed
 from vault_bridge_lab.simulator.databases import Outage
@@ -91,7 +92,7 @@ class SimulatedCluster:
         self.install_count = 0
         self._ports = {listener: int((ports or {}).get(listener, 0)) for listener in LISTENERS}
         self._connect_host = "127.0.0.1" if host in ("", "0.0.0.0") else host
-        self._clock: Callable[[], datetime] = clock or partial(datetime.now, UTC)
+        self._clock: Callable[[], datetime] = clock or utc_now
         self.access = AccessControl(
             {
                 user: User(user, password, role)
@@ -313,6 +314,11 @@ class SimulatedCluster:
             }
         with self._lock:
             self._faults.append(Fault(method.upper(), path, status, times, delay, body))
+
+    def faults_pending(self) -> int:
+        """How many injected faults no request has taken yet (a held request has taken its)."""
+        with self._lock:
+            return sum(f.remaining for f in self._faults)
 
     def add_crdb(
         self,
