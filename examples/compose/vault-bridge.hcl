@@ -1,5 +1,6 @@
 # vault-bridge: least-privilege policy for examples/compose/config.toml.
-# <mount>/cert/ca_chain needs no policy (an unauthenticated PKI path).
+# <mount>/cert/ca_chain, LIST <mount>/issuers, <mount>/issuer/<id>/json and
+# <mount>/cert/<serial> need no policy (unauthenticated PKI paths).
 # Nothing under sys/, no other mount, role or secret.
 
 # sign a CSR made here for sim/cm, sim/api, sim/proxy, sim/syncer, sim/metrics_exporter

@@ -290,6 +290,7 @@ class PkiSetup:
     root_pem: str
     intermediate_pem: str | None
     roles: tuple[str, ...]
+    root_mount: str = ""
 
 
 def _ca_name(kind: str, mount: str) -> str:
@@ -357,4 +358,72 @@ def setup_pki(
         root_pem=root_pem,
         intermediate_pem=intermediate_pem,
         roles=tuple(wanted),
+        root_mount=mount,
     )
+
+
+@dataclass(frozen=True)
+class RotatedIssuer:
+    """A new issuer made by :func:`rotate_intermediate`."""
+
+    issuer_id: str
+    intermediate_pem: str
+    root_pem: str
+    root_issuer_id: str
+
+
+def rotate_intermediate(
+    client: hvac.Client,
+    setup: PkiSetup,
+    *,
+    new_root: bool = False,
+    ttl: str = "8760h",
+    make_default: bool = True,
+    label: str = "rotated",
+) -> RotatedIssuer:
+    """What a PKI team does at a CA rotation, on the mounts of :func:`setup_pki`.
+
+    A new key and intermediate in the issuing mount (``<mount>/intermediate/generate/internal``),
+    signed by the root mount's default issuer or, with ``new_root``, by a new root made with
+    ``<root>/root/rotate/internal``; imported with its root (``intermediate/set-signed``) and,
+    with ``make_default``, made the mount's default issuer (``<mount>/config/issuers``).
+    """
+    root_mount, mount = setup.root_mount, setup.issuing_mount
+    if not root_mount or mount == root_mount:
+        raise OpenBaoError("rotate_intermediate needs a root mount and an intermediate mount")
+    adapter = client.adapter
+    if new_root:
+        made = adapter.post(
+            f"/v1/{root_mount}/root/rotate/internal",
+            json={
+                "common_name": _ca_name(f"Test Root CA {label}", root_mount),
+                "ttl": "87600h",
+                "key_type": "ec",
+                "key_bits": 256,
+            },
+        )["data"]
+        root_ref, root_pem = str(made["issuer_id"]), str(made["certificate"])
+    else:
+        current = adapter.get(f"/v1/{root_mount}/issuer/default/json")["data"]
+        root_ref, root_pem = str(current["issuer_id"]), str(current["certificate"])
+    name = _ca_name(f"Test Intermediate CA {label}", mount)
+    csr = adapter.post(
+        f"/v1/{mount}/intermediate/generate/internal",
+        json={"common_name": name, "key_type": "ec", "key_bits": 256},
+    )["data"]["csr"]
+    signed = adapter.post(
+        f"/v1/{root_mount}/issuer/{root_ref}/sign-intermediate",
+        json={"csr": csr, "common_name": name, "ttl": ttl, "format": "pem"},
+    )["data"]
+    intermediate_pem = str(signed["certificate"])
+    imported = adapter.post(
+        f"/v1/{mount}/intermediate/set-signed",
+        json={"certificate": f"{intermediate_pem.strip()}\n{root_pem.strip()}\n"},
+    )["data"]
+    mapping = imported.get("mapping") or {}
+    new_id = next((i for i, key in mapping.items() if key), None)
+    if new_id is None:
+        raise OpenBaoError(f"set-signed on {mount} made no issuer with a key: {imported}")
+    if make_default:
+        adapter.post(f"/v1/{mount}/config/issuers", json={"default": new_id})
+    return RotatedIssuer(str(new_id), intermediate_pem, root_pem, root_ref)

@@ -15,7 +15,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from vault_bridge.config.durations import parse_duration
 from vault_bridge.errors import VaultBridgeError, VaultPermissionError
 from vault_bridge.models.certificates import IssuedCertificate, serial_hex
-from vault_bridge.models.vault import TokenInfo
+from vault_bridge.models.vault import MountIssuers, PkiIssuer, TokenInfo
 
 BOTH_USAGES = (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH)
 
@@ -90,6 +90,7 @@ class FakeVault:
         self.lifetime: timedelta | None = None
         self.usages: Sequence[x509.ObjectIdentifier] = BOTH_USAGES
         self.logins = 0
+        self.issuer_refs: list[str | None] = []  # the issuer_ref of each sign/issue
         self.next_accessor: str | None = None  # the next ensure_token logs in anew
         # A 403 from the queue came from a rejected token (expired, revoked), not the policy:
         # the next ensure_token looks it up and logs in anew.
@@ -169,8 +170,11 @@ class FakeVault:
         alt_names: Sequence[str] = (),
         ip_sans: Sequence[str] = (),
         ttl: timedelta | str | None = None,
+        issuer_ref: str | None = None,
     ) -> dict[str, Any]:
-        """POST: /{mount}/sign/{role} (subject and SANs from the CSR, as Vault's defaults)."""
+        """POST: /{mount}/sign/{role} (subject and SANs from the CSR, as Vault's defaults);
+        ``issuer_ref`` is recorded, the mount's one CA signs."""
+        self.issuer_refs.append(issuer_ref)
         self._call("sign")
         csr = x509.load_pem_x509_csr(csr_pem.encode())
         try:
@@ -190,8 +194,10 @@ class FakeVault:
         alt_names: Sequence[str] = (),
         ip_sans: Sequence[str] = (),
         ttl: timedelta | str | None = None,
+        issuer_ref: str | None = None,
     ) -> IssuedCertificate:
         """POST: /{mount}/issue/{role} (the key made here, returned with the certificate)."""
+        self.issuer_refs.append(issuer_ref)
         self._call("issue")
         key = ec.generate_private_key(ec.SECP256R1())
         sans = [x509.DNSName(n) for n in alt_names]
@@ -207,6 +213,19 @@ class FakeVault:
         """GET: /{mount}/cert/ca_chain"""
         self._call("ca_chain")
         return [self.ca(mount).pem]
+
+    def mount_issuers(self, mount: str) -> MountIssuers:
+        """LIST: /{mount}/issuers and each GET /{mount}/issuer/{id}/json: the one CA."""
+        self._call("mount_issuers")
+        pem = self.ca(mount).pem
+        issuer_id = f"issuer-{mount}"
+        issuer = PkiIssuer.from_vault(mount, {"certificate": pem, "issuer_id": issuer_id}, [pem])
+        return MountIssuers(mount, (issuer,), issuer_id)
+
+    def certificate_revoked(self, mount: str, serial: str) -> bool | None:
+        """GET: /{mount}/cert/{serial} (revoked when ``revoke`` was called for it)."""
+        self._call("certificate_revoked")
+        return (mount, serial) in self.revoked
 
     def revoke(
         self, mount: str, *, serial: str | None = None, certificate: str | None = None

@@ -61,7 +61,20 @@ def test_run_once_status_plan_issue(
     assert status.exit_code == 0
     rows = json.loads(status.stdout)
     assert {r["state"] for r in rows} == {"foreign"}
-    assert set(rows[0]) == {"cluster", "name", "serial", "issuer", "not_after", "renew_at", "state"}
+    assert set(rows[0]) == {
+        "cluster",
+        "name",
+        "serial",
+        "issuer",
+        "not_after",
+        "renew_at",
+        "state",
+        "window",
+        "signed_by",
+        "warnings",
+        "last_error",
+        "next_attempt",
+    }
 
     ran = invoke("--config", config, "run", "--once")
     assert ran.exit_code == 0, ran.output

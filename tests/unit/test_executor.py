@@ -313,7 +313,7 @@ def test_a_cluster_failing_between_the_plan_and_the_issue_asks_vault_nothing(
 
 def test_a_deferred_certificate_fails_this_pass_only(tmp_path: Path) -> None:
     class Deferring(RecordingHooks):
-        def before_issue(self, spec: CertSpec) -> None:
+        def before_issue(self, spec: CertSpec, *, explicit: bool = False) -> None:
             raise DeferredError("stopping: no new certificate is requested")
 
     w = world(tmp_path, ("cm",))
@@ -332,7 +332,7 @@ class RecordingHooks:
     def __init__(self, events: list[str]) -> None:
         self.events = events
 
-    def before_issue(self, spec: CertSpec) -> None:
+    def before_issue(self, spec: CertSpec, *, explicit: bool = False) -> None:
         self.events.append(f"hook before_issue {spec.name.value}")
 
     def issued(self, spec: CertSpec, issued: IssuedCertificate) -> None:
@@ -364,7 +364,7 @@ def test_the_hooks_frame_every_step(tmp_path: Path) -> None:
 
 def test_a_hook_raising_before_the_issue_skips_the_certificate(tmp_path: Path) -> None:
     class Refusing(RecordingHooks):
-        def before_issue(self, spec: CertSpec) -> None:
+        def before_issue(self, spec: CertSpec, *, explicit: bool = False) -> None:
             if spec.name.value == "cm":
                 raise VaultError("runaway guard")
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import make_ca
 from tests.fakes.cluster import add_crdb
 from tests.fakes.world import FakeApp, World, make_settings
 from vault_bridge.agent.passes import AgentRotator, Passes
@@ -198,9 +199,11 @@ def test_a_stopping_agent_counts_no_failure(tmp_path: Path) -> None:
 
 def test_the_runaway_guard_blocks_without_counting_a_failure(tmp_path: Path) -> None:
     a = agent(tmp_path, max_issues_per_hour=1)
-    a.passes.run(a.app, force=[KEY], only={KEY})
+    a.passes.run(a.app, force=[KEY], only={KEY})  # the operator's issue counts towards it
     a.w.clock.advance(timedelta(minutes=1))
-    result = a.passes.run(a.app, force=[KEY], only={KEY})
+    foreign, _ = make_ca("Someone Else").leaf()
+    a.w.clusters["east"].install_pem("cm", foreign)  # replaced by hand: the agent's own decision
+    result = a.passes.run(a.app)
     assert "runaway guard" in (result.failed[0].error or "")
     assert a.keeper.rotations[("east", "cm", "failure")] == 0 and a.backoff.failures == 0
     tracked = {t.key: t for t in a.passes.tracked(a.w.clock())}

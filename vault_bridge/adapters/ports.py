@@ -28,7 +28,7 @@ from vault_bridge.models.certificates import (
     IssuedCertificate,
 )
 from vault_bridge.models.cluster import Bdb, ClusterAccess, Crdb, CrdbTask, OcspConfig, OcspStatus
-from vault_bridge.models.vault import PkiIssuer, TokenInfo
+from vault_bridge.models.vault import MountIssuers, TokenInfo
 
 # -- time ------------------------------------------------------------------------------------
 
@@ -86,8 +86,10 @@ class VaultPki(Protocol):
         alt_names: Sequence[str] = (),
         ip_sans: Sequence[str] = (),
         ttl: timedelta | str | None = None,
+        issuer_ref: str | None = None,
     ) -> dict[str, Any]:
-        """POST: /{mount}/sign/{role}; the answer's ``data`` (``lease_id`` added)."""
+        """POST: /{mount}/sign/{role} (or /{mount}/issuer/{issuer_ref}/sign/{role}); the
+        answer's ``data`` (``lease_id`` added)."""
         ...
 
     def issue(
@@ -99,8 +101,18 @@ class VaultPki(Protocol):
         alt_names: Sequence[str] = (),
         ip_sans: Sequence[str] = (),
         ttl: timedelta | str | None = None,
+        issuer_ref: str | None = None,
     ) -> IssuedCertificate:
-        """POST: /{mount}/issue/{role}"""
+        """POST: /{mount}/issue/{role} (or /{mount}/issuer/{issuer_ref}/issue/{role})"""
+        ...
+
+    def mount_issuers(self, mount: str) -> MountIssuers:
+        """LIST: /{mount}/issuers, then GET: /{mount}/issuer/{id}/json for each: every issuer
+        of the mount with its chain, and the default."""
+        ...
+
+    def certificate_revoked(self, mount: str, serial: str) -> bool | None:
+        """GET: /{mount}/cert/{serial}: True only when Vault says it is revoked."""
         ...
 
     def ca_chain(self, mount: str) -> list[str]:
@@ -116,23 +128,6 @@ class VaultPki(Protocol):
 
 class Vault(VaultAuth, VaultPki, Protocol):
     """Everything the core uses of Vault."""
-
-
-@runtime_checkable
-class VaultIssuers(Protocol):
-    """A PKI mount's issuers, for a cluster's ``mtls_trusted_ca`` (unauthenticated reads)."""
-
-    def list_issuers(self, mount: str) -> list[str]:
-        """LIST: /{mount}/issuers"""
-        ...
-
-    def read_issuer(self, mount: str, issuer: str) -> PkiIssuer:
-        """GET: /{mount}/issuer/{issuer}/json"""
-        ...
-
-    def ca_chain(self, mount: str) -> list[str]:
-        """GET: /{mount}/cert/ca_chain"""
-        ...
 
 
 # -- the Redis Enterprise REST API -----------------------------------------------------------

@@ -71,6 +71,10 @@ class CertSample:
     renew_at: datetime | None
     condition: Condition  # Ready: True (ours, valid), False (missing, foreign, expired), Unknown
     expiring: bool
+    overdue: bool = False  # renewal time passed by more than overdue_after, not renewed
+    issuer_expiring: bool = False  # the issuer of its next certificate expires within a lifetime
+    issuer_outdated: bool = False  # signed by another issuer than the one that signs the next
+    window_overrides: int = 0  # renewals outside every maintenance window since the start
 
 
 @dataclass(frozen=True)
@@ -166,8 +170,35 @@ class _SnapshotCollector(Collector):
             "1 when less than 10% of the certificate's lifetime is left, else 0.",
             labels=labels,
         )
+        overdue = GaugeMetricFamily(
+            "vault_bridge_certificate_renewal_overdue",
+            "1 when the renewal time passed by more than overdue_after of the lifetime and the "
+            "certificate is still not renewed, else 0.",
+            labels=labels,
+        )
+        issuer_expiring = GaugeMetricFamily(
+            "vault_bridge_certificate_issuer_expiring",
+            "1 when the Vault issuer that signs the next certificate expires sooner than one "
+            "lifetime of it, else 0.",
+            labels=labels,
+        )
+        outdated = GaugeMetricFamily(
+            "vault_bridge_certificate_issuer_outdated",
+            "1 when the installed certificate was signed by another issuer of the mount than the "
+            "one that signs its next certificate (the default, or issuer_ref), else 0.",
+            labels=labels,
+        )
+        overrides = CounterMetricFamily(
+            "vault_bridge_window_overrides",
+            "Planned renewals done outside every maintenance window (safety margin reached).",
+            labels=labels,
+        )
         for cert in snap.certificates:
             key = [cert.cluster, cert.name]
+            overdue.add_metric(key, 1.0 if cert.overdue else 0.0)
+            issuer_expiring.add_metric(key, 1.0 if cert.issuer_expiring else 0.0)
+            outdated.add_metric(key, 1.0 if cert.issuer_outdated else 0.0)
+            overrides.add_metric(key, cert.window_overrides)
             if cert.not_after is not None:
                 expiration.add_metric(key, cert.not_after.timestamp())
             if cert.renew_at is not None:
@@ -196,7 +227,9 @@ class _SnapshotCollector(Collector):
         for cluster, current in sorted(snap.ocsp.items()):
             for status in OCSP_STATUSES:
                 ocsp.add_metric([cluster, status], 1.0 if status == current else 0.0)
-        yield from (expiration, renewal, ready, expiring, rotations, token, ocsp)
+        yield from (expiration, renewal, ready, expiring, overdue, issuer_expiring, outdated)
+        yield overrides
+        yield from (rotations, token, ocsp)
 
 
 # -- the listener ----------------------------------------------------------------------------

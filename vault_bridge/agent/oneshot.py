@@ -13,13 +13,16 @@ import os
 import random
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import replace
+from datetime import datetime
 from typing import Any, Protocol
 
 from vault_bridge.adapters.ports import Monotonic, Sleep
 from vault_bridge.agent.revocation import revoke_due
 from vault_bridge.config.schema import Settings
+from vault_bridge.decisions.renewal import CertStatus
 from vault_bridge.errors import StateError
 from vault_bridge.models.times import iso_or_none, parse_iso, utc_now
 from vault_bridge.rotation.app import AppPorts, build
@@ -31,6 +34,32 @@ from vault_bridge.state.store import LockHeld, StateDir
 logger = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = 900.0  # how long `issue` waits for a running agent's answer
+
+
+def with_retry_state(
+    settings: Settings, statuses: Sequence[CertStatus], now: datetime
+) -> list[CertStatus]:
+    """``statuses`` with the last error and the next attempt the agent keeps in its state
+    file (read without the lock; nothing is written). Without a readable state, the next
+    attempt is the renewal time and there is no last error."""
+    try:
+        state = StateDir(settings.agent.state_dir).load()
+    except StateError as exc:
+        logger.warning("status: no retry state: %s", exc)
+        state = None
+    out = []
+    for status in statuses:
+        backoff = state.record((status.cluster, status.name)).backoff if state else None
+        failing = backoff is not None and backoff.failures > 0
+        next_attempt = backoff.next_attempt if failing and backoff else status.renew_at
+        out.append(
+            replace(
+                status,
+                last_error=backoff.last_error if failing and backoff else None,
+                next_attempt=max(next_attempt, now) if next_attempt else None,
+            )
+        )
+    return out
 
 
 class BuildApp(Protocol):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -19,7 +20,7 @@ from typing import Any
 from vault_bridge.adapters.ports import VaultAuth
 from vault_bridge.agent.health import CertSample, Condition
 from vault_bridge.config.schema import CertSpec, Settings
-from vault_bridge.decisions.renewal import CertStatus, renewal_time
+from vault_bridge.decisions.renewal import CertStatus, renewal_time, windowed
 from vault_bridge.decisions.schedule import (
     Backoff,
     Tracked,
@@ -51,6 +52,7 @@ _STATE_MESSAGES = {
     "missing": "missing",
     "foreign": "not issued by our Vault (foreign)",
     "expired": "expired",
+    "revoked": "revoked in Vault",
 }
 
 
@@ -62,9 +64,9 @@ class AgentRotator(Rotator):
         super().__init__(*args, **kwargs)
         self.obtain_errors: dict[Key, VaultBridgeError] = {}
 
-    def obtain(self, spec: CertSpec) -> IssuedCertificate:
+    def obtain(self, spec: CertSpec, *, explicit: bool = False) -> IssuedCertificate:
         try:
-            return super().obtain(spec)
+            return super().obtain(spec, explicit=explicit)
         except VaultBridgeError as exc:
             self.obtain_errors[(spec.cluster, spec.name.value)] = exc
             raise
@@ -80,6 +82,10 @@ class View:
     not_after: datetime | None
     renew_at: datetime | None
     answered: bool = True  # its cluster answered on the last pass
+    overdue_at: datetime | None = None
+    issuer_expiring: bool = False
+    issuer_outdated: bool = False
+    window: str | None = None
 
     @classmethod
     def of(cls, status: CertStatus) -> View:
@@ -88,8 +94,16 @@ class View:
             status.serial,
             status.not_before,
             status.not_after,
-            status.renew_at if status.state == "ok" else None,
+            # a due certificate keeps the time it goes: its maintenance window's opening
+            status.renew_at if status.state in ("ok", "due") else None,
+            overdue_at=status.overdue_at,
+            issuer_expiring=status.issuer_expiring,
+            issuer_outdated=status.issuer_outdated,
+            window=status.window,
         )
+
+    def overdue(self, now: datetime) -> bool:
+        return self.overdue_at is not None and now >= self.overdue_at
 
 
 def watched(settings: Settings) -> list[Key]:
@@ -118,6 +132,7 @@ class Passes:
         self.last_pass_at: datetime | None = None
         self.pass_now = True
         self._installed_now: set[Key] = set()
+        self.window_overrides: Counter[Key] = Counter()
 
     @property
     def resync(self) -> timedelta:
@@ -227,10 +242,21 @@ class Passes:
     def installed(self, change: Change) -> None:
         spec = self.settings.cluster(change.cluster).spec(change.name)
         info = change.issued.info
-        renew = renewal_time(spec, info) if spec else None
-        self.views[(change.cluster, change.name)] = View(
-            "ok", info.serial, info.not_before, info.not_after, renew
-        )
+        if spec is None:
+            view = View("ok", info.serial, info.not_before, info.not_after, None)
+        else:
+            planned = windowed(spec, info, renewal_time(spec, info), self.clock())
+            slack = (info.not_after - info.not_before) * spec.overdue_after
+            view = View(
+                "ok",
+                info.serial,
+                info.not_before,
+                info.not_after,
+                planned.at,
+                overdue_at=planned.at + slack,
+                window=planned.window,
+            )
+        self.views[(change.cluster, change.name)] = view
         self._installed_now.add((change.cluster, change.name))
         self.permission.pop((change.cluster, change.name), None)
 
@@ -240,14 +266,16 @@ class Passes:
         now = self.clock()
         installed_now, self._installed_now = self._installed_now, set()
         self.cluster_errors = dict(result.cluster_errors)
+        self.window_overrides.update(result.window_overrides)
         for status in result.statuses:
             if (status.cluster, status.name) not in installed_now:
-                self._book_view(status)
+                self._book_view(status, now)
         for cluster in self.settings.clusters:
             self._book_cluster(cluster.name, result.cluster_errors.get(cluster.name), now)
         failed = {(o.cluster, o.name): o for o in result.failed}
         for key, outcome in failed.items():
             self._failed(key, outcome, rotator.obtain_errors.get(key), now, vault)
+        self._escalate_overdue(result, attempted, installed_now, failed, now)
         # A certificate left due without any outcome (should not happen): back off anyway,
         # so that it can never turn into a busy loop.
         for status in result.statuses:
@@ -256,17 +284,18 @@ class Passes:
                 key in attempted
                 and key not in failed
                 and key not in installed_now
-                and self._still_due(status)
+                and self._still_due(status, now)
             ):
                 self._backoff_cert(key, "no outcome in the last pass", now)
 
-    def _still_due(self, status: CertStatus) -> bool:
-        """Whether the pass should have done something about ``status``."""
-        if status.state == "ok":
+    def _still_due(self, status: CertStatus, now: datetime) -> bool:
+        """Whether the pass should have done something about ``status`` (not a due one
+        waiting for its maintenance window)."""
+        if status.state == "ok" or status.held(now):
             return False
         return not (status.state == "foreign" and not self.settings.agent.replace_foreign)
 
-    def _book_view(self, status: CertStatus) -> None:
+    def _book_view(self, status: CertStatus, now: datetime) -> None:
         """Remember what the pass saw of a certificate; one line when its state changed."""
         key = (status.cluster, status.name)
         new = View.of(status)
@@ -278,6 +307,8 @@ class Passes:
         message = _STATE_MESSAGES.get(new.state or "", str(new.state))
         if new.state == "ok":
             message += f" (renewal at {iso(new.renew_at)})"
+        if status.held(now):
+            message += f" (waits for maintenance window {status.window!r} at {iso(new.renew_at)})"
         if new.state == "foreign" and not self.settings.agent.replace_foreign:
             level, message = logging.WARNING, message + " (left in place: replace_foreign)"
         log_change(
@@ -319,6 +350,32 @@ class Passes:
             "; a certificate has less than 10% of its lifetime left" if expiring else "",
             extra={"cluster": name},
         )
+
+    def _escalate_overdue(
+        self,
+        result: PassResult,
+        attempted: set[Key],
+        installed_now: set[Key],
+        failed: dict[Key, Outcome],
+        now: datetime,
+    ) -> None:
+        """An ERROR line for every overdue certificate this pass tried and did not renew."""
+        for status in result.statuses:
+            key = (status.cluster, status.name)
+            if key not in attempted or key in installed_now or not status.overdue(now):
+                continue
+            outcome = failed.get(key)
+            why = outcome.error if outcome and outcome.error else "not renewed"
+            logger.error(
+                "%s on %s is overdue: its renewal time %s has passed and it is still not "
+                "renewed (not_after %s): %s",
+                status.name,
+                status.cluster,
+                iso(status.renew_at if status.state == "due" else None) or "-",
+                iso(status.not_after),
+                why,
+                extra={"cluster": status.cluster, "certificate": status.name},
+            )
 
     def _failed(
         self,
@@ -432,6 +489,10 @@ class Passes:
                     renew_at=self._renew_at(key, view, now),
                     condition=condition,
                     expiring=self.expiring(key, now),
+                    overdue=view is not None and view.overdue(now),
+                    issuer_expiring=view is not None and view.issuer_expiring,
+                    issuer_outdated=view is not None and view.issuer_outdated,
+                    window_overrides=self.window_overrides[key],
                 )
             )
         return tuple(samples)
@@ -450,6 +511,8 @@ class Passes:
     def _renew_at(self, key: Key, view: View | None, now: datetime) -> datetime | None:
         if view is None:
             return None
+        if view.state in ("ok", "due") and view.renew_at is not None and view.renew_at > now:
+            return view.renew_at  # ours and valid, or due and waiting for its window
         if view.state == "ok":
             return view.renew_at
         state = self.keeper.state

@@ -158,13 +158,15 @@ def issue(ctx: Context, names: tuple[str, ...], cluster_name: str | None, all_: 
 @pass_ctx
 def status(ctx: Context, as_json: bool) -> None:
     """Every certificate: serial, issuer, not_after, renew_at, state."""
+    from vault_bridge.agent.oneshot import with_retry_state
     from vault_bridge.cli.render import status_json, status_table
     from vault_bridge.rotation.app import build
 
     settings = ctx.settings()
     with build(settings) as app:
         result = app.rotator.status()
-    click.echo(status_json(result.statuses) if as_json else status_table(result.statuses))
+        statuses = with_retry_state(settings, result.statuses, app.rotator.clock())
+    click.echo(status_json(statuses) if as_json else status_table(statuses))
     for cluster, error in result.cluster_errors.items():
         click.echo(f"error: cluster {cluster}: {error}", err=True)
     if result.cluster_errors:
@@ -186,7 +188,8 @@ def plan(ctx: Context, detailed_exitcode: bool) -> None:
     settings = ctx.settings()
     with build(settings) as app:
         actions, current = app.rotator.plan()
-    click.echo(plan_text(actions))
+        now = app.rotator.clock()
+    click.echo(plan_text(actions, current.statuses, now))
     for cluster, error in current.cluster_errors.items():
         click.echo(f"error: cluster {cluster}: {error}", err=True)
     if current.cluster_errors:
@@ -213,11 +216,14 @@ def validate(ctx: Context, connect: bool) -> None:
         return
     from vault_bridge.rotation.access_checks import access_report
     from vault_bridge.rotation.app import build
-    from vault_bridge.rotation.connect_checks import connect_checks
+    from vault_bridge.rotation.connect_checks import connect_checks, issuer_warnings
 
     with build(settings) as app:
         app.rotator.trust_vault_chains()
         problems = connect_checks(app)
+        warnings = issuer_warnings(app) if not problems else []
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
         access = access_report(app)
     problems.extend(access.problems)
     for note in access.notes:

@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from vault_bridge.config.durations import parse_duration
+from vault_bridge.config.windows import MaintenanceWindow, parse_windows
 from vault_bridge.errors import ConfigError
 from vault_bridge.models.certificates import CertName, KeyType, Mode
 
@@ -50,6 +51,10 @@ _AUTH_FIELDS: dict[str, tuple[set[str], set[str]]] = {
 _AUTH_MOUNT_DEFAULT = {"approle": "approle", "kubernetes": "kubernetes", "cert": "cert"}
 # A certificate is renewed once this fraction of its lifetime has passed (certbot: 2/3).
 DEFAULT_RENEW_AT = 0.667
+# A planned renewal waits for a maintenance window until less than this fraction is left.
+DEFAULT_WINDOW_SAFETY_MARGIN = 0.2
+# A certificate not renewed this fraction of its lifetime after its renewal time is overdue.
+DEFAULT_OVERDUE_AFTER = 0.05
 
 
 class _Strict(BaseModel):
@@ -60,6 +65,29 @@ def _check_duration(value: str | None) -> str | None:
     if value is not None:
         parse_duration(value)
     return value
+
+
+def _check_windows(value: str | list[str] | None) -> str | list[str] | None:
+    if value is not None:
+        parse_windows(value)
+    return value
+
+
+def _check_issuer_ref(value: str | None) -> str | None:
+    if value is not None and (not value.strip() or "/" in value or value != value.strip()):
+        raise ValueError(
+            f"expected an issuer ID or name of the mount (no '/', no spaces), got {value!r}"
+        )
+    return value
+
+
+class WindowSettings(_Strict):
+    """Keys allowed in [defaults], in each cluster and in each certificate table."""
+
+    maintenance_window: str | list[str] | None = None
+    window_safety_margin: float | None = Field(default=None, gt=0, lt=1)
+
+    _win = field_validator("maintenance_window")(_check_windows)
 
 
 def _to_timedelta(value: Any) -> timedelta:
@@ -106,7 +134,7 @@ class VaultConfig(_Strict):
     auth: AuthConfig = AuthConfig()
 
 
-class CertSettings(_Strict):
+class CertSettings(WindowSettings):
     """Keys allowed in [defaults] and, as overrides, in each certificate table."""
 
     pki_mount: str | None = None
@@ -116,8 +144,12 @@ class CertSettings(_Strict):
     ttl: str | None = None
     renew_at: float | None = Field(default=None, gt=0, lt=1)
     renew_before: str | None = None
+    issuer_ref: str | None = None
+    issuer_migration: str | None = None
+    overdue_after: float | None = Field(default=None, gt=0, lt=1)
 
-    _dur = field_validator("ttl", "renew_before")(_check_duration)
+    _dur = field_validator("ttl", "renew_before", "issuer_migration")(_check_duration)
+    _issuer = field_validator("issuer_ref")(_check_issuer_ref)
 
 
 class CertificateConfig(CertSettings):
@@ -152,7 +184,7 @@ TRUSTED_CA_KEY = "certificates.mtls_trusted_ca"
 MTLS_TRUSTED_CA = "mtls_trusted_ca"
 
 
-class ClusterConfig(_Strict):
+class ClusterConfig(WindowSettings):
     name: str = Field(min_length=1)
     url: str
     username: str | None = None
@@ -296,6 +328,11 @@ class CertSpec:
     ttl: timedelta
     renew_at: float | None
     renew_before: timedelta | None
+    issuer_ref: str | None = None
+    issuer_migration: timedelta | None = None
+    maintenance_windows: tuple[MaintenanceWindow, ...] = ()
+    window_safety_margin: float = DEFAULT_WINDOW_SAFETY_MARGIN
+    overdue_after: float = DEFAULT_OVERDUE_AFTER
 
 
 @dataclass(frozen=True)
@@ -548,12 +585,18 @@ def _read_password(cluster: ClusterConfig, where: str) -> SecretStr | None:
 
 
 def _resolve_spec(
-    cluster: str, name: CertName, cert: CertificateConfig, defaults: CertSettings, where: str
+    cluster: ClusterConfig,
+    name: CertName,
+    cert: CertificateConfig,
+    defaults: CertSettings,
+    where: str,
 ) -> CertSpec:
     def pick(key: str, fallback: Any) -> Any:
         own = getattr(cert, key)
         if own is not None:
             return own
+        if key in WindowSettings.model_fields and getattr(cluster, key) is not None:
+            return getattr(cluster, key)
         default = getattr(defaults, key)
         return default if default is not None else fallback
 
@@ -580,8 +623,9 @@ def _resolve_spec(
     renew_before = parse_duration(renew_before_s) if renew_before_s else None
     if renew_before is not None and renew_before >= ttl:
         raise ConfigError(f"{where}.renew_before: expected less than ttl {ttl_text!r}")
+    migration = pick("issuer_migration", None)
     return CertSpec(
-        cluster=cluster,
+        cluster=cluster.name,
         name=name,
         role=cert.role,
         common_name=cert.common_name,
@@ -594,6 +638,11 @@ def _resolve_spec(
         ttl=ttl,
         renew_at=renew_at,
         renew_before=renew_before,
+        issuer_ref=pick("issuer_ref", None),
+        issuer_migration=parse_duration(migration) if migration else None,
+        maintenance_windows=parse_windows(pick("maintenance_window", [])),
+        window_safety_margin=pick("window_safety_margin", DEFAULT_WINDOW_SAFETY_MARGIN),
+        overdue_after=pick("overdue_after", DEFAULT_OVERDUE_AFTER),
     )
 
 
@@ -605,7 +654,7 @@ def _resolve_certificate_auth(
     if cluster.login_certificate is not None:
         login_spec = LoginSpec.of(
             _resolve_spec(
-                cluster.name,
+                cluster,
                 CertName.API,  # only for the shared checks: any ordinary certificate name
                 cluster.login_certificate,
                 defaults,
@@ -615,9 +664,7 @@ def _resolve_certificate_auth(
     databases = tuple(
         DatabaseSpec(
             database=name,
-            cert=_resolve_spec(
-                cluster.name, CertName.PROXY, db, defaults, f"{where}.databases.{name}"
-            ),
+            cert=_resolve_spec(cluster, CertName.PROXY, db, defaults, f"{where}.databases.{name}"),
             verify_endpoint=db.verify_endpoint,
         )
         for name, db in cluster.databases.items()
@@ -656,7 +703,7 @@ def _resolve(parsed: FileConfig, path: Path | None) -> Settings:
                 )
             specs.append(
                 _resolve_spec(
-                    cluster.name,
+                    cluster,
                     CertName(cert_name),
                     cert,
                     parsed.defaults,

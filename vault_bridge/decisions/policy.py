@@ -23,6 +23,38 @@ class PolicyRule:
     comment: str
 
 
+def _login_rules(settings: Settings) -> list[PolicyRule]:
+    """For each login certificate (``login = "certificate"``): its sign/issue path, then its
+    role read, alternating."""
+    logins = sorted(
+        (c.login_certificate for c in settings.clusters if c.login_certificate is not None),
+        key=lambda s: (s.pki_mount, s.mode, s.role, s.cluster),
+    )
+    rules = []
+    for login in logins:
+        users = ", ".join(
+            s.cluster
+            for s in logins
+            if (s.pki_mount, s.mode, s.role) == (login.pki_mount, login.mode, login.role)
+        )
+        verb = "sign a CSR made here" if login.mode == "sign" else "issue a key and certificate"
+        rules.append(
+            PolicyRule(
+                f"{login.pki_mount}/{login.mode}/{login.role}",
+                ("update",),
+                f"{verb} for the client certificate vault-bridge logs in to {users} with",
+            )
+        )
+        rules.append(
+            PolicyRule(
+                f"{login.pki_mount}/roles/{login.role}",
+                ("read",),
+                "validate --connect checks the login role's client_flag",
+            )
+        )
+    return rules
+
+
 def policy_rules(settings: Settings) -> list[PolicyRule]:
     """Exactly the paths the agent uses for this configuration, and nothing else."""
     rules: list[PolicyRule] = []
@@ -36,44 +68,31 @@ def policy_rules(settings: Settings) -> list[PolicyRule]:
     specs = sorted(settings.specs(), key=lambda s: (s.pki_mount, s.mode, s.role))
     for spec in specs:
         users = ", ".join(
-            f"{s.cluster}/{s.name.value}"
-            for s in specs
-            if (s.pki_mount, s.mode, s.role) == (spec.pki_mount, spec.mode, spec.role)
+            f"{s.cluster}/{s.name.value}" for s in specs if issue_path(s) == issue_path(spec)
         )
         verb = "sign a CSR made here" if spec.mode == "sign" else "issue a key and certificate"
-        add(
-            f"{spec.pki_mount}/{spec.mode}/{spec.role}",
-            ("update",),
-            f"{verb} for {users}",
+        by = f" by issuer {spec.issuer_ref} (issuer_ref)" if spec.issuer_ref else ""
+        add(issue_path(spec), ("update",), f"{verb}{by} for {users}")
+    logins = _login_rules(settings)
+    issuer_reads = [
+        PolicyRule(
+            f"{spec.pki_mount}/issuer/{spec.issuer_ref}",
+            ("read",),
+            "validate --connect checks that the chosen issuer exists and may issue",
         )
-    logins = sorted(
-        (c.login_certificate for c in settings.clusters if c.login_certificate is not None),
-        key=lambda s: (s.pki_mount, s.mode, s.role, s.cluster),
-    )
-    for login in logins:
-        users = ", ".join(
-            s.cluster
-            for s in logins
-            if (s.pki_mount, s.mode, s.role) == (login.pki_mount, login.mode, login.role)
-        )
-        verb = "sign a CSR made here" if login.mode == "sign" else "issue a key and certificate"
-        add(
-            f"{login.pki_mount}/{login.mode}/{login.role}",
-            ("update",),
-            f"{verb} for the client certificate vault-bridge logs in to {users} with",
-        )
+        for spec in specs
+        if spec.issuer_ref
+    ]
+    for rule in [*logins[::2], *issuer_reads]:
+        add(rule.path, rule.capabilities, rule.comment)
     for spec in specs:
         add(
             f"{spec.pki_mount}/roles/{spec.role}",
             ("read",),
             "validate --connect checks the role's flags before anything is issued",
         )
-    for login in logins:
-        add(
-            f"{login.pki_mount}/roles/{login.role}",
-            ("read",),
-            "validate --connect checks the login role's client_flag",
-        )
+    for rule in logins[1::2]:
+        add(rule.path, rule.capabilities, rule.comment)
     if settings.agent.revoke_superseded:
         for mount in sorted({s.pki_mount for s in specs}):
             add(
@@ -93,12 +112,21 @@ def policy_rules(settings: Settings) -> list[PolicyRule]:
     return rules
 
 
+def issue_path(spec: CertSpec) -> str:
+    """Where a certificate is requested: ``<mount>/<mode>/<role>``, or
+    ``<mount>/issuer/<ref>/<mode>/<role>`` with ``issuer_ref``."""
+    if spec.issuer_ref:
+        return f"{spec.pki_mount}/issuer/{spec.issuer_ref}/{spec.mode}/{spec.role}"
+    return f"{spec.pki_mount}/{spec.mode}/{spec.role}"
+
+
 def render_policy(settings: Settings, source: str = "") -> str:
     """HCL text of the policy, commented line by line."""
     where = f" for {source}" if source else ""
     lines = [
         f"# vault-bridge: least-privilege policy{where}.",
-        "# <mount>/cert/ca_chain needs no policy (an unauthenticated PKI path).",
+        "# <mount>/cert/ca_chain, LIST <mount>/issuers, <mount>/issuer/<id>/json and",
+        "# <mount>/cert/<serial> need no policy (unauthenticated PKI paths).",
         "# Nothing under sys/, no other mount, role or secret.",
         "",
     ]

@@ -139,7 +139,9 @@ def attempt_at(cert: Tracked, now: datetime, *, replace_foreign: bool) -> dateti
     that is only reported)."""
     if cert.state == "foreign" and not replace_foreign:
         return None
-    base = cert.renew_at if cert.state == "ok" and cert.renew_at is not None else now
+    # a due certificate's renew_at is when its maintenance window opens (or now)
+    ours = cert.state in ("ok", "due") and cert.renew_at is not None
+    base = cert.renew_at if ours and cert.renew_at is not None else now
     times = [base]
     if cert.backoff.next_attempt is not None:
         times.append(cert.backoff.next_attempt)

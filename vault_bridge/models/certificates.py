@@ -43,7 +43,7 @@ class CertName(enum.StrEnum):
 
 Mode = Literal["sign", "issue"]
 KeyType = Literal["rsa", "ec"]
-CertState = Literal["ok", "due", "foreign", "missing", "expired"]
+CertState = Literal["ok", "due", "foreign", "missing", "expired", "revoked"]
 
 PEM_CERT_BEGIN = "-----BEGIN CERTIFICATE-----"
 

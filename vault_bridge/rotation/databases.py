@@ -14,8 +14,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from cryptography import x509
-
 from vault_bridge.adapters.ports import ClusterDatabaseCertificates, Vault
 from vault_bridge.config.schema import ClusterSettings, DatabaseSpec, Settings
 from vault_bridge.decisions.followup_plan import leaf_fp
@@ -23,6 +21,7 @@ from vault_bridge.decisions.install import CertUpload
 from vault_bridge.decisions.renewal import Action, CertStatus, classify
 from vault_bridge.errors import ClusterError, FollowUpError, VaultBridgeError, VerificationError
 from vault_bridge.models.certificates import CertificateInfo, InstalledCertificate
+from vault_bridge.models.vault import MountIssuers
 from vault_bridge.rotation.login import issue_from_vault
 
 logger = logging.getLogger(__name__)
@@ -58,7 +57,7 @@ class DatabaseCertificates:
         self,
         cluster: ClusterSettings,
         client: ClusterDatabaseCertificates,
-        issuers: Callable[[str], Sequence[x509.Certificate]],
+        issuers: Callable[[str], MountIssuers],
         now: datetime,
     ) -> list[CertStatus]:
         try:
@@ -112,7 +111,7 @@ class DatabaseCertificates:
 def database_states(
     cluster: ClusterSettings,
     client: ClusterDatabaseCertificates,
-    issuers: Callable[[str], Sequence[x509.Certificate]],
+    issuers: Callable[[str], MountIssuers],
     now: datetime,
 ) -> list[DatabaseState]:
     """Every configured database of ``cluster``; raises when one is not on the cluster or the

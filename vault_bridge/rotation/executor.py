@@ -16,8 +16,6 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-from cryptography import x509
-
 from vault_bridge.adapters.ports import (
     Clock,
     ClusterCertificates,
@@ -26,7 +24,6 @@ from vault_bridge.adapters.ports import (
     Sleep,
     TlsProbe,
     Vault,
-    VaultIssuers,
 )
 from vault_bridge.adapters.tls_probe import served_certificate
 from vault_bridge.config.schema import MTLS_TRUSTED_CA, CertSpec, ClusterSettings, Settings
@@ -36,7 +33,6 @@ from vault_bridge.errors import (
     ClusterError,
     DeferredError,
     VaultBridgeError,
-    VaultError,
     VerificationError,
 )
 from vault_bridge.models.certificates import (
@@ -48,6 +44,7 @@ from vault_bridge.models.certificates import (
 )
 from vault_bridge.models.cluster import OcspStatus
 from vault_bridge.models.times import iso
+from vault_bridge.models.vault import MountIssuers
 from vault_bridge.rotation.databases import DatabaseCertificates
 from vault_bridge.rotation.keys import build_csr, check_before_install, generate_key, key_to_pem
 from vault_bridge.rotation.login import LoginCertificate
@@ -90,6 +87,8 @@ class PassResult:
     outcomes: list[Outcome] = field(default_factory=list)
     statuses: list[CertStatus] = field(default_factory=list)
     cluster_errors: dict[str, str] = field(default_factory=dict)
+    # certificates renewed outside every maintenance window (the safety margin was reached)
+    window_overrides: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def failed(self) -> list[Outcome]:
@@ -116,8 +115,10 @@ class PassResult:
 class RotationHooks(Protocol):
     """Points where the agent (state journal) and the follow-ups plug into a pass."""
 
-    def before_issue(self, spec: CertSpec) -> None:
-        """Called before asking Vault; raising skips the certificate (e.g. runaway guard)."""
+    def before_issue(self, spec: CertSpec, *, explicit: bool = False) -> None:
+        """Called before asking Vault; raising skips the certificate (e.g. runaway guard).
+        ``explicit``: the operator asked for this certificate (``issue``); it is passed only
+        when true."""
 
     def issued(self, spec: CertSpec, issued: IssuedCertificate) -> None:
         """Called once Vault issued (before the install)."""
@@ -189,7 +190,7 @@ class _WithoutWindow:
 
 
 class NoHooks:
-    def before_issue(self, spec: CertSpec) -> None:
+    def before_issue(self, spec: CertSpec, *, explicit: bool = False) -> None:
         return None
 
     def issued(self, spec: CertSpec, issued: IssuedCertificate) -> None:
@@ -228,8 +229,10 @@ class Rotator:
         self._probe = probe
         self._sleep = sleep
         self._probe_attempts = probe_attempts
-        self._issuers: dict[str, list[x509.Certificate]] = {}
-        self._chains: dict[str, list[str]] = {}
+        self._issuers: dict[str, MountIssuers] = {}
+        # (mount, issuer ID) -> when this process first saw that issuer sign new certificates
+        # (the start of an issuer_migration window)
+        self._target_seen: dict[tuple[str, str], datetime] = {}
         self._bulk_unsupported: set[str] = set()
         # The login certificates of clusters with login = "certificate" (set by the wiring).
         self.logins: Mapping[str, LoginCertificate] = {}
@@ -240,20 +243,43 @@ class Rotator:
 
     # -- reading -------------------------------------------------------------------------
 
-    def issuers(self, mount: str) -> list[x509.Certificate]:
-        """The CA certificates of a PKI mount (GET <mount>/cert/ca_chain), cached per pass."""
+    def issuers(self, mount: str) -> MountIssuers:
+        """Every issuer of a PKI mount with its chain (LIST <mount>/issuers, then each one's
+        GET <mount>/issuer/<id>/json), read once per pass."""
         if mount not in self._issuers:
-            pems = self.vault.ca_chain(mount)
-            self._chains[mount] = pems
-            self._issuers[mount] = [x509.load_pem_x509_certificate(p.encode()) for p in pems]
+            self._issuers[mount] = self.vault.mount_issuers(mount)
         return self._issuers[mount]
 
     def _trust_own_api_cert(self, cluster: ClusterSettings) -> None:
-        """Trust Vault's chain for the cluster's API once we manage its ``api`` certificate."""
+        """Trust the chains of every issuer of the mount for the cluster's API once we manage
+        its ``api`` certificate: an intermediate or root rotation never locks us out."""
         spec = cluster.spec(CertName.API)
         if spec is not None:
-            self.issuers(spec.pki_mount)
-            self.clusters[cluster.name].set_trust(self._chains[spec.pki_mount])
+            self.clusters[cluster.name].set_trust(self.issuers(spec.pki_mount).chains())
+
+    def _migration_since(self, spec: CertSpec, mount: MountIssuers, now: datetime) -> datetime:
+        target = mount.find(spec.issuer_ref) if spec.issuer_ref else mount.default
+        if target is None:
+            return now
+        return self._target_seen.setdefault((mount.mount, target.issuer_id), now)
+
+    def _revoked(self, spec: CertSpec, installed: InstalledCertificate | None) -> bool:
+        """Whether Vault positively says the installed certificate is revoked (GET
+        <mount>/cert/<serial>); an unknown serial or a failed read is not proof."""
+        if installed is None or installed.info.self_signed:
+            return False
+        try:
+            answer = self.vault.certificate_revoked(spec.pki_mount, installed.info.serial)
+        except VaultBridgeError as exc:
+            logger.warning(
+                "%s on %s: cannot check the revocation of serial %s: %s",
+                spec.name.value,
+                spec.cluster,
+                installed.info.serial,
+                exc,
+            )
+            return False
+        return answer is True
 
     def trust_vault_chains(self) -> None:
         """Trust Vault's chain for every cluster whose ``api`` certificate we manage (what a
@@ -270,14 +296,20 @@ class Rotator:
         self._trust_own_api_cert(cluster)
         installed = self.clusters[cluster.name].certificates()
         now = self.clock()
-        statuses = [
-            classify(spec, installed.get(spec.name.value), self.issuers(spec.pki_mount), now)
-            for spec in cluster.certificates
-        ]
-        status = self._read_ocsp(cluster) if cluster.spec(CertName.PROXY) else None
-        if status is not None:
+        statuses = []
+        for spec in cluster.certificates:
+            mount = self.issuers(spec.pki_mount)
+            current = installed.get(spec.name.value)
+            status = classify(
+                spec, current, mount, now, migration_since=self._migration_since(spec, mount, now)
+            )
+            if status.state in ("ok", "due") and self._revoked(spec, current):
+                status = classify(spec, current, mount, now, revoked=True)
+            statuses.append(status)
+        ocsp = self._read_ocsp(cluster) if cluster.spec(CertName.PROXY) else None
+        if ocsp is not None:
             statuses = [
-                replace(s, ocsp=status.cert_status) if s.name == CertName.PROXY.value else s
+                replace(s, ocsp=ocsp.cert_status) if s.name == CertName.PROXY.value else s
                 for s in statuses
             ]
         return statuses, installed
@@ -313,15 +345,22 @@ class Rotator:
     def plan(self, force: Iterable[tuple[str, str]] = ()) -> tuple[list[Action], PassResult]:
         current = self.status()
         actions = plan(
-            current.statuses, force=force, replace_foreign=self.settings.agent.replace_foreign
+            current.statuses,
+            force=force,
+            replace_foreign=self.settings.agent.replace_foreign,
+            now=self.clock(),
         )
         return actions, current
 
     # -- acting --------------------------------------------------------------------------
 
-    def obtain(self, spec: CertSpec) -> IssuedCertificate:
-        """Get a new certificate from Vault and check it; never returns one unfit to install."""
-        self.hooks.before_issue(spec)
+    def obtain(self, spec: CertSpec, *, explicit: bool = False) -> IssuedCertificate:
+        """Get a new certificate from Vault and check it; never returns one unfit to install.
+        ``explicit``: the operator asked for it (``issue``), past the runaway guard too."""
+        if explicit:
+            self.hooks.before_issue(spec, explicit=True)
+        else:
+            self.hooks.before_issue(spec)
         self.vault.ensure_token()
         if spec.mode == "sign":
             key = generate_key(spec.key_type, spec.key_bits)
@@ -334,6 +373,7 @@ class Rotator:
                 alt_names=spec.alt_names,
                 ip_sans=spec.ip_sans,
                 ttl=spec.ttl,
+                issuer_ref=spec.issuer_ref,
             )
             issued = IssuedCertificate.from_vault(data, private_key=key_to_pem(key))
         else:
@@ -344,6 +384,7 @@ class Rotator:
                 alt_names=spec.alt_names,
                 ip_sans=spec.ip_sans,
                 ttl=spec.ttl,
+                issuer_ref=spec.issuer_ref,
             )
         self.hooks.issued(spec, issued)
         check_before_install(issued, spec.name, now=self.clock(), requested_ttl=spec.ttl)
@@ -370,6 +411,7 @@ class Rotator:
             actions = [a for a in actions if (a.cluster, a.name) in only]
         database_actions = [a for a in actions if self.databases.has(a.cluster, a.name)]
         actions = [a for a in actions if not self.databases.has(a.cluster, a.name)]
+        self._note_window_overrides(actions, result)
         by_cluster: dict[str, list[Action]] = {}
         for action in actions:
             by_cluster.setdefault(action.cluster, []).append(action)
@@ -425,8 +467,6 @@ class Rotator:
                 continue
             client = self.clusters[cluster.name]
             try:
-                if not isinstance(self.vault, VaultIssuers):
-                    raise VaultError("this Vault adapter cannot list a mount's issuers")
                 self._trust_own_api_cert(cluster)
                 done = reconcile_trusted_ca(
                     cluster, client, self.vault, self.logins.get(cluster.name)
@@ -443,6 +483,28 @@ class Rotator:
                     )
                 )
         return outcomes
+
+    def _note_window_overrides(self, actions: Sequence[Action], result: PassResult) -> None:
+        """A planned renewal going ahead outside every maintenance window: a WARNING each."""
+        by_key = {(s.cluster, s.name): s for s in result.statuses}
+        for action in actions:
+            status = by_key.get((action.cluster, action.name))
+            if status is None or action.reason == "forced" or status.state != "due":
+                continue
+            if status.window_override:
+                logger.warning(
+                    "%s on %s: renewed outside every maintenance window: less than %d%% of "
+                    "its lifetime would be left before the next one",
+                    action.name,
+                    action.cluster,
+                    round(100 * self._margin(action)),
+                    extra={"cluster": action.cluster, "certificate": action.name},
+                )
+                result.window_overrides.append((action.cluster, action.name))
+
+    def _margin(self, action: Action) -> float:
+        spec = self.settings.cluster(action.cluster).spec(action.name)
+        return spec.window_safety_margin if spec else 0.0
 
     def _book(
         self, changes: Sequence[Change], followup_errors: Mapping[Key, str], result: PassResult
@@ -509,7 +571,7 @@ class Rotator:
             spec = settings.spec(action.name)
             assert spec is not None
             try:
-                issued = self.obtain(spec)
+                issued = self.obtain(spec, explicit=action.reason == "forced")
                 if action.name == CertName.PROXY.value and isinstance(client, ClusterOcsp):
                     check_proxy_before_install(client, issued)
             except DeferredError as exc:

@@ -1,6 +1,7 @@
 """Keeps a cluster's ``mtls_trusted_ca`` in step with the issuers of a Vault PKI mount.
 
-Read the mount's issuers (``LIST <mount>/issuers``, ``GET <mount>/issuer/<id>/json``) and what
+Read the mount's issuers (``LIST <mount>/issuers``, ``GET <mount>/issuer/<id>/json``: the Vault
+port's ``mount_issuers``) and what
 the cluster holds, plan the bundle (:mod:`vault_bridge.decisions.trusted_ca`), install it with
 the certificate endpoints (no key), read it back. Once the cluster trusts the mount's default
 issuer, the login certificate follows that issuer (it is replaced before the next request).
@@ -13,13 +14,14 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
-from vault_bridge.adapters.ports import ClusterCertificates, VaultIssuers
+from vault_bridge.adapters.ports import ClusterCertificates, Vault
 from vault_bridge.config.schema import MTLS_TRUSTED_CA, ClusterSettings
 from vault_bridge.decisions.install import CertUpload
 from vault_bridge.decisions.trusted_ca import TrustedCaPlan, plan_trusted_ca
 from vault_bridge.errors import ClusterError, VaultError, VerificationError
 from vault_bridge.models.certificates import fingerprint, load_leaf, split_pem_chain
 from vault_bridge.models.cluster import BULK_MIN_VERSION
+from vault_bridge.models.vault import MountIssuers
 from vault_bridge.rotation.login import LoginCertificate
 
 logger = logging.getLogger(__name__)
@@ -31,15 +33,14 @@ class TrustedCaResult:
     plan: TrustedCaPlan
 
 
-def mount_ca_pems(vault: VaultIssuers, mount: str) -> list[str]:
-    """Every issuer certificate of ``mount`` with its chain (unauthenticated reads)."""
+def mount_ca_pems(issuers: MountIssuers) -> list[str]:
+    """Every issuer certificate of the mount with its chain."""
     pems: list[str] = []
-    for issuer_id in vault.list_issuers(mount):
-        issuer = vault.read_issuer(mount, issuer_id)
+    for issuer in issuers.issuers:
         pems.append(issuer.certificate)
         pems.extend(issuer.ca_chain)
     if not pems:
-        raise VaultError(f"{mount} has no issuer: nothing for mtls_trusted_ca to trust")
+        raise VaultError(f"{issuers.mount} has no issuer: nothing for mtls_trusted_ca to trust")
     return pems
 
 
@@ -50,14 +51,15 @@ def _digests(pem: str) -> set[str]:
 def reconcile_trusted_ca(
     cluster: ClusterSettings,
     client: ClusterCertificates,
-    vault: VaultIssuers,
+    vault: Vault,
     login: LoginCertificate | None,
 ) -> TrustedCaResult:
     """Bring ``mtls_trusted_ca`` on ``cluster`` to the mount's issuers (plus what the login
     certificate in use still needs); raises a :class:`VaultBridgeError` when it cannot."""
     mount = cluster.trusted_ca_mount
     assert mount is not None
-    pems = mount_ca_pems(vault, mount)
+    issuers = vault.mount_issuers(mount)  # LIST <mount>/issuers, each issuer's JSON
+    pems = mount_ca_pems(issuers)
     current = client.certificates().get(MTLS_TRUSTED_CA)
     in_use = [login.held.certificate] if login is not None and login.held is not None else []
     plan = plan_trusted_ca(pems, current.pem if current else None, in_use)
@@ -79,8 +81,9 @@ def reconcile_trusted_ca(
             mount,
             f", {len(plan.kept)} kept for the login certificate in use" if plan.kept else "",
         )
-    if login is not None and login.spec.pki_mount == mount:
-        chain = [x509.load_pem_x509_certificate(p.encode()) for p in vault.ca_chain(mount)]
+    default = issuers.default or (issuers.issuers[0] if issuers.default_id is None else None)
+    if login is not None and login.spec.pki_mount == mount and default is not None:
+        chain = [x509.load_pem_x509_certificate(p.encode()) for p in default.ca_chain]
         if chain and fingerprint(chain[0]) in _digests(plan.bundle):
             login.follow_issuer(chain)
     return TrustedCaResult(plan.change, plan)

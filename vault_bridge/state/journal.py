@@ -111,7 +111,9 @@ class IntentJournal:
 
     # -- RotationHooks -----------------------------------------------------------------------
 
-    def before_issue(self, spec: CertSpec) -> None:
+    def before_issue(self, spec: CertSpec, *, explicit: bool = False) -> None:
+        """``explicit``: the operator's ``issue`` command. It is always carried out, past the
+        runaway guard too (a WARNING then); it counts towards the guard all the same."""
         key = (cluster, name) = (spec.cluster, spec.name.value)
         if self._stopping():
             raise StoppingError(
@@ -124,7 +126,16 @@ class IntentJournal:
         self._journal_guard(key, now)
         limit = self.settings.agent.max_issues_per_hour
         until = runaway_until(self.state.record(key).issued_at, now, limit)
-        if until is not None:
+        if until is not None and explicit:
+            logger.warning(
+                "%s on %s: explicit issue past the runaway guard (%d certificates issued in the "
+                "last hour, max_issues_per_hour): carried out",
+                name,
+                cluster,
+                limit,
+                extra={"cluster": cluster, "certificate": name},
+            )
+        elif until is not None:
             self.runaway[key] = until
             self.rotations[(*key, "blocked")] += 1
             message = (

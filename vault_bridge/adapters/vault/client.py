@@ -21,6 +21,7 @@ from typing import Any
 import requests
 
 from vault_bridge.adapters.vault.auth import TokenUpkeep
+from vault_bridge.adapters.vault.issuers import IssuerEndpoints
 from vault_bridge.adapters.vault.pki import PkiEndpoints
 from vault_bridge.adapters.vault.transport import (
     VaultTransport,
@@ -38,7 +39,9 @@ from vault_bridge.models.vault import (
     AppRoleAuth,
     AuthMethod,
     CertAuth,
+    IssuerEntry,
     KubernetesAuth,
+    MountIssuers,
     PkiIssuer,
     PkiRole,
     TokenAuth,
@@ -51,7 +54,10 @@ __all__ = [
     "AppRoleAuth",
     "AuthMethod",
     "CertAuth",
+    "IssuerEntry",
     "KubernetesAuth",
+    "MountIssuers",
+    "PkiIssuer",
     "PkiRole",
     "TokenAction",
     "TokenAuth",
@@ -92,6 +98,7 @@ class VaultClient:
         )
         self._token = TokenUpkeep(self._transport, auth, clock=clock)
         self._pki = PkiEndpoints(self._transport)
+        self._issuers = IssuerEndpoints(self._transport, self._pki)
 
     def __repr__(self) -> str:
         return f"VaultClient({self.address!r}, auth={type(self.auth).__name__})"
@@ -178,8 +185,9 @@ class VaultClient:
         alt_names: Sequence[str] = (),
         ip_sans: Sequence[str] = (),
         ttl: timedelta | str | None = None,
+        issuer_ref: str | None = None,
     ) -> dict[str, Any]:
-        """POST: /{mount}/sign/{role}
+        """POST: /{mount}/sign/{role}, or /{mount}/issuer/{issuer_ref}/sign/{role}
 
         Returns the answer's ``data`` (with ``lease_id`` when the role makes leases); the
         caller builds the :class:`IssuedCertificate` with its local private key. With Vault's
@@ -195,6 +203,7 @@ class VaultClient:
             alt_names=alt_names,
             ip_sans=ip_sans,
             ttl=ttl,
+            issuer_ref=issuer_ref,
         )
 
     def issue(
@@ -206,10 +215,17 @@ class VaultClient:
         alt_names: Sequence[str] = (),
         ip_sans: Sequence[str] = (),
         ttl: timedelta | str | None = None,
+        issuer_ref: str | None = None,
     ) -> IssuedCertificate:
-        """POST: /{mount}/issue/{role}"""
+        """POST: /{mount}/issue/{role}, or /{mount}/issuer/{issuer_ref}/issue/{role}"""
         return self._pki.issue(
-            mount, role, common_name=common_name, alt_names=alt_names, ip_sans=ip_sans, ttl=ttl
+            mount,
+            role,
+            common_name=common_name,
+            alt_names=alt_names,
+            ip_sans=ip_sans,
+            ttl=ttl,
+            issuer_ref=issuer_ref,
         )
 
     def read_role(self, mount: str, role: str) -> PkiRole:
@@ -234,15 +250,31 @@ class VaultClient:
         """POST: /{mount}/revoke (by ``serial`` or by ``certificate`` PEM, exactly one)."""
         self._pki.revoke(mount, serial=serial, certificate=certificate)
 
+    # -- issuers (vault_bridge.adapters.vault.issuers) ---------------------------------------
+
+    def list_issuers(self, mount: str) -> tuple[IssuerEntry, ...]:
+        """LIST: /{mount}/issuers (unauthenticated); empty on a Vault without multi-issuer
+        support (404)."""
+        return self._issuers.list_issuers(mount)
+
+    def issuer(self, mount: str, ref: str) -> PkiIssuer:
+        """GET: /{mount}/issuer/{ref}/json (unauthenticated): certificate and chain."""
+        return self._issuers.issuer(mount, ref)
+
+    def read_issuer(self, mount: str, ref: str) -> PkiIssuer:
+        """GET: /{mount}/issuer/{ref}: with its usage and revocation (``validate --connect``)."""
+        return self._issuers.read_issuer(mount, ref)
+
+    def mount_issuers(self, mount: str) -> MountIssuers:
+        """LIST: /{mount}/issuers, then GET: /{mount}/issuer/{id}/json for each (without
+        multi-issuer support, GET: /{mount}/cert/ca_chain)."""
+        return self._issuers.mount_issuers(mount)
+
+    def certificate_revoked(self, mount: str, serial: str) -> bool | None:
+        """GET: /{mount}/cert/{serial} (unauthenticated): True only on positive proof."""
+        return self._issuers.certificate_revoked(mount, serial)
+
     # -- KV and health ----------------------------------------------------------------------
-
-    def list_issuers(self, mount: str) -> list[str]:
-        """LIST: /{mount}/issuers -> the issuer IDs of the mount (an unauthenticated path)."""
-        return self._pki.list_issuers(mount)
-
-    def read_issuer(self, mount: str, issuer: str) -> PkiIssuer:
-        """GET: /{mount}/issuer/{issuer}/json (an unauthenticated path)."""
-        return self._pki.read_issuer(mount, issuer)
 
     def read_urls(self, mount: str) -> dict[str, Any]:
         """GET: /{mount}/config/urls (issuing certificates, CRL and OCSP URLs)."""

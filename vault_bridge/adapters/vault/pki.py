@@ -7,7 +7,7 @@ logged.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -15,7 +15,7 @@ from vault_bridge.adapters.vault.transport import VaultTransport, answer_data
 from vault_bridge.config.durations import format_duration
 from vault_bridge.errors import VaultError
 from vault_bridge.models.certificates import IssuedCertificate, split_pem_chain
-from vault_bridge.models.vault import PkiIssuer, PkiRole
+from vault_bridge.models.vault import PkiRole
 
 logger = logging.getLogger(__name__)
 
@@ -40,22 +40,24 @@ class PkiEndpoints:
         alt_names: Sequence[str] = (),
         ip_sans: Sequence[str] = (),
         ttl: timedelta | str | None = None,
+        issuer_ref: str | None = None,
     ) -> dict[str, Any]:
-        """POST: /{mount}/sign/{role} (the answer's ``data``, with ``lease_id`` if any)"""
-        path = f"{mount}/sign/{role}"
+        """POST: /{mount}/sign/{role}, or /{mount}/issuer/{issuer_ref}/sign/{role} (the
+        answer's ``data``, with ``lease_id`` if any)"""
+        path = pki_path(mount, "sign", role, issuer_ref)
         params = cert_params(alt_names, ip_sans, ttl)
-        resp = self.transport.call(
-            "POST",
-            path,
-            lambda: self._pki.sign_certificate(
+        if issuer_ref:
+            body = {"csr": csr_pem, "common_name": common_name, **params}
+            call: Callable[[], Any] = lambda: self.transport.hvac.write_data(path, data=body)  # noqa: E731
+        else:
+            call = lambda: self._pki.sign_certificate(  # noqa: E731
                 name=role,
                 csr=csr_pem,
                 common_name=common_name,
                 extra_params=params,
                 mount_point=mount,
-            ),
-            capability="update",
-        )
+            )
+        resp = self.transport.call("POST", path, call, capability="update")
         return _data_with_lease(resp, path)
 
     def issue(
@@ -67,18 +69,19 @@ class PkiEndpoints:
         alt_names: Sequence[str] = (),
         ip_sans: Sequence[str] = (),
         ttl: timedelta | str | None = None,
+        issuer_ref: str | None = None,
     ) -> IssuedCertificate:
-        """POST: /{mount}/issue/{role}"""
-        path = f"{mount}/issue/{role}"
+        """POST: /{mount}/issue/{role}, or /{mount}/issuer/{issuer_ref}/issue/{role}"""
+        path = pki_path(mount, "issue", role, issuer_ref)
         params = cert_params(alt_names, ip_sans, ttl)
-        resp = self.transport.call(
-            "POST",
-            path,
-            lambda: self._pki.generate_certificate(
+        if issuer_ref:
+            body = {"common_name": common_name, **params}
+            call: Callable[[], Any] = lambda: self.transport.hvac.write_data(path, data=body)  # noqa: E731
+        else:
+            call = lambda: self._pki.generate_certificate(  # noqa: E731
                 name=role, common_name=common_name, extra_params=params, mount_point=mount
-            ),
-            capability="update",
-        )
+            )
+        resp = self.transport.call("POST", path, call, capability="update")
         # The answer holds the private key: only its shape may be logged.
         return IssuedCertificate.from_vault(_data_with_lease(resp, path))
 
@@ -140,43 +143,6 @@ class PkiEndpoints:
         )
         logger.info("revoked certificate %s on %s", serial or "(by PEM)", mount)
 
-    def list_issuers(self, mount: str) -> list[str]:
-        """LIST: /{mount}/issuers -> the issuer IDs of the mount (an unauthenticated path)."""
-        path = f"{mount}/issuers"
-        resp = self.transport.call(
-            "LIST",
-            path,
-            lambda: self.transport.hvac.adapter.list(url=f"/v1/{path}"),
-            capability="list",
-        )
-        keys = answer_data(resp, path).get("keys") or []
-        if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
-            raise VaultError(
-                f"{path} returned a malformed list of issuers", url=self.transport.url(path)
-            )
-        return list(keys)
-
-    def read_issuer(self, mount: str, issuer: str) -> PkiIssuer:
-        """GET: /{mount}/issuer/{issuer}/json -> the issuer's certificate and chain
-        (an unauthenticated path)."""
-        path = f"{mount}/issuer/{issuer}/json"
-        resp = self.transport.call(
-            "GET",
-            path,
-            lambda: self.transport.hvac.adapter.get(url=f"/v1/{path}"),
-            capability="read",
-            not_found=f"no issuer {issuer} on {mount}",
-        )
-        data = answer_data(resp, path)
-        certificate = split_pem_chain(str(data.get("certificate") or ""))
-        chain_raw = data.get("ca_chain") or []
-        if isinstance(chain_raw, str):
-            chain_raw = [chain_raw]
-        chain = [pem for item in chain_raw for pem in split_pem_chain(str(item))]
-        if len(certificate) != 1:
-            raise VaultError(f"{path} returned no issuer certificate", url=self.transport.url(path))
-        return PkiIssuer(issuer_id=issuer, certificate=certificate[0], ca_chain=tuple(chain))
-
     def read_urls(self, mount: str) -> dict[str, Any]:
         """GET: /{mount}/config/urls (issuing certificates, CRL and OCSP URLs)."""
         path = f"{mount}/config/urls"
@@ -194,6 +160,14 @@ class PkiEndpoints:
             lambda: self.transport.hvac.write_data(path, data=dict(urls)),
             capability="update",
         )
+
+
+def pki_path(mount: str, verb: str, role: str, issuer_ref: str | None) -> str:
+    """``<mount>/<verb>/<role>``, or through the chosen issuer:
+    ``<mount>/issuer/<ref>/<verb>/<role>``."""
+    if issuer_ref:
+        return f"{mount}/issuer/{issuer_ref}/{verb}/{role}"
+    return f"{mount}/{verb}/{role}"
 
 
 def cert_params(
