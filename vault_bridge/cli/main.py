@@ -221,13 +221,13 @@ def validate(ctx: Context, connect: bool) -> None:
     with build(settings) as app:
         app.rotator.trust_vault_chains()
         problems = connect_checks(app)
-        warnings = issuer_warnings(app) if not problems else []
-    for warning in warnings:
-        click.echo(f"warning: {warning}", err=True)
         access = access_report(app)
+        warnings = issuer_warnings(app) if not problems else []
     problems.extend(access.problems)
     for note in access.notes:
         click.echo(note)
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
     for problem in problems:
         click.echo(f"error: {problem}", err=True)
     if problems:
