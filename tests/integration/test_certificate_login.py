@@ -205,7 +205,14 @@ def test_trusted_ca_change_without_a_failed_login(
         assert login.held is not None
         first = login.held
         old_ca = first.info.issuer
+
+        def trusted_state() -> str:
+            rows = {s.name: s.state for s in app.rotator.status().statuses}
+            return rows["mtls_trusted_ca"]
+
+        assert trusted_state() == "ok"
         old_id, _new_id = _new_default_issuer(openbao, own_pki, root_mount)
+        assert trusted_state() == "due"  # status and plan show the bundle the pass will install
         # The pass trusts both CAs, then the login certificate moves to the new issuer.
         result = app.rotator.run_once()
         assert result.ok, result.summary()
@@ -218,6 +225,7 @@ def test_trusted_ca_change_without_a_failed_login(
         assert app.rotator.run_once().ok
         subjects = _bundle_subjects(sim)
         assert old_ca not in subjects and new_ca in subjects
+        assert trusted_state() == "ok"
         assert not app.rotator.status().cluster_errors
     assert _failures(sim, mark) == []
     assert sim.handshake_failures.get("api", 0) == 0

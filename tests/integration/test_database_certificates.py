@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vault_bridge_lab.lab import cluster_table, lab_config
+from click.testing import CliRunner
+from vault_bridge_lab.lab import cluster_table, lab_config, to_toml
 from vault_bridge_lab.openbao import OpenBaoServer, PkiSetup
 from vault_bridge_lab.simulator import DatabaseWorld, SimulatedCluster
 
 from vault_bridge.adapters.tls_probe import served_certificate
+from vault_bridge.cli.main import cli
 from vault_bridge.config.schema import parse_config
 from vault_bridge.models.certificates import CertificateInfo
 from vault_bridge.rotation.app import build
@@ -169,3 +171,28 @@ def test_an_active_active_instance_is_refused_not_changed(
         r for r in east.requests if r.path == f"/v1/bdbs/{uid}/certificates" and r.method == "POST"
     ]
     assert posts == []
+
+
+def test_issue_command_renews_a_database_certificate_now(
+    openbao: OpenBaoServer,
+    pki: PkiSetup,
+    pair: tuple[SimulatedCluster, SimulatedCluster],
+    tmp_path: Path,
+) -> None:
+    east, west = pair
+    orders = east.add_bdb("orders")
+    endpoint = east.open_bdb_endpoint(orders)
+    config = tmp_path / "config.toml"
+    config.write_text(to_toml(_doc(openbao, pki, east, west, tmp_path, endpoint)), encoding="utf-8")
+    first = CliRunner().invoke(cli, ["--config", str(config), "run", "--once"])
+    print(first.output)
+    assert first.exit_code == 0, first.output
+    own = east.db_certs.get(orders)
+    assert own is not None
+    again = CliRunner().invoke(cli, ["--config", str(config), "issue", "bdb:orders"])
+    print(again.output)
+    assert again.exit_code == 0, again.output
+    renewed = east.db_certs.get(orders)
+    assert renewed is not None and _fp(renewed.chain_pem) != _fp(own.chain_pem)
+    unknown = CliRunner().invoke(cli, ["--config", str(config), "issue", "bdb:nope"])
+    assert unknown.exit_code == 2 and "bdb:nope" in unknown.output

@@ -133,6 +133,7 @@ def issue(ctx: Context, names: tuple[str, ...], cluster_name: str | None, all_: 
     targets: set[tuple[str, str]] = set()
     for cluster in clusters:
         configured = [s.name.value for s in cluster.certificates]
+        configured += [d.label for d in cluster.databases]  # bdb:<name>
         for name in names:
             if name not in configured and not cluster_name and len(clusters) > 1:
                 continue

@@ -49,7 +49,11 @@ from vault_bridge.rotation.databases import DatabaseCertificates
 from vault_bridge.rotation.keys import build_csr, check_before_install, generate_key, key_to_pem
 from vault_bridge.rotation.login import LoginCertificate
 from vault_bridge.rotation.ocsp import after_proxy_change, check_proxy_before_install, read_ocsp
-from vault_bridge.rotation.trusted_ca import reconcile_trusted_ca
+from vault_bridge.rotation.trusted_ca import (
+    reconcile_trusted_ca,
+    trusted_ca_status,
+    unknown_status,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -306,6 +310,8 @@ class Rotator:
             if status.state in ("ok", "due") and self._revoked(spec, current):
                 status = classify(spec, current, mount, now, revoked=True)
             statuses.append(status)
+        if cluster.trusted_ca_mount is not None:
+            statuses.append(self._trusted_ca_status(cluster, installed.get(MTLS_TRUSTED_CA)))
         ocsp = self._read_ocsp(cluster) if cluster.spec(CertName.PROXY) else None
         if ocsp is not None:
             statuses = [
@@ -313,6 +319,17 @@ class Rotator:
                 for s in statuses
             ]
         return statuses, installed
+
+    def _trusted_ca_status(
+        self, cluster: ClusterSettings, installed: InstalledCertificate | None
+    ) -> CertStatus:
+        """The row of ``mtls_trusted_ca`` (kept by :meth:`reconcile_trusted_cas`, never an
+        action of the plan's own)."""
+        try:
+            return trusted_ca_status(cluster, installed, self.vault, self.logins.get(cluster.name))
+        except VaultBridgeError as exc:
+            logger.warning("%s on %s: %s", MTLS_TRUSTED_CA, cluster.name, exc)
+            return unknown_status(cluster.name)
 
     def _read_ocsp(self, cluster: ClusterSettings) -> OcspStatus | None:
         """What the cluster staples for its proxy certificate (None: OCSP off or unknown)."""
@@ -407,6 +424,7 @@ class Rotator:
         trusted = self.reconcile_trusted_cas()
         actions, result = self.plan(force)
         result.outcomes.extend(trusted)
+        actions = [a for a in actions if a.name != MTLS_TRUSTED_CA]  # reconciled above
         if only is not None:
             actions = [a for a in actions if (a.cluster, a.name) in only]
         database_actions = [a for a in actions if self.databases.has(a.cluster, a.name)]

@@ -17,9 +17,17 @@ from cryptography import x509
 from vault_bridge.adapters.ports import ClusterCertificates, Vault
 from vault_bridge.config.schema import MTLS_TRUSTED_CA, ClusterSettings
 from vault_bridge.decisions.install import CertUpload
+from vault_bridge.decisions.renewal import CertStatus
 from vault_bridge.decisions.trusted_ca import TrustedCaPlan, plan_trusted_ca
 from vault_bridge.errors import ClusterError, VaultError, VerificationError
-from vault_bridge.models.certificates import fingerprint, load_leaf, split_pem_chain
+from vault_bridge.models.certificates import (
+    CertificateInfo,
+    CertState,
+    InstalledCertificate,
+    fingerprint,
+    load_leaf,
+    split_pem_chain,
+)
 from vault_bridge.models.cluster import BULK_MIN_VERSION
 from vault_bridge.models.vault import MountIssuers
 from vault_bridge.rotation.login import LoginCertificate
@@ -99,3 +107,55 @@ def _install(client: ClusterCertificates, upload: CertUpload) -> None:
             if exc.status not in (404, 405):
                 raise
     client.update_cert(upload)
+
+
+def trusted_ca_status(
+    cluster: ClusterSettings,
+    installed: InstalledCertificate | None,
+    vault: Vault,
+    login: LoginCertificate | None,
+) -> CertStatus:
+    """The ``status``/``plan`` row of ``mtls_trusted_ca``: ``ok`` when it holds what the mount
+    needs, ``due`` when a pass will change it, ``missing`` when there is none yet. Its dates
+    are those of the CA that expires first."""
+    mount = cluster.trusted_ca_mount
+    assert mount is not None
+    pems = mount_ca_pems(vault.mount_issuers(mount))
+    in_use = [login.held.certificate] if login is not None and login.held is not None else []
+    plan = plan_trusted_ca(pems, installed.pem if installed else None, in_use)
+    if installed is None:
+        return _empty_status(cluster.name, "missing")
+    first = min(
+        (CertificateInfo.from_pem(p) for p in split_pem_chain(installed.pem)),
+        key=lambda info: info.not_after,
+    )
+    return CertStatus(
+        cluster=cluster.name,
+        name=MTLS_TRUSTED_CA,
+        state="due" if plan.change else "ok",
+        serial=first.serial,
+        issuer=first.subject,
+        not_before=first.not_before,
+        not_after=first.not_after,
+        renew_at=None,
+        fingerprint=first.fingerprint,
+    )
+
+
+def _empty_status(cluster: str, state: CertState) -> CertStatus:
+    return CertStatus(
+        cluster=cluster,
+        name=MTLS_TRUSTED_CA,
+        state=state,
+        serial=None,
+        issuer=None,
+        not_before=None,
+        not_after=None,
+        renew_at=None,
+        fingerprint=None,
+    )
+
+
+def unknown_status(cluster: str) -> CertStatus:
+    """The row when the mount or the cluster could not be read: a pass will try again."""
+    return _empty_status(cluster, "due")
