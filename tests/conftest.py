@@ -9,6 +9,7 @@ import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -113,6 +114,9 @@ def find_secrets(text: str) -> list[str]:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "secret_scan: part of the output scan")
+    config.addinivalue_line(
+        "markers", "fault(category): a case of the fault suite, counted in the fault summary"
+    )
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -133,3 +137,38 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         if reporter is not None:
             reporter.write_line("\n".join(lines), red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# ---------------------------------------------------------------------------
+# Fault summary: tests marked ``@pytest.mark.fault("<category>")`` (the fault suite under
+# tests/faults/, and the crash tests of the agent) are counted per category, and the session
+# ends with one line such as ``faults: vault 9/9, cluster 14/14, crash 6/6, ...``.
+
+FAULT_CATEGORIES = ("vault", "cluster", "crash", "state", "config")
+_fault_results: dict[str, dict[str, bool]] = {}  # category -> nodeid -> passed
+
+
+def _fault_category(item: pytest.Item) -> str | None:
+    marker = item.get_closest_marker("fault")
+    return str(marker.args[0]) if marker is not None and marker.args else None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    category = _fault_category(item)
+    if category is None or report.skipped:
+        return  # a skipped case (its reason is reported) is neither passed nor failed
+    results = _fault_results.setdefault(category, {})
+    if report.when == "call" or (report.when == "setup" and not report.passed):
+        results[item.nodeid] = report.passed
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _fault_results:
+        return
+    order = [c for c in FAULT_CATEGORIES if c in _fault_results]
+    order += sorted(set(_fault_results) - set(order))
+    parts = [f"{c} {sum(_fault_results[c].values())}/{len(_fault_results[c])}" for c in order]
+    terminalreporter.write_line("faults: " + ", ".join(parts))

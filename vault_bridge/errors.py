@@ -93,5 +93,14 @@ class StateError(VaultBridgeError):
     """The state directory cannot be read or written; issuing stops until it can."""
 
 
+class CasConflictError(VaultError):
+    """A check-and-set write to Vault's KV engine lost: someone wrote a newer version first."""
+
+
+class LeaseLostError(StateError):
+    """High availability: this replica cannot prove it still holds a cluster's lease (or a
+    CRDB lock), so it neither writes state nor sends anything for it."""
+
+
 class LabMissingError(VaultBridgeError):
     """A command of the lab distribution (``vault-bridge-lab``) was asked for without it."""

@@ -13,9 +13,17 @@ from vault_bridge.config.schema import Settings
 from vault_bridge.decisions.install import CertUpload
 from vault_bridge.errors import ClusterError, VerificationError
 from vault_bridge.models.certificates import CertificateInfo, CertName, InstalledCertificate
-from vault_bridge.models.cluster import BULK_MIN_VERSION, Bdb, Crdb, CrdbTask, parse_version
+from vault_bridge.models.cluster import (
+    BULK_MIN_VERSION,
+    REPLICA_STATUS_ONLY,
+    Bdb,
+    Crdb,
+    CrdbTask,
+    parse_version,
+)
 
-READ_ONLY_REPLICA_FIELDS = frozenset({"status", "lag", "last_error"})
+# objects/bdb/syncer_sources.md: the status fields a PUT may not carry
+READ_ONLY_REPLICA_FIELDS = REPLICA_STATUS_ONLY
 
 _task_ids = itertools.count(1)
 
@@ -58,6 +66,7 @@ class FakeCluster:
         self.bdb_json: dict[int, dict[str, Any]] = {}
         self.tasks: dict[str, CrdbTask] = {}
         self.task_scripts: dict[str, list[list[str]]] = {}
+        self.update_bodies: list[dict[str, Any]] = []
         self.busy: dict[str, int] = {}
         self.updates: list[str] = []  # GUIDs, one per POST /v1/crdbs/<guid>/updates
         self._polls: dict[str, list[str]] = {}
@@ -105,6 +114,10 @@ class FakeCluster:
 
     def set_trust(self, extra_ca_pems: Sequence[str]) -> None:
         self.trusted = list(extra_ca_pems)
+
+    @property
+    def backoff(self) -> float:
+        return 0.0
 
     def certificates(self) -> dict[str, InstalledCertificate]:
         """GET /v1/cluster/certificates"""
@@ -185,16 +198,22 @@ class FakeCluster:
             self.tasks[task_id] = task
         return task
 
-    def crdb_update(self, guid: str) -> CrdbTask:
-        """POST /v1/crdbs/<guid>/updates {"force_update": true}"""
+    def crdb_update(
+        self, guid: str, body: Mapping[str, Any] | None = None, *, task_id: str | None = None
+    ) -> CrdbTask:
+        """POST /v1/crdbs/<guid>/updates (default {"force_update": true}); ``task_id`` names
+        the task (X-Task-ID) and a repeat of it returns the same task."""
         self._call("POST /v1/crdbs/<guid>/updates")
         with self._lock:
             if not any(c.guid == guid for c in self.crdb_list):
                 raise self.error(404, f"no CRDB {guid}")
+            if task_id is not None and task_id in self.tasks:
+                return self.tasks[task_id]
             self.updates.append(guid)
+            self.update_bodies.append(dict(body) if body is not None else {"force_update": True})
             scripts = self.task_scripts.get(guid) or [["finished"]]
             script = list(scripts.pop(0) if len(scripts) > 1 else scripts[0])
-            task = CrdbTask(f"task-{next(_task_ids)}", guid, "queued")
+            task = CrdbTask(task_id or f"task-{next(_task_ids)}", guid, "queued")
             self.tasks[task.id] = task
             self._polls[task.id] = script
         return task

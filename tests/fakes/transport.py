@@ -5,6 +5,7 @@ mapping run unchanged. ``failures["PUT /v1/cluster/certificates"]`` queues HTTP 
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -13,8 +14,9 @@ from urllib.parse import urlsplit
 import requests
 from requests.adapters import BaseAdapter
 
+from tests.conftest import make_ca
 from tests.fakes.cluster import FakeCluster
-from vault_bridge.adapters.redis_enterprise import ClusterClient
+from vault_bridge.adapters.redis_enterprise import REQUIRED_CERTIFICATES, ClusterClient
 from vault_bridge.decisions.install import CertUpload
 from vault_bridge.errors import ClusterError
 
@@ -55,7 +57,11 @@ class InMemoryAdapter(BaseAdapter):
         if endpoint == "GET /v1/nodes":
             return [{"uid": 1, "software_version": cluster.version}]
         if endpoint == "GET /v1/cluster/certificates":
-            return {f"{n}_cert": c.pem for n, c in cluster.certificates().items()}
+            # A real cluster always has these (a fresh one self-signed): stand-ins for the
+            # ones the fake does not hold, so the answer is never malformed.
+            answer = {f"{n}_cert": _fresh_cluster_pem() for n in REQUIRED_CERTIFICATES}
+            answer.update({f"{n}_cert": c.pem for n, c in cluster.certificates().items()})
+            return answer
         if endpoint == "PUT /v1/cluster/certificates":
             cluster.put_certificates([_upload(i) for i in body["certificates"]])
             return {}
@@ -66,6 +72,11 @@ class InMemoryAdapter(BaseAdapter):
 
     def close(self) -> None:
         return None
+
+
+@functools.cache
+def _fresh_cluster_pem() -> str:
+    return make_ca("fresh cluster").pem
 
 
 def _upload(item: Mapping[str, str]) -> CertUpload:

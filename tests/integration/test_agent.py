@@ -529,6 +529,7 @@ def assert_settled(lab: Lab, vault: OpenBaoServer) -> dict[str, CertificateInfo]
     return out
 
 
+@pytest.mark.fault("crash")
 def test_kill_after_issue_before_install(
     openbao: OpenBaoServer, lab_factory: Callable[..., Lab]
 ) -> None:
@@ -553,6 +554,7 @@ def test_kill_after_issue_before_install(
 
 
 @pytest.mark.parametrize("happens", [True, False], ids=["install-happens", "install-fails"])
+@pytest.mark.fault("crash")
 def test_kill_during_install(
     openbao: OpenBaoServer, lab_factory: Callable[..., Lab], happens: bool
 ) -> None:
@@ -590,6 +592,7 @@ def test_kill_during_install(
     assert lab.sim.install_count == 2
 
 
+@pytest.mark.fault("crash")
 def test_kill_after_install_before_the_journal_says_so(
     openbao: OpenBaoServer, lab_factory: Callable[..., Lab]
 ) -> None:
@@ -667,6 +670,7 @@ def test_missing_capability_is_reported_and_not_retried(
         assert agent.stop() == 0
 
 
+@pytest.mark.fault("crash")
 def test_sigterm_mid_pass_finishes_the_step_and_issues_nothing_more(
     openbao: OpenBaoServer, lab_factory: Callable[..., Lab]
 ) -> None:

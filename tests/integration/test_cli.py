@@ -74,6 +74,8 @@ def test_run_once_status_plan_issue(
         "warnings",
         "last_error",
         "next_attempt",
+        "leader",
+        "lease_expires",
     }
 
     ran = invoke("--config", config, "run", "--once")

@@ -652,6 +652,7 @@ def test_follow_up_command_runs_step_2_for_a_certificate_installed_by_hand(
 # -- the agent killed between step 1 and step 2 -----------------------------------------------
 
 
+@pytest.mark.fault("crash")
 def test_agent_killed_between_step_1_and_step_2_runs_step_2_first_on_restart(
     openbao: OpenBaoServer,
     pki: PkiSetup,

@@ -295,3 +295,44 @@ def test_readme_example_parses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         "syncer",
         "metrics_exporter",
     }
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "expected"),
+    [
+        ("ip_sans", ["not-an-ip"], "ip_sans: Value error, [0]: expected an IP address"),
+        ("ip_sans", ["10.0.0.1", "10.0.0.300"], "[1]: expected an IP address"),
+        ("alt_names", ["ok.example.com", "bad name"], "[1]: expected a DNS name"),
+        ("alt_names", ["-lead.example.com"], "expected a DNS name"),
+        ("common_name", "dot..example.com", "expected a DNS name"),
+        ("common_name", "", "expected a DNS name"),
+    ],
+)
+def test_defect12_names_and_ips_are_checked_at_load(
+    password_file: Path, where: str, value: Any, expected: str
+) -> None:
+    data = doc(password_file)
+    data["clusters"][0]["certificates"]["proxy"][where] = value
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    text = str(info.value)
+    assert text.startswith(f"clusters[0].certificates.proxy.{where}")
+    assert expected.split(": ", 1)[-1].removeprefix("Value error, ") in text
+    assert "\n" not in text
+
+
+def test_defect12_good_names_and_wildcards_load(password_file: Path) -> None:
+    data = doc(password_file)
+    data["clusters"][0]["certificates"]["proxy"].update(
+        alt_names=["*.re-east.example.com", "localhost"], ip_sans=["127.0.0.1", "::1"]
+    )
+    spec = parse_config(data).clusters[0].certificates[0]
+    assert spec.ip_sans == ("127.0.0.1", "::1")
+
+
+def test_install_timeouts_load_and_are_checked(password_file: Path) -> None:
+    settings = parse_config(doc(password_file, install_timeout=60, internode_confirm_timeout=0))
+    assert settings.clusters[0].install_timeout == 60
+    assert settings.clusters[0].internode_confirm_timeout == 0
+    with pytest.raises(ConfigError, match=r"clusters\[0\].install_timeout"):
+        parse_config(doc(password_file, install_timeout=0))

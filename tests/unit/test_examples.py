@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tomllib
 from collections.abc import Iterator, Mapping
+from datetime import timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -530,6 +531,67 @@ def test_k8s_readme_role_names_match_config(k8s_settings: Settings) -> None:
     assert match is not None
     (specs,) = roles_in(k8s_settings).values()
     assert set(match.group(1).split(",")) == set(desired_role(specs)["allowed_domains"])
+
+
+# --------------------------------------------------------------------------- kubernetes/ha
+
+K8S_HA_DIR = K8S_DIR / "ha"
+
+
+@pytest.fixture(scope="module")
+def k8s_ha() -> dict[tuple[str, str], dict[str, Any]]:
+    """Every object in examples/kubernetes/ha/*.yaml by (kind, name)."""
+    objects: dict[tuple[str, str], dict[str, Any]] = {}
+    for path in sorted(K8S_HA_DIR.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+            name = doc.get("metadata", {}).get("name", path.name)
+            objects[(doc["kind"], name)] = doc
+    return objects
+
+
+def test_k8s_ha_two_replicas_apart_with_ha_config(
+    k8s_ha: dict[tuple[str, str], dict[str, Any]],
+    k8s: dict[tuple[str, str], dict[str, Any]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    kustomization = k8s_ha[("Kustomization", "kustomization.yaml")]
+    for resource in kustomization["resources"]:
+        assert (K8S_HA_DIR / resource).is_file(), resource
+    deployment = k8s_ha[("Deployment", "vault-bridge")]
+    assert deployment["spec"]["replicas"] == 2
+    template = deployment["spec"]["template"]
+    labels = template["metadata"]["labels"]
+    anti = template["spec"]["affinity"]["podAntiAffinity"]
+    (term,) = anti["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"].items() <= labels.items()
+    pdb = k8s_ha[("PodDisruptionBudget", "vault-bridge")]
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert ("ServiceAccount", template["spec"]["serviceAccountName"]) in k8s
+
+    (container,) = template["spec"]["containers"]
+    config_name = next(
+        source["configMap"]["name"]
+        for volume in template["spec"]["volumes"]
+        for source in volume.get("projected", {}).get("sources", [])
+        if "configMap" in source
+        and any(i["path"] == "config.toml" for i in source["configMap"]["items"])
+    )
+    config = tomllib.loads(k8s_ha[("ConfigMap", config_name)]["data"]["config.toml"])
+    settings, _ = load_example(config, tmp_path, monkeypatch)
+    assert settings.ha is not None
+    assert settings.ha.ttl >= 3 * timedelta(seconds=settings.vault.timeout)
+    # followers are ready: the readiness probe must not ask for a lease
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    port = {p["name"]: p["containerPort"] for p in container["ports"]}["vb-http"]
+    assert listen_port(settings) == port
+    # the policy grants the KV paths [ha] uses, and the replicas reach the cluster by Service
+    paths = {r.path for r in policy_rules(settings)}
+    base = f"{settings.ha.kv_mount}/data/{settings.ha.path}"
+    assert {f"{base}/lease/*", f"{base}/state/*"} <= paths
+    assert all("localhost" not in c.url for c in settings.clusters)
 
 
 # --------------------------------------------------------------------------- systemd

@@ -17,7 +17,7 @@ from vault_bridge.adapters.redis_enterprise import ClusterClient
 from vault_bridge.config.schema import CertSpec
 from vault_bridge.errors import DeferredError, VaultError, VaultUnavailableError
 from vault_bridge.models.certificates import CertificateInfo, IssuedCertificate
-from vault_bridge.rotation.executor import Change, PassResult
+from vault_bridge.rotation.executor import INSTALL_ATTEMPTS, Change, PassResult
 
 BULK = "PUT /v1/cluster/certificates"
 ONE = "PUT /v1/cluster/update_cert"
@@ -130,11 +130,22 @@ def test_a_bulk_failure_of_another_kind_fails_every_item_without_resending(
 ) -> None:
     w = world(tmp_path)
     east = w.clusters["east"]
-    east.fail[BULK] = [east.error(500, "internal error on the cluster")]
+    east.fail[BULK] = [east.error(401, "authentication failed: wrong username or password")]
     result = w.rotator().run_once()
     assert results(result) == {"cm@east": "failed", "proxy@east": "failed"}
     assert w.requests("east").count(BULK) == 1 and ONE not in w.requests("east")
     assert east.installed == {}
+
+
+def test_a_5xx_is_read_back_before_the_install_is_sent_again(tmp_path: Path) -> None:
+    w = world(tmp_path)
+    east = w.clusters["east"]
+    east.fail[BULK] = [east.error(500, "internal error on the cluster")]
+    result = w.rotator().run_once()
+    assert results(result) == {"cm@east": "installed", "proxy@east": "installed"}
+    sent = w.requests("east")
+    first = sent.index(BULK)
+    assert sent[first + 1 : first + 3] == ["GET /v1/cluster/certificates", BULK]
 
 
 def rest_world(tmp_path: Path) -> tuple[World, ClusterClient]:
@@ -166,13 +177,14 @@ def test_retries_end_and_the_certificates_fail(tmp_path: Path) -> None:
     w, client = rest_world(tmp_path)
     with client:
         _, transport = http_client(w.clusters["east"], client)
-        transport.failures[BULK] = [503] * 4
+        transport.failures[BULK] = [503] * INSTALL_ATTEMPTS
         rotator = w.rotator()
         rotator.clusters = {"east": client}
         result = rotator.run_once()
     assert results(result) == {"cm@east": "failed", "proxy@east": "failed"}
     assert "the node is not answering" in (result.failed[0].error or "")
-    assert transport.sent.count(BULK) == 4 and ONE not in transport.sent
+    # sent at most INSTALL_ATTEMPTS times, each after a read-back that found nothing in place
+    assert transport.sent.count(BULK) == INSTALL_ATTEMPTS and ONE not in transport.sent
     assert w.clock.slept == [0.5, 1.0, 2.0]
     assert w.clusters["east"].installed == {}
 

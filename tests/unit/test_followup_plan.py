@@ -10,6 +10,7 @@ from tests.conftest import OfflineCA, make_ca
 from vault_bridge.adapters.crdb_runners import _cli_result, parse_crdb_cli_output
 from vault_bridge.decisions.followup_plan import (
     ClusterView,
+    WaitingOn,
     crdb_guids,
     plan_crdb_updates,
     plan_followups,
@@ -130,7 +131,9 @@ def test_syncer_change_adds_to_sources_and_knows_the_replicas(ca: OfflineCA) -> 
 def test_unreadable_cluster_keeps_the_change_pending() -> None:
     views = {"east": ClusterView("east"), "west": ClusterView("west", error="HTTP 503")}
     plan = plan_followups([CertChange("east", "proxy", "new", None)], views, {})
-    assert "west (HTTP 503)" in plan.errors[("east", "proxy")]
+    error = plan.errors[("east", "proxy")]
+    assert "west (HTTP 503)" in error
+    assert isinstance(error, WaitingOn) and error.clusters == ("west",)  # west's failure
 
 
 @pytest.mark.parametrize(

@@ -220,6 +220,9 @@ def test_what_the_journal_cannot_resolve_yet_is_left_out_of_the_pass(w: World) -
     )
     keeper.save()
     east = w.clusters["east"]
+    # what the cm listener serves: another certificate (proof that ours is not in use)
+    east.served_pems["cm"] = w.leaf(w.vault.ca("pki_int"), "cm.east.example.com")
+    east.serve_lag = 1
     east.fail["GET /v1/cluster/certificates"] = [east.error(503, "the node is not answering")]
     result = rotate_once(w.settings, clock=w.clock, build_app=builder(w))
     assert result.outcomes == [] and w.vault.calls.count("sign") == 0

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import requests
 from vault_bridge_lab.simulator import DatabaseWorld, SimulatedCluster
+from vault_bridge_lab.simulator.schemas import REPLICA_SOURCE_WRITABLE
 
 from tests.conftest import OfflineCA, make_ca
 
@@ -151,7 +152,14 @@ def ca() -> OfflineCA:
         ),
         ("expired", 406, "certificate_expired"),
         ("duplicate", 406, "duplicated_certs"),
-        ({"replica_sources": "nope"}, 400, "invalid_request"),
+        ({"replica_sources": "nope"}, 400, "invalid_schema"),
+        ({"uid": 7}, 400, "invalid_schema"),  # read-only
+        ({"no_such_field": 1}, 400, "invalid_schema"),
+        (
+            {"replica_sources": [{"uid": 1, "uri": "redis://x:1", "rdb_size": 0}]},
+            400,
+            "invalid_schema",
+        ),
     ],
 )
 def test_put_bdb_validation(
@@ -174,6 +182,7 @@ def test_put_bdb_validation(
         body = {"authentication_ssl_client_certs": [{"client_cert": cert}] * 2}
     answer = call(east, tmp_path, "PUT", f"/v1/bdbs/{uid}", body)
     assert (answer.status_code, answer.json()["error_code"]) == (status, code)
+    assert set(answer.json()) == {"error_code", "message"}  # requests/bdbs/_index.md
     assert call(east, tmp_path, "PUT", "/v1/bdbs/99", {"name": "x"}).status_code == 404
 
 
@@ -197,11 +206,110 @@ def test_replica_link_health_and_status(
     clock.advance(0.3)
     [entry] = west.bdb(replica)["replica_sources"]
     assert entry["status"] == "out-of-sync" and "server_cert" in entry["last_error"]
+    assert {"last_update", "rdb_size", "rdb_transferred"} <= set(entry)
     entry["server_cert"] = cert
-    fixed = call(west, tmp_path, "PUT", f"/v1/bdbs/{replica}", {"replica_sources": [entry]})
+    echoed = call(west, tmp_path, "PUT", f"/v1/bdbs/{replica}", {"replica_sources": [entry]})
+    assert (echoed.status_code, echoed.json()["error_code"]) == (400, "invalid_schema")
+    writable = {k: v for k, v in entry.items() if k in REPLICA_SOURCE_WRITABLE}
+    fixed = call(west, tmp_path, "PUT", f"/v1/bdbs/{replica}", {"replica_sources": [writable]})
     assert fixed.status_code == 200
     assert fixed.json()["replica_sources"][0]["status"] == "syncing"
     clock.advance(0.06)  # resync_time
     assert west.bdb(replica)["replica_sources"][0]["status"] == "in-sync"
     [outage] = world.outages("replica")
     assert outage.length == pytest.approx(0.3)
+
+
+def test_x_task_id_names_the_task_and_a_repeat_starts_nothing(
+    pair: tuple[SimulatedCluster, SimulatedCluster], world: DatabaseWorld, tmp_path: Path
+) -> None:
+    east, west = pair
+    guid = east.add_crdb("cache", participants=[east, west])
+    ca = tmp_path / "east-ca.pem"
+    ca.write_text(east.api_ca_pem())
+    with requests.Session() as session:
+        session.trust_env = False
+
+        def post(body: Any) -> requests.Response:
+            return session.post(
+                f"{east.api_url}/v1/crdbs/{guid}/updates",
+                json=body,
+                auth=ADMIN,
+                verify=str(ca),
+                headers={"X-Task-ID": "task-of-ours"},
+                timeout=10,
+            )
+
+        first, again = post({"force_update": True}), post({"force_update": True})
+        refused = session.post(
+            f"{east.api_url}/v1/crdbs/{guid}/updates",
+            json={"force_update": True, "no_such": 1},
+            auth=ADMIN,
+            verify=str(ca),
+            timeout=10,
+        )
+    assert first.json()["id"] == again.json()["id"] == "task-of-ours"
+    assert [t["id"] for t in world.tasks(guid)] == ["task-of-ours"]
+    assert world.update_requests == 1
+    assert (refused.status_code, refused.json()["error_code"]) == (400, "invalid_schema")
+    assert "message" in refused.json()
+
+
+@pytest.mark.parametrize(("version", "status"), [("7.22.2-14", 200), ("7.8.4-18", 404)])
+def test_users_role_from_7_22_2(tmp_path: Path, version: str, status: int) -> None:
+    with SimulatedCluster("old", software_version=version) as sim:
+        answer = call(sim, tmp_path, "GET", "/v1/users/role")
+        users = call(sim, tmp_path, "GET", "/v1/users")
+    assert answer.status_code == status
+    if status == 200:
+        assert answer.json() == {"role": "admin"}
+    assert {"email": "admin@example.com", "role": "admin"}.items() <= users.json()[0].items()
+
+
+def test_partial_install_applies_then_answers_409(tmp_path: Path) -> None:
+    with SimulatedCluster("east") as sim:
+        cert, key = make_ca().leaf("proxy.east")
+        sim.partial_installs(1)
+        body = {"certificates": [{"name": "proxy", "certificate": cert, "key": key}]}
+        first = call(sim, tmp_path, "PUT", "/v1/cluster/certificates", body)
+        assert first.status_code == 409
+        assert sim.installed_pem("proxy").strip() == cert.strip()  # applied all the same
+        cert2, key2 = make_ca().leaf("proxy.east")
+        body = {"certificates": [{"name": "proxy", "certificate": cert2, "key": key2}]}
+        assert call(sim, tmp_path, "PUT", "/v1/cluster/certificates", body).status_code == 200
+
+
+def test_crdb_instance_config_survives_updates_a_local_put_does_not(
+    pair: tuple[SimulatedCluster, SimulatedCluster],
+    world: DatabaseWorld,
+    clock: FakeClock,
+    tmp_path: Path,
+) -> None:
+    east, west = pair
+    guid = east.add_crdb("cache", participants=[east, west])
+    uid = world._crdbs[guid].db_uids["east"]
+    local, _ = make_ca().leaf("local")
+    through_crdb, _ = make_ca().leaf("through-crdb")
+    update = {
+        "force_update": True,
+        "crdb": {
+            "instances": [
+                {
+                    "id": 1,
+                    "db_config": {
+                        "authentication_ssl_client_certs": [{"client_cert": through_crdb}]
+                    },
+                }
+            ]
+        },
+    }
+    assert call(east, tmp_path, "POST", f"/v1/crdbs/{guid}/updates", update).status_code == 200
+    clock.advance(1.0)
+    body = {"authentication_ssl_client_certs": [{"client_cert": local}]}
+    assert call(east, tmp_path, "PUT", f"/v1/bdbs/{uid}", body).status_code == 200
+    certs = [c["client_cert"] for c in east.bdb(uid)["authentication_ssl_client_certs"]]
+    assert certs == [local]
+    assert call(east, tmp_path, "POST", f"/v1/crdbs/{guid}/updates", {"force_update": True}).ok
+    clock.advance(1.0)
+    certs = [c["client_cert"] for c in east.bdb(uid)["authentication_ssl_client_certs"]]
+    assert certs == [through_crdb]  # the local PUT was undone by the CRDB's configuration push

@@ -419,6 +419,11 @@ class FakeFollowUps:
 class FakeRotator:
     clusters: dict[str, FakeCluster]
     followups: FakeFollowUps | None
+    # what the TLS probe proves: True, the listener serves another certificate
+    proof: bool = True
+
+    def served_elsewhere(self, cluster: str, name: str, fingerprint: str) -> bool:
+        return self.proof
 
 
 def intent(phase: Phase, name: str, issued: IssuedCertificate, old: str | None = None) -> Intent:
@@ -467,6 +472,21 @@ def test_replay_of_an_install_that_did_not_happen(
     keeper.replay(FakeRotator({"east": FakeCluster({})}, followups))  # type: ignore[arg-type]
     assert [e.serial for e in keeper.state.superseded] == [lost.serial]
     assert keeper.state.journal == {} and followups.calls == []
+
+
+def test_defect11_no_revocation_without_proof_from_the_listener(
+    keeper: IntentJournal, test_ca: OfflineCA
+) -> None:
+    """The read-back shows another certificate, but the listener cannot be shown to serve
+    another: the certificate may be in use, so it stays in the journal, never revoked."""
+    assert keeper.state is not None
+    maybe = issued_cert(test_ca)
+    keeper.state.journal_installing(intent("installing", "proxy", maybe))
+    rotator = FakeRotator({"east": FakeCluster({})}, FakeFollowUps(), proof=False)
+    errors = keeper.replay(rotator)  # type: ignore[arg-type]
+    assert "not revoked" in errors[("east", "proxy")]
+    assert keeper.state.superseded == []
+    assert set(keeper.state.journal) == {("east", "proxy")}
 
 
 def test_replay_keeps_what_it_cannot_resolve(keeper: IntentJournal, test_ca: OfflineCA) -> None:
@@ -555,3 +575,31 @@ def test_a_second_issue_orphans_the_first(test_ca: OfflineCA) -> None:
 
 def test_record_defaults() -> None:
     assert State().record(("x", "y")) == CertRecord()
+
+
+def test_defect1_failing_follow_ups_hold_back_only_until_expiring(
+    keeper: IntentJournal, settings: Settings, clock: Clock, test_ca: OfflineCA
+) -> None:
+    """Follow-ups that keep failing hold the next rotation back, are published for the
+    metric, and stop holding it once the certificate is expiring."""
+    from vault_bridge.agent.health import Metrics, Snapshot
+    from vault_bridge.state.journal import JournalPendingError
+
+    assert keeper.state is not None
+    pending, old = issued_cert(test_ca), issued_cert(test_ca)
+    keeper.state.pending[("east", "proxy")] = intent("followups", "proxy", pending, old.chain_pem)
+    with pytest.raises(JournalPendingError, match="follow-ups of the last change"):
+        keeper.before_issue(spec(settings, "proxy"))
+    assert keeper.blocked_by_journal(clock()) == {("east", "proxy")}
+    since = keeper.followups_pending()
+    assert since == {("east", "proxy"): T0}
+    metrics = Metrics()
+    metrics.publish(Snapshot(followups_pending=since))
+    text = metrics.exposition().decode()
+    assert (
+        'vault_bridge_followups_pending_since_timestamp_seconds{cluster="east",name="proxy"}'
+        in (text)
+    )
+    clock.advance(timedelta(days=28))  # less than 10% of the 30-day lifetime left
+    keeper.before_issue(spec(settings, "proxy"))  # renewed anyway
+    assert keeper.blocked_by_journal(clock()) == set()

@@ -19,11 +19,12 @@ import re
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from vault_bridge.adapters.ports import ClusterDatabases, CrdbRunner, Monotonic, Sleep, UpdateResult
+from vault_bridge.adapters.redis_enterprise import new_task_id
 from vault_bridge.config.schema import ClusterSettings
 from vault_bridge.errors import ClusterError, FollowUpError
 from vault_bridge.models.cluster import CrdbTask
@@ -73,13 +74,50 @@ class RestRunner:
 
     def update(self, guid: str, *, on_sent: Callable[[], None]) -> UpdateResult:
         on_sent()
-        try:
-            task = self.client.crdb_update(guid)
-        except ClusterError as exc:
-            raise FollowUpError(
-                f"POST /v1/crdbs/{guid}/updates failed: {exc}", cluster=self.client.name
-            ) from exc
+        return self.apply(guid, {"force_update": True})
+
+    def apply(self, guid: str, body: Mapping[str, Any]) -> UpdateResult:
+        """POST /v1/crdbs/<guid>/updates with a modify_request ``body``, then poll its task
+        (GET /v1/crdb_tasks/<id>) until it ends."""
+        task = self._post(guid, body)
         logger.debug("CRDB %s: task %s %s", guid, task.id, task.status)
+        return self._wait(guid, task)
+
+    def _post(self, guid: str, body: Mapping[str, Any]) -> CrdbTask:
+        """POST the update with an ``X-Task-ID`` of ours. When the answer is lost (a timeout,
+        a dropped connection, a 5xx) the task is looked up by that ID and polled rather than
+        posted twice; only when the cluster does not know the ID after a few looks is the
+        same request (same ID) sent once more."""
+        task_id = new_task_id()
+        for attempt in range(2):
+            try:
+                return self.client.crdb_update(guid, body, task_id=task_id)
+            except ClusterError as exc:
+                if not exc.retryable or attempt == 1:
+                    raise FollowUpError(
+                        f"POST /v1/crdbs/{guid}/updates failed: {exc}", cluster=self.client.name
+                    ) from exc
+                logger.warning(
+                    "CRDB %s: %s; looking for task %s before sending again", guid, exc, task_id
+                )
+            found = self._find_task(task_id)
+            if found is not None:
+                return found
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _find_task(self, task_id: str) -> CrdbTask | None:
+        delay = self.first_poll
+        for _ in range(3):
+            try:
+                return self.client.crdb_task(task_id)
+            except ClusterError as exc:
+                if exc.status != 404 and not exc.retryable:
+                    raise FollowUpError(f"task {task_id}: {exc}", cluster=self.client.name) from exc
+            self._sleep(delay)
+            delay = min(delay * 4, self.max_poll)
+        return None
+
+    def _wait(self, guid: str, task: CrdbTask) -> UpdateResult:
         deadline = self._clock() + self.timeout
         delay = self.first_poll
         while not task.done:

@@ -145,6 +145,12 @@ class ClusterCertificates(Protocol):
         """Trust these CA certificates for the REST API too (no request)."""
         ...
 
+    @property
+    def backoff(self) -> float:
+        """The first retry delay in seconds (the executor waits it before an install's
+        read-back)."""
+        ...
+
     def certificates(self) -> dict[str, InstalledCertificate]:
         """GET /v1/cluster/certificates -> installed certificates by name."""
         ...
@@ -192,8 +198,11 @@ class ClusterDatabases(Protocol):
         """GET /v1/crdb_tasks/<id>"""
         ...
 
-    def crdb_update(self, guid: str) -> CrdbTask:
-        """POST /v1/crdbs/<guid>/updates with ``{"force_update": true}`` (never resent)."""
+    def crdb_update(
+        self, guid: str, body: Mapping[str, Any] | None = None, *, task_id: str | None = None
+    ) -> CrdbTask:
+        """POST /v1/crdbs/<guid>/updates (default ``{"force_update": true}``) with an
+        ``X-Task-ID`` (``task_id``, or a new one); sent once."""
         ...
 
     def bdbs(self) -> list[Bdb]:

@@ -14,10 +14,11 @@ import os
 import ssl
 import tempfile
 import threading
+import uuid
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import requests
@@ -26,8 +27,8 @@ from requests.adapters import HTTPAdapter
 
 from vault_bridge.config.schema import ClusterSettings
 from vault_bridge.decisions.install import CertUpload
-from vault_bridge.errors import ClusterError
-from vault_bridge.models.certificates import InstalledCertificate, IssuedCertificate
+from vault_bridge.errors import CertificateError, ClusterError
+from vault_bridge.models.certificates import CertName, InstalledCertificate, IssuedCertificate
 from vault_bridge.models.cluster import (
     Bdb,
     ClusterAccess,
@@ -39,6 +40,15 @@ from vault_bridge.models.cluster import (
 )
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Certificates every cluster has and cannot delete (requests/cluster/certificates/_index.md,
+# DELETE: 403 for a required certificate): an answer without one of them is malformed, never
+# "the certificate is missing".
+REQUIRED_CERTIFICATES = ("api", "cm", "proxy", "syncer")
+# What a malformed answer may raise while it is turned into typed values.
+_MALFORMED = (KeyError, TypeError, ValueError, AttributeError, CertificateError)
 
 RETRY_STATUSES = frozenset({409, 500, 503})
 
@@ -70,6 +80,13 @@ DATABASE_STATUS_MESSAGES: Mapping[int, str] = {
     409: "the database is busy with another change",
     500: "internal error on the cluster",
     503: "the node is not answering or not in the cluster",
+}
+
+# GET /v1/users/role and GET /v1/users
+ROLE_STATUS_MESSAGES: Mapping[int, str] = {
+    401: "authentication failed: wrong username or password",
+    403: "forbidden: the user may not read users",
+    404: "no such endpoint on this cluster version",
 }
 
 
@@ -249,6 +266,11 @@ class ClusterClient:
             )
 
     @property
+    def backoff(self) -> float:
+        """The first retry delay, in seconds (doubled at each retry)."""
+        return self._backoff
+
+    @property
     def verify(self) -> str | bool:
         return self._verify
 
@@ -281,16 +303,26 @@ class ClusterClient:
         if self._pin_session is not None:
             self._pin_session.auth = credentials
 
-    def _send(self, method: str, path: str, body: Any | None) -> requests.Response:
+    def _send(
+        self,
+        method: str,
+        path: str,
+        body: Any | None,
+        *,
+        timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> requests.Response:
         self._ensure_auth()
         self._ensure_client_certificate()
         url = f"{self.settings.url}{path}"
         data = json.dumps(body) if body is not None else None
-        headers = {"Content-Type": "application/json"} if body is not None else {}
+        all_headers = {"Content-Type": "application/json"} if body is not None else {}
+        all_headers.update(headers or {})
         kwargs: dict[str, Any] = {
             "data": data,
-            "headers": headers,
-            "timeout": self.settings.timeout,
+            "headers": all_headers,
+            # (connect, read): a long read timeout only where the endpoint documents one.
+            "timeout": (self.settings.timeout, timeout or self.settings.timeout),
         }
         try:
             if self._verify is False:
@@ -322,6 +354,14 @@ class ClusterClient:
                 method=method,
                 url=url,
             ) from exc
+        except requests.exceptions.Timeout as exc:
+            raise ClusterError(
+                f"no answer within {timeout or self.settings.timeout:g}s: {_short(exc)}",
+                cluster=self.name,
+                method=method,
+                url=url,
+                retryable=True,
+            ) from exc
         except requests.exceptions.RequestException as exc:
             raise ClusterError(
                 f"cannot reach the cluster: {_short(exc)}",
@@ -340,14 +380,16 @@ class ClusterClient:
         certificate: str | None = None,
         messages: Mapping[int, str] = INSTALL_STATUS_MESSAGES,
         retry: bool = True,
+        timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Any:
         """Send one request, retrying 409/500/503 and connection errors with backoff."""
         attempts = self._retries + 1 if retry else 1
         for attempt in range(attempts):
             try:
-                response = self._send(method, path, body)
+                response = self._send(method, path, body, timeout=timeout, headers=headers)
                 if response.status_code < 400:
-                    return response.json() if response.content else {}
+                    return self._json(response, method, path)
                 raise self._error(response, method, path, certificate, messages)
             except ClusterError as exc:
                 if not exc.retryable or attempt == attempts - 1:
@@ -358,6 +400,32 @@ class ClusterClient:
                 )
                 self._sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _json(self, response: requests.Response, method: str, path: str) -> Any:
+        """The JSON of a 2xx answer; a body that is not JSON is a malformed answer."""
+        if not response.content:
+            return {}
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise self.malformed(method, path, f"not JSON ({_short(exc)})") from exc
+
+    def malformed(self, method: str, path: str, what: str) -> ClusterError:
+        """The error for an answer that cannot be what the endpoint returns: nothing is
+        concluded from it (never "missing", never "not installed")."""
+        return ClusterError(
+            f"malformed answer: {what}; nothing was changed because of it",
+            cluster=self.name,
+            method=method,
+            url=f"{self.settings.url}{path}",
+        )
+
+    def _typed(self, method: str, path: str, build: Callable[[], T]) -> T:
+        """``build()`` the typed value of an answer; a wrong shape is a malformed answer."""
+        try:
+            return build()
+        except _MALFORMED as exc:
+            raise self.malformed(method, path, f"{type(exc).__name__}: {_short(exc)}") from exc
 
     def _error(
         self,
@@ -372,10 +440,14 @@ class ClusterClient:
         try:
             payload = response.json()
             if isinstance(payload, dict):
-                code = str(payload.get("error_code", ""))
-                description = str(payload.get("description", ""))
+                code = str(payload.get("error_code") or "")
+                # The cluster endpoints say "description"; bdb and CRDB errors say "message"
+                # (requests/bdbs/_index.md): read both.
+                description = "; ".join(
+                    str(payload[k]) for k in ("message", "description") if payload.get(k)
+                )
         except ValueError:
-            description = response.text[:200]
+            description = response.text[:200].strip()
         text = ERROR_CODE_MESSAGES.get(code) or messages.get(status) or f"unexpected HTTP {status}"
         if status == 401 and self._client_cert is not None:
             text = (
@@ -404,7 +476,7 @@ class ClusterClient:
     def nodes(self) -> list[Node]:
         """GET /v1/nodes"""
         data = self.request("GET", "/v1/nodes")
-        return [Node(int(n["uid"]), str(n.get("software_version", "0"))) for n in data]
+        return self._typed("GET", "/v1/nodes", lambda: [Node.from_json(n) for n in _list(data)])
 
     def lowest_version(self) -> tuple[int, ...]:
         """The lowest ``software_version`` over the nodes (GET /v1/nodes)."""
@@ -449,40 +521,106 @@ class ClusterClient:
         return OcspStatus.from_json(self.request("POST", "/v1/ocsp/test", retry=False))
 
     def certificates(self) -> dict[str, InstalledCertificate]:
-        """GET /v1/cluster/certificates -> installed certificates by name (keys dropped)."""
-        data = self.request("GET", "/v1/cluster/certificates")
+        """GET /v1/cluster/certificates -> installed certificates by name (keys dropped).
+
+        Strict: an answer that is not an object, lacks a certificate every cluster has, or
+        holds something other than a PEM certificate for a name vault_bridge knows is
+        malformed (a :class:`ClusterError`), never read as "missing"."""
+        path = "/v1/cluster/certificates"
+        data = self.request("GET", path)
+        if not isinstance(data, dict):
+            raise self.malformed("GET", path, f"expected an object, got {type(data).__name__}")
+        absent = [n for n in REQUIRED_CERTIFICATES if not _pem_text(data.get(f"{n}_cert"))]
+        if absent:
+            raise self.malformed(
+                "GET", path, f"no {', '.join(f'{n}_cert' for n in absent)} in the answer"
+            )
+        known = {n.value for n in CertName}
         out: dict[str, InstalledCertificate] = {}
         for key, value in data.items():
-            if key.endswith("_cert") and isinstance(value, str) and value.strip():
-                name = key.removesuffix("_cert")
+            if not key.endswith("_cert") or value in (None, ""):
+                continue
+            name = key.removesuffix("_cert")
+            if name not in known:
+                continue
+            if not isinstance(value, str):
+                raise self.malformed("GET", path, f"{key} is a {type(value).__name__}")
+            try:
                 out[name] = InstalledCertificate.from_pem(name, value)
+            except CertificateError as exc:
+                raise self.malformed("GET", path, f"{key}: {exc}") from exc
         return out
 
     def put_certificates(self, items: Sequence[CertUpload]) -> None:
-        """PUT /v1/cluster/certificates (bulk, 7.22.2+); all items or none are applied."""
+        """PUT /v1/cluster/certificates (bulk, 7.22.2+); all items or none are applied.
+
+        Sent once, with the install timeout (the OpenAPI gives this endpoint 900 s): after a
+        timeout or a dropped connection the caller reads the certificates back before sending
+        again (:class:`vault_bridge.rotation.executor.Rotator`)."""
         body = {"certificates": [item.as_json() for item in items]}
         self.request(
-            "PUT", "/v1/cluster/certificates", body, certificate=",".join(i.name for i in items)
+            "PUT",
+            "/v1/cluster/certificates",
+            body,
+            certificate=",".join(i.name for i in items),
+            retry=False,
+            timeout=self.settings.install_timeout,
         )
 
     def update_cert(self, item: CertUpload) -> None:
-        """PUT /v1/cluster/update_cert (one certificate, every version)."""
-        self.request("PUT", "/v1/cluster/update_cert", item.as_json(), certificate=item.name)
+        """PUT /v1/cluster/update_cert (one certificate, every version); sent once, with the
+        install timeout, like :meth:`put_certificates`."""
+        self.request(
+            "PUT",
+            "/v1/cluster/update_cert",
+            item.as_json(),
+            certificate=item.name,
+            retry=False,
+            timeout=self.settings.install_timeout,
+        )
 
-    def can_install(self) -> bool:
-        """PUT /v1/cluster/update_cert with an empty body: a permission probe that changes nothing.
-
-        An admin gets 400 (the body is invalid); a user without ``update_cluster`` gets 403.
-        """
+    def user_role(self) -> str | None:
+        """GET /v1/users/role (in the OpenAPI document): the management role of the user we
+        log in as; None when the cluster does not have the endpoint (404: older clusters)."""
+        path = "/v1/users/role"
         try:
-            self.request("PUT", "/v1/cluster/update_cert", {}, retry=False)
+            data = self.request("GET", path, retry=False, messages=ROLE_STATUS_MESSAGES)
+        except ClusterError as exc:
+            if exc.status in (404, 405):
+                return None
+            raise
+        return self._typed("GET", path, lambda: _str_field(data, "role"))
+
+    def role_from_users(self) -> str | None:
+        """GET /v1/users: the role of our user's entry (matched by ``email``); None when the
+        user may not list users (403: only ``admin`` and ``user_manager`` may)."""
+        path = "/v1/users"
+        try:
+            data = self.request("GET", path, retry=False, messages=ROLE_STATUS_MESSAGES)
         except ClusterError as exc:
             if exc.status == 403:
-                return False
-            if exc.status in (400, 404):
-                return True
+                return None
             raise
-        return True
+
+        def find(items: Any) -> str | None:
+            for user in _list(items):
+                if isinstance(user, dict) and user.get("email") == self.settings.username:
+                    return _str_field(user, "role")
+            return None
+
+        return self._typed("GET", path, lambda: find(data))
+
+    def management_role(self) -> str | None:
+        """The management role of our user: GET /v1/users/role, or on a cluster without it
+        GET /v1/users; None when neither tells. Neither changes anything, and neither 403 can
+        be confused with the "unknown certificate" 403 of the install endpoints (the old
+        probe, PUT /v1/cluster/update_cert, was both deprecated and ambiguous)."""
+        role = self.user_role()
+        return role if role is not None else self.role_from_users()
+
+    def can_install(self) -> bool:
+        """Whether our user holds ``admin``, the one role with ``update_cluster``."""
+        return self.management_role() == "admin"
 
     # -- databases and Active-Active (the follow-ups) ------------------------------------
 
@@ -499,52 +637,55 @@ class ClusterClient:
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=count)
         self._session.mount("https://", adapter)
 
+    def _get(self, path: str, build: Callable[[Any], T]) -> T:
+        data = self.request("GET", path, messages=DATABASE_STATUS_MESSAGES)
+        return self._typed("GET", path, lambda: build(data))
+
     def crdbs(self) -> list[Crdb]:
         """GET /v1/crdbs"""
-        data = self.request("GET", "/v1/crdbs", messages=DATABASE_STATUS_MESSAGES)
-        return [Crdb.from_json(c) for c in data]
+        return self._get("/v1/crdbs", lambda data: [Crdb.from_json(c) for c in _list(data)])
 
     def crdb(self, guid: str) -> Crdb:
         """GET /v1/crdbs/<guid>"""
-        return Crdb.from_json(
-            self.request("GET", f"/v1/crdbs/{guid}", messages=DATABASE_STATUS_MESSAGES)
-        )
+        return self._get(f"/v1/crdbs/{guid}", Crdb.from_json)
 
     def crdb_tasks(self) -> list[CrdbTask]:
         """GET /v1/crdb_tasks"""
-        data = self.request("GET", "/v1/crdb_tasks", messages=DATABASE_STATUS_MESSAGES)
-        items = data.get("tasks", []) if isinstance(data, dict) else data
-        return [CrdbTask.from_json(t) for t in items]
+
+        def build(data: Any) -> list[CrdbTask]:
+            items = data.get("tasks", []) if isinstance(data, dict) else data
+            return [CrdbTask.from_json(t) for t in _list(items)]
+
+        return self._get("/v1/crdb_tasks", build)
 
     def crdb_task(self, task_id: str) -> CrdbTask:
         """GET /v1/crdb_tasks/<id>"""
-        return CrdbTask.from_json(
-            self.request("GET", f"/v1/crdb_tasks/{task_id}", messages=DATABASE_STATUS_MESSAGES)
-        )
+        return self._get(f"/v1/crdb_tasks/{task_id}", CrdbTask.from_json)
 
-    def crdb_update(self, guid: str) -> CrdbTask:
-        """POST /v1/crdbs/<guid>/updates with ``{"force_update": true}`` (never resent: a
-        second POST would start a second task)."""
-        return CrdbTask.from_json(
-            self.request(
-                "POST",
-                f"/v1/crdbs/{guid}/updates",
-                {"force_update": True},
-                messages=DATABASE_STATUS_MESSAGES,
-                retry=False,
-            )
+    def crdb_update(
+        self, guid: str, body: Mapping[str, Any] | None = None, *, task_id: str | None = None
+    ) -> CrdbTask:
+        """POST /v1/crdbs/<guid>/updates (default body ``{"force_update": true}``) with an
+        ``X-Task-ID`` of our choosing (requests/crdbs/updates.md): sent once; after a timeout
+        the caller polls ``GET /v1/crdb_tasks/<that id>`` instead of starting a second task."""
+        path = f"/v1/crdbs/{guid}/updates"
+        data = self.request(
+            "POST",
+            path,
+            dict(body) if body is not None else {"force_update": True},
+            messages=DATABASE_STATUS_MESSAGES,
+            retry=False,
+            headers={"X-Task-ID": task_id or new_task_id()},
         )
+        return self._typed("POST", path, lambda: CrdbTask.from_json(data))
 
     def bdbs(self) -> list[Bdb]:
         """GET /v1/bdbs"""
-        data = self.request("GET", "/v1/bdbs", messages=DATABASE_STATUS_MESSAGES)
-        return [Bdb.from_json(b) for b in data]
+        return self._get("/v1/bdbs", lambda data: [Bdb.from_json(b) for b in _list(data)])
 
     def bdb(self, uid: int) -> Bdb:
         """GET /v1/bdbs/<uid>"""
-        return Bdb.from_json(
-            self.request("GET", f"/v1/bdbs/{uid}", messages=DATABASE_STATUS_MESSAGES)
-        )
+        return self._get(f"/v1/bdbs/{uid}", Bdb.from_json)
 
     # -- a database's own proxy certificate ---------------------------------------------
 
@@ -611,9 +752,30 @@ class ClusterClient:
 
     def update_bdb(self, uid: int, changes: Mapping[str, Any]) -> Bdb:
         """PUT /v1/bdbs/<uid> (409 busy is retried with backoff)."""
-        return Bdb.from_json(
-            self.request("PUT", f"/v1/bdbs/{uid}", dict(changes), messages=DATABASE_STATUS_MESSAGES)
-        )
+        path = f"/v1/bdbs/{uid}"
+        data = self.request("PUT", path, dict(changes), messages=DATABASE_STATUS_MESSAGES)
+        return self._typed("PUT", path, lambda: Bdb.from_json(data))
+
+
+def new_task_id() -> str:
+    """A task ID for ``X-Task-ID`` (a UUID, as the cluster's own task IDs are)."""
+    return str(uuid.uuid4())
+
+
+def _list(data: Any) -> list[Any]:
+    if not isinstance(data, list):
+        raise TypeError(f"expected a list, got {type(data).__name__}")
+    return data
+
+
+def _str_field(data: Any, key: str) -> str:
+    if not isinstance(data, dict) or not isinstance(data.get(key), str):
+        raise TypeError(f"expected an object with a string {key!r}")
+    return str(data[key])
+
+
+def _pem_text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
 
 
 _PEER_ALERTS = (

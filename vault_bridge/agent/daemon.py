@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from vault_bridge.adapters.ports import VaultAuth
+from vault_bridge.agent.ha import Coordinator
 from vault_bridge.agent.health import Metrics, Snapshot, login_samples, serving
 from vault_bridge.agent.oneshot import result_json
 from vault_bridge.agent.passes import AgentRotator, Passes
@@ -40,6 +41,7 @@ from vault_bridge.decisions.token import renew_due_at
 from vault_bridge.errors import StateError, VaultBridgeError, VaultUnavailableError
 from vault_bridge.models.times import iso, utc_now
 from vault_bridge.rotation.app import App, build
+from vault_bridge.rotation.executor import Outcome
 from vault_bridge.rotation.followups import FollowUps
 from vault_bridge.state.journal import IntentJournal
 from vault_bridge.state.store import LockHeld, StateDir
@@ -66,6 +68,7 @@ class Agent:
         clock: Clock = utc_now,
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
+        ha: Coordinator | None = None,
     ) -> None:
         self.settings = settings
         self.config_path = Path(config_path) if config_path else settings.path
@@ -74,14 +77,23 @@ class Agent:
         self.metrics = metrics or Metrics()
         self.state_dir = StateDir(settings.agent.state_dir)
         self.signals = Signals(lambda: self.stop_grace)
+        # [ha]: the leases, and the state in Vault's KV engine instead of state.json
+        self.ha = (
+            ha
+            if ha is not None or settings.ha is None
+            else Coordinator.from_settings(settings, clock=clock)
+        )
         self.keeper = IntentJournal(
             self.state_dir,
             settings,
             clock=clock,
             stopping=lambda: self.signals.stopping,
             on_installed=lambda change: self.passes.installed(change),
+            store=self.ha.store if self.ha is not None else None,
         )
         self.passes = Passes(settings, self.keeper, clock=clock, rng=self.rng)
+        if self.ha is not None:
+            self.passes.leads = self.ha.leads
         self.app: App | None = None
         self.state_backoff = Backoff()
         self.token_backoff = Backoff()
@@ -108,6 +120,9 @@ class Agent:
             server = stack.enter_context(serving(self.settings.agent.listen, self.metrics))
             if server is not None and server.address:
                 logger.debug("listening on %s", server.address)
+            if self.ha is not None:
+                stack.callback(self.ha.close)  # after _close: the leases go last
+                self.ha.start()
             stack.callback(self._close)
             logger.info(
                 "agent started: %d cluster(s), %d certificate(s), state in %s",
@@ -150,11 +165,13 @@ class Agent:
             return
         app = self._app()
         now = self.clock()
+        passes = self.passes
+        if self.ha is not None and self.ha.step(self.keeper):
+            passes.pass_now = True  # a cluster taken over: its journal first, then a pass
         if not self.keeper.healthy and self.state_backoff.allows(now):
             self._recover_state(now)
         self._token(app, now)
         self._renew_logins(app, now)
-        passes = self.passes
         if self._journal_open() and (passes.replay_backoff.allows(now) or passes.pass_now):
             passes.replay(app)
         for request in self.state_dir.take_requests():
@@ -169,6 +186,7 @@ class Agent:
             enabled=self.settings.agent.revoke_superseded,
             rng=self.rng,
             blocked_for=self.resync,
+            prove=self.ha.prove if self.ha is not None else None,
         )
 
     # -- state directory ---------------------------------------------------------------------
@@ -215,7 +233,8 @@ class Agent:
         try:
             if self.keeper.state is None:
                 self.keeper.load()
-                logger.info("state loaded from %s", self.state_dir.state_path)
+                where = self.ha.store.state_path if self.ha else self.state_dir.state_path
+                logger.info("state loaded from %s", where)
             self.keeper.save()  # proves the directory writable before anything is issued
         except StateError as exc:
             self.state_backoff = after_failure(
@@ -238,7 +257,9 @@ class Agent:
                 clock=self.clock,
                 hooks=self.keeper,
                 # observes the follow-up window into the agent's registry
-                followups=FollowUps.from_settings(self.settings, metrics=self.metrics),
+                followups=FollowUps.from_settings(
+                    self.settings, metrics=self.metrics, crdb_locks=self.ha
+                ),
                 rotator_cls=AgentRotator,
             )
         return self.app
@@ -270,6 +291,10 @@ class Agent:
         self.settings = new
         self.keeper.settings = new
         self.passes.reload(new)
+        if self.ha is not None:
+            if new.ha is None or new.ha.model_dump() != self.ha.config.model_dump():
+                logger.warning("[ha] changed: this takes effect at the next start")
+            self.ha.settings = replace(new, ha=self.ha.config)
         configured = {(s.cluster, s.name.value) for s in new.specs()}
         self.token_backoff = Backoff()
         if self.keeper.state is not None:
@@ -351,6 +376,11 @@ class Agent:
             result = self.passes.run(app, only=configured - held)
         if self.keeper.unresolved():
             self.passes.replay(app)
+        if self.ha is not None:
+            for cluster, name in sorted(targets):
+                if not self.ha.leads(cluster):
+                    error = "this replica does not lead the cluster: ask its leader (see `status`)"
+                    result.outcomes.append(Outcome(cluster, name, "failed", error=error))
         try:
             self.state_dir.write_result(request_id, result_json(result))
         except StateError as exc:
@@ -383,6 +413,8 @@ class Agent:
                     candidates.append(
                         (login.next_attempt, f"login certificate of {login.spec.cluster}")
                     )
+        if self.ha is not None:
+            candidates.append((self.ha.next_step_at(now), "leases"))
         candidates.append((now + self.resync, "resync"))
         return next_wake(now, candidates)
 
@@ -412,6 +444,8 @@ class Agent:
         if self.token_error:
             reasons.append(f"Vault: {self.token_error}")
         reasons.extend(self.passes.reasons())
+        if self.ha is not None:
+            reasons.extend(self.ha.reasons())
         vault = self.app.vault if self.app is not None else None
         ocsp = {}
         if self.app is not None:
@@ -424,6 +458,9 @@ class Agent:
                 token_expires_at=vault.token_expires_at if vault else None,
                 ready=not reasons,
                 reasons=tuple(reasons),
+                followups_pending=self.keeper.followups_pending(),
+                leaders=self.ha.leaders() if self.ha is not None else {},
+                lease_renewal_failures=dict(self.ha.failures) if self.ha is not None else {},
                 ocsp=ocsp,
             )
         )

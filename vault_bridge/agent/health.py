@@ -89,6 +89,12 @@ class Snapshot:
     # The proxy certificate's OCSP status by cluster (stapling on): GOOD, REVOKED, UNKNOWN.
     ocsp: Mapping[str, str] = field(default_factory=dict)
 
+    # (cluster, name) -> since when the follow-ups of its last change have been pending
+    followups_pending: Mapping[tuple[str, str], datetime] = field(default_factory=dict)
+    # With [ha]: by cluster, whether this replica leads it, and its lease renewal failures.
+    leaders: Mapping[str, bool] = field(default_factory=dict)
+    lease_renewal_failures: Mapping[str, int] = field(default_factory=dict)
+
 
 def login_samples(logins: Iterable[LoginCertificate], now: datetime) -> tuple[CertSample, ...]:
     """The login certificates (``login = "certificate"``) as ``/metrics`` shows them, under the
@@ -227,9 +233,36 @@ class _SnapshotCollector(Collector):
         for cluster, current in sorted(snap.ocsp.items()):
             for status in OCSP_STATUSES:
                 ocsp.add_metric([cluster, status], 1.0 if status == current else 0.0)
+        pending = GaugeMetricFamily(
+            "vault_bridge_followups_pending_since_timestamp_seconds",
+            "Since when the Active-Active / Replica Of follow-ups of the certificate's last "
+            "change have been pending (Unix time); absent when none are.",
+            labels=labels,
+        )
+        for (cluster, name), since in sorted(snap.followups_pending.items()):
+            pending.add_metric([cluster, name], since.timestamp())
         yield from (expiration, renewal, ready, expiring, overdue, issuer_expiring, outdated)
         yield overrides
-        yield from (rotations, token, ocsp)
+        yield from (rotations, token, pending, ocsp)
+        if snap.leaders:
+            yield from _ha_families(snap)
+
+
+def _ha_families(snap: Snapshot) -> Iterable[Any]:
+    leader = GaugeMetricFamily(
+        "vault_bridge_leader",
+        "1 on the replica that leads the cluster (holds its lease), else 0.",
+        labels=["cluster"],
+    )
+    failures = CounterMetricFamily(
+        "vault_bridge_lease_renewal_failures",
+        "Lease renewals of the cluster that failed on this replica, since it started.",
+        labels=["cluster"],
+    )
+    for cluster, leads in sorted(snap.leaders.items()):
+        leader.add_metric([cluster], 1.0 if leads else 0.0)
+        failures.add_metric([cluster], snap.lease_renewal_failures.get(cluster, 0))
+    yield from (leader, failures)
 
 
 # -- the listener ----------------------------------------------------------------------------

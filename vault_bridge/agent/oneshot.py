@@ -23,7 +23,7 @@ from vault_bridge.adapters.ports import Monotonic, Sleep
 from vault_bridge.agent.revocation import revoke_due
 from vault_bridge.config.schema import Settings
 from vault_bridge.decisions.renewal import CertStatus
-from vault_bridge.errors import StateError
+from vault_bridge.errors import ConfigError, StateError
 from vault_bridge.models.times import iso_or_none, parse_iso, utc_now
 from vault_bridge.rotation.app import AppPorts, build
 from vault_bridge.rotation.executor import Outcome, PassResult, RotationHooks
@@ -83,6 +83,7 @@ def result_json(result: PassResult) -> dict[str, Any]:
                 "not_after": iso_or_none(o.not_after),
                 "error": o.error,
                 "reason": o.reason,
+                "note": o.note,
             }
             for o in result.outcomes
         ],
@@ -103,6 +104,7 @@ def result_from_json(data: dict[str, Any]) -> PassResult:
                 not_after=parse_iso(not_after) if not_after else None,
                 error=item.get("error"),
                 reason=str(item.get("reason") or ""),
+                note=item.get("note"),
             )
         )
     result.cluster_errors.update(
@@ -137,6 +139,14 @@ def rotate_once(
     while True:
         try:
             with state_dir.locked("cli"):
+                if settings.ha is not None:
+                    # The state is in Vault and the clusters are led by the replicas: a pass
+                    # of its own here would bypass their leases.
+                    raise ConfigError(
+                        "ha: with [ha], `run --once` and `issue` go through a running replica "
+                        f"(`vault-bridge run` on the state directory {state_dir.path}); none "
+                        "runs there"
+                    )
                 return _rotate_locked(settings, state_dir, forced, only, clock, build_app)
         except LockHeld as exc:
             if exc.agent_pid is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -46,6 +46,10 @@ from vault_bridge.state.records import Key, key_text, log_change
 logger = logging.getLogger(__name__)
 
 
+def _everything(cluster: str) -> bool:
+    return True
+
+
 _STATE_MESSAGES = {
     "ok": "valid and ours",
     "due": "due for renewal",
@@ -63,6 +67,24 @@ class AgentRotator(Rotator):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.obtain_errors: dict[Key, VaultBridgeError] = {}
+        self.leads: Callable[[str], bool] = _everything
+
+    def run_once(
+        self,
+        *,
+        force: Iterable[tuple[str, str]] = (),
+        only: set[tuple[str, str]] | None = None,
+    ) -> PassResult:
+        """The pass over the clusters this replica leads (all of them without ``[ha]``)."""
+        full = self.settings
+        led = tuple(c for c in full.clusters if self.leads(c.name))
+        if len(led) == len(full.clusters):
+            return super().run_once(force=force, only=only)
+        self.settings = replace(full, clusters=led)
+        try:
+            return super().run_once(force=force, only=only)
+        finally:
+            self.settings = full
 
     def obtain(self, spec: CertSpec, *, explicit: bool = False) -> IssuedCertificate:
         try:
@@ -133,6 +155,8 @@ class Passes:
         self.pass_now = True
         self._installed_now: set[Key] = set()
         self.window_overrides: Counter[Key] = Counter()
+        # With [ha]: the clusters this replica leads right now; the others are left alone.
+        self.leads: Callable[[str], bool] = _everything
 
     @property
     def resync(self) -> timedelta:
@@ -158,6 +182,8 @@ class Passes:
         state = self.keeper.state
         held = self.keeper.blocked_by_journal(now)
         for key in watched(self.settings):
+            if not self.leads(key[0]):
+                continue
             view = self.views.get(key)
             backoff = state.record(key).backoff if state else Backoff()
             cluster_backoff = self.cluster_backoff.get(key[0], Backoff())
@@ -209,9 +235,12 @@ class Passes:
             only = {t.key for t in self.tracked(now) if allowed_now(t, now)}
         for key in [k for k, (until, _) in self.permission.items() if until <= now]:
             del self.permission[key]  # try again: the policy may have been fixed
+        only = {k for k in only if self.leads(k[0])}
+        force = [k for k in force if self.leads(k[0])]
         rotator = app.rotator
         assert isinstance(rotator, AgentRotator)
         rotator.obtain_errors.clear()
+        rotator.leads = self.leads
         self.pass_now = False
         try:
             result = rotator.run_once(force=force, only=only)
@@ -462,11 +491,17 @@ class Passes:
                 rng=self.rng,
                 error="; ".join(errors.values()),
             )
-            logger.warning(
-                "journal: %d entr%s still pending (retrying at %s)",
+            # Follow-ups that keep failing hold back the next renewal of their certificate
+            # (until it is expiring): an ERROR, and vault_bridge_followups_pending_since_...
+            state = self.keeper.state
+            followups = state is not None and any(k in state.pending for k in errors)
+            logger.log(
+                logging.ERROR if followups else logging.WARNING,
+                "journal: %d entr%s still pending (retrying at %s)%s",
                 len(errors),
                 "y" if len(errors) == 1 else "ies",
                 iso(self.replay_backoff.next_attempt),
+                "; the certificate is renewed anyway once it is expiring" if followups else "",
             )
         else:
             self.replay_backoff = Backoff()
@@ -477,6 +512,8 @@ class Passes:
         """Each configured certificate as ``/metrics`` shows it."""
         samples = []
         for key in watched(self.settings):
+            if not self.leads(key[0]):
+                continue
             view = self.views.get(key)
             condition: Condition = "Unknown"
             if view is not None and view.answered and view.state is not None:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 
 from vault_bridge.adapters.ports import Vault
 from vault_bridge.decisions.schedule import after_failure, revocation_decision
-from vault_bridge.errors import VaultError, VaultPermissionError
+from vault_bridge.errors import LeaseLostError, VaultError, VaultPermissionError
 from vault_bridge.models.times import iso
 from vault_bridge.state.journal import IntentJournal
 from vault_bridge.state.records import log_change
@@ -29,9 +30,12 @@ def revoke_due(
     enabled: bool,
     rng: random.Random,
     blocked_for: timedelta,
+    prove: Callable[[str], object] | None = None,
 ) -> None:
     """Revoke the superseded certificates whose grace period is over (``POST <mount>/revoke``
-    by serial, by PEM for a role that keeps no copy); drop the expired ones."""
+    by serial, by PEM for a role that keeps no copy); drop the expired ones. ``prove`` ([ha]):
+    raises :class:`LeaseLostError` unless this replica still leads the cluster; checked right
+    before each revocation, which is skipped (its new leader revokes it) when it raises."""
     state = keeper.state
     if state is None or not state.superseded or not keeper.healthy:
         return
@@ -50,7 +54,7 @@ def revoke_due(
             changed = True
             logger.debug("superseded %s expired: nothing to revoke", entry.serial)
             continue
-        if decision == "wait" or not enabled:
+        if decision == "wait" or not enabled or not _still_leads(prove, entry.cluster):
             continue
         try:
             vault.ensure_token()
@@ -99,3 +103,15 @@ def revoke_due(
         changed = True
     if changed:
         keeper.save_quietly()
+
+
+def _still_leads(prove: Callable[[str], object] | None, cluster: str) -> bool:
+    """[ha]: a fresh proof that this replica leads ``cluster`` (always True without)."""
+    if prove is None:
+        return True
+    try:
+        prove(cluster)
+    except LeaseLostError as exc:
+        logger.info("not revoking for cluster %s: %s", cluster, exc)
+        return False
+    return True

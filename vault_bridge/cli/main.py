@@ -10,6 +10,7 @@ import logging
 import sys
 import traceback
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,8 @@ from vault_bridge.config.schema import Settings, load_config
 from vault_bridge.errors import ConfigError, LabMissingError, VaultBridgeError
 
 if TYPE_CHECKING:
+    from vault_bridge.adapters.vault.client import VaultClient
+    from vault_bridge.cli.render import Leaders
     from vault_bridge.rotation.executor import PassResult
 
 logger = logging.getLogger(__name__)
@@ -62,7 +65,9 @@ pass_ctx = click.make_pass_decorator(Context)
     "-c",
     "config_path",
     envvar="VAULT_BRIDGE_CONFIG",
-    type=click.Path(dir_okay=False),
+    # A plain string: a missing file, a directory or an unreadable one all become the same
+    # one-line configuration error (exit 2) in load_config.
+    type=str,
     help="Configuration file (TOML). Default: $VAULT_BRIDGE_CONFIG or /etc/vault-bridge/config.toml.",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Debug logs and tracebacks on errors.")
@@ -167,11 +172,30 @@ def status(ctx: Context, as_json: bool) -> None:
     with build(settings) as app:
         result = app.rotator.status()
         statuses = with_retry_state(settings, result.statuses, app.rotator.clock())
-    click.echo(status_json(statuses) if as_json else status_table(statuses))
+        leaders = _leaders(settings, app.vault) if settings.ha is not None else None
+    click.echo(status_json(statuses, leaders) if as_json else status_table(statuses, leaders))
     for cluster, error in result.cluster_errors.items():
         click.echo(f"error: cluster {cluster}: {error}", err=True)
     if result.cluster_errors:
         sys.exit(1)
+
+
+def _leaders(settings: Settings, vault: VaultClient) -> Leaders:
+    """[ha]: each cluster's leader and lease expiry, as recorded in Vault."""
+    from vault_bridge.adapters.vault.kv import KvV2
+    from vault_bridge.agent.ha import read_leases
+
+    assert settings.ha is not None
+    kv = KvV2(vault, settings.ha.kv_mount)
+    now = datetime.now(UTC)
+    out: dict[str, tuple[str | None, datetime | None]] = {}
+    for cluster, lease in read_leases(kv, settings.ha, [c.name for c in settings.clusters]).items():
+        live = lease is not None and lease.live(now)
+        out[cluster] = (
+            lease.holder if live and lease else None,
+            lease.expires_at if live and lease else None,
+        )
+    return out
 
 
 @cli.command()

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from vault_bridge.decisions.renewal import Action, CertStatus
-from vault_bridge.models.times import table_time
+from vault_bridge.models.times import iso_or_none, table_time
 from vault_bridge.rotation.executor import PassResult
 
 
@@ -20,9 +20,13 @@ def _short_issuer(issuer: str | None) -> str:
     return issuer
 
 
-def status_table(statuses: Sequence[CertStatus]) -> str:
+# [ha]: by cluster, the replica that leads it (None: nobody) and when its lease expires.
+Leaders = Mapping[str, tuple[str | None, datetime | None]]
+
+
+def status_table(statuses: Sequence[CertStatus], leaders: Leaders | None = None) -> str:
     headers: tuple[str, ...] = ("CLUSTER", "NAME", "STATE", "SERIAL", "ISSUER", "NOT AFTER")
-    headers += ("RENEW AT",)
+    headers += ("RENEW AT", "LEADER", "LEASE EXPIRES") if leaders is not None else ("RENEW AT",)
     ocsp = any(s.ocsp is not None for s in statuses)  # the column only where OCSP is on
     rows = [
         (
@@ -33,8 +37,9 @@ def status_table(statuses: Sequence[CertStatus]) -> str:
             _short_issuer(s.issuer),
             table_time(s.not_after),
             table_time(s.renew_at),
-            *((s.ocsp or "-",) if ocsp else ()),
         )
+        + (_leader_cells(leaders, s.cluster) if leaders is not None else ())
+        + ((s.ocsp or "-",) if ocsp else ())
         for s in statuses
     ]
     if ocsp:
@@ -47,6 +52,11 @@ def status_table(statuses: Sequence[CertStatus]) -> str:
         lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     lines.extend(_notes(statuses))
     return "\n".join(lines)
+
+
+def _leader_cells(leaders: Leaders, cluster: str) -> tuple[str, str]:
+    leader, expires = leaders.get(cluster, (None, None))
+    return (leader or "-", table_time(expires))
 
 
 def _notes(statuses: Sequence[CertStatus]) -> list[str]:
@@ -66,8 +76,20 @@ def _notes(statuses: Sequence[CertStatus]) -> list[str]:
     return notes
 
 
-def status_json(statuses: Sequence[CertStatus]) -> str:
-    return json.dumps([s.as_json() for s in statuses], indent=2)
+def status_json(statuses: Sequence[CertStatus], leaders: Leaders | None = None) -> str:
+    """A list of objects; each has ``leader`` (replica id or null) and ``lease_expires``
+    (ISO 8601 UTC or null): both null without ``[ha]``."""
+    rows = []
+    for s in statuses:
+        leader, expires = (leaders or {}).get(s.cluster, (None, None))
+        rows.append(
+            {
+                **s.as_json(),
+                "leader": leader,
+                "lease_expires": iso_or_none(expires),
+            }
+        )
+    return json.dumps(rows, indent=2)
 
 
 def plan_text(
@@ -92,10 +114,17 @@ def plan_text(
 
 def pass_lines(result: PassResult) -> list[str]:
     lines = []
+    labels = {
+        "installed": "installed",
+        "partial": "installed (partially applied)",
+        "unconfirmed": "installed (not yet confirmed)",
+    }
     for outcome in result.outcomes:
-        if outcome.result == "installed":
+        label = labels.get(outcome.result)
+        if label is not None:
+            note = f" ({outcome.note})" if outcome.note else ""
             lines.append(
-                f"installed {outcome.name} on {outcome.cluster}: serial {outcome.serial}, "
-                f"not_after {table_time(outcome.not_after)}"
+                f"{label} {outcome.name} on {outcome.cluster}: serial {outcome.serial}, "
+                f"not_after {table_time(outcome.not_after)}{note}"
             )
     return lines

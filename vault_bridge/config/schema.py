@@ -7,7 +7,9 @@ path and what was expected, with the nearest valid key suggested for a typo.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -152,11 +154,57 @@ class CertSettings(WindowSettings):
     _issuer = field_validator("issuer_ref")(_check_issuer_ref)
 
 
+# RFC 1123 labels; "_" is allowed too, as service names and some internal zones use it.
+_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+
+
+def check_dns_name(value: str, *, wildcard: bool = True) -> str:
+    """A DNS name (RFC 1123 labels; a leading ``*.`` when ``wildcard``); ValueError if not."""
+    name = value[2:] if wildcard and value.startswith("*.") else value
+    name = name.removesuffix(".")
+    if not name or len(name) > 253 or not all(_DNS_LABEL.fullmatch(p) for p in name.split(".")):
+        raise ValueError(f"expected a DNS name such as re-east.example.com, got {value!r}")
+    return value
+
+
+def check_ip(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"expected an IP address such as 10.0.0.5, got {value!r}") from None
+    return value
+
+
 class CertificateConfig(CertSettings):
-    role: str
+    role: str = Field(min_length=1)
     common_name: str
     alt_names: list[str] = []
     ip_sans: list[str] = []
+
+    @field_validator("common_name")
+    @classmethod
+    def _cn(cls, value: str) -> str:
+        return check_dns_name(value)
+
+    @field_validator("alt_names")
+    @classmethod
+    def _alt_names(cls, value: list[str]) -> list[str]:
+        for index, name in enumerate(value):
+            try:
+                check_dns_name(name)
+            except ValueError as exc:
+                raise ValueError(f"[{index}]: {exc}") from None
+        return value
+
+    @field_validator("ip_sans")
+    @classmethod
+    def _ip_sans(cls, value: list[str]) -> list[str]:
+        for index, ip in enumerate(value):
+            try:
+                check_ip(ip)
+            except ValueError as exc:
+                raise ValueError(f"[{index}]: {exc}") from None
+        return value
 
 
 class DatabaseCertConfig(CertificateConfig):
@@ -198,6 +246,8 @@ class ClusterConfig(WindowSettings):
     ca_fingerprint: str | None = None
     insecure_skip_verify: bool = False
     timeout: float = Field(default=30.0, gt=0)
+    install_timeout: float = Field(default=900.0, gt=0)
+    internode_confirm_timeout: float = Field(default=600.0, ge=0)
     crdb_update: CrdbUpdate = "rest"
     crdb_cli_path: str = "/opt/redislabs/bin/crdb-cli"
     docker_container: str | None = None
@@ -300,10 +350,65 @@ class AgentConfig(_Strict):
         return value
 
 
+_KV_SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
+_REPLICA_ID = re.compile(r"[A-Za-z0-9._@:-]{1,128}")
+MIN_LEASE_TTL = timedelta(seconds=2)
+
+
+class HaConfig(_Strict):
+    """``[ha]``: replicas coordinated through Vault's KV version 2 engine."""
+
+    backend: Literal["vault-kv"] = "vault-kv"
+    kv_mount: str = "secret"
+    path: str = "vault-bridge"
+    lease_ttl: str = "30s"
+    replica_id: str = ""
+
+    @field_validator("kv_mount", "path")
+    @classmethod
+    def _kv_path(cls, value: str) -> str:
+        parts = value.strip("/").split("/")
+        if not value.strip("/") or any(
+            not _KV_SEGMENT.fullmatch(p) or p in (".", "..") for p in parts
+        ):
+            raise ValueError(
+                "expected a KV path of letters, digits, '.', '_' and '-' segments separated "
+                f"by '/', got {value!r}"
+            )
+        return "/".join(parts)
+
+    @field_validator("lease_ttl")
+    @classmethod
+    def _ttl(cls, value: str) -> str:
+        if parse_duration(value) < MIN_LEASE_TTL:
+            raise ValueError(f"expected at least 2s, got {value!r}")
+        return value
+
+    @field_validator("replica_id")
+    @classmethod
+    def _replica(cls, value: str) -> str:
+        if value and not _REPLICA_ID.fullmatch(value):
+            raise ValueError(
+                f"expected up to 128 letters, digits or '.', '_', '@', ':', '-', got {value!r}"
+            )
+        return value
+
+    @property
+    def ttl(self) -> timedelta:
+        return parse_duration(self.lease_ttl)
+
+
+def default_replica_id() -> str:
+    """hostname-pid: unique per process on a host, readable in ``status``."""
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", os.uname().nodename or "host")[:100]
+    return f"{host}-{os.getpid()}"
+
+
 class FileConfig(_Strict):
     vault: VaultConfig = VaultConfig()
     defaults: CertSettings = CertSettings()
     agent: AgentConfig = AgentConfig()
+    ha: HaConfig | None = None
     clusters: list[ClusterConfig] = Field(min_length=1)
 
 
@@ -434,6 +539,10 @@ class ClusterSettings:
     trusted_ca_mount: str | None = None
     ocsp_responder: Literal["vault"] | None = None
     databases: tuple[DatabaseSpec, ...] = ()
+    # PUT /v1/cluster/certificates and update_cert: x-timeout-seconds 900 in the OpenAPI.
+    install_timeout: float = 900.0
+    # How long the read-back after an internode install waits for the REST API to answer.
+    internode_confirm_timeout: float = 600.0
 
     @property
     def host(self) -> str:
@@ -462,6 +571,7 @@ class Settings:
     vault: VaultConfig
     agent: AgentConfig
     clusters: tuple[ClusterSettings, ...]
+    ha: HaConfig | None = None  # [ha]: replicas coordinated through Vault (replica_id set)
 
     def cluster(self, name: str) -> ClusterSettings:
         for cluster in self.clusters:
@@ -676,6 +786,12 @@ def _resolve_certificate_auth(
     return login_spec, databases, trusted_ca_mount
 
 
+def _resolve_ha(ha: HaConfig | None) -> HaConfig | None:
+    if ha is not None and not ha.replica_id:
+        return ha.model_copy(update={"replica_id": default_replica_id()})
+    return ha
+
+
 def _resolve(parsed: FileConfig, path: Path | None) -> Settings:
     seen: set[str] = set()
     clusters: list[ClusterSettings] = []
@@ -725,6 +841,8 @@ def _resolve(parsed: FileConfig, path: Path | None) -> Settings:
                 ca_fingerprint=cluster.ca_fingerprint,
                 insecure_skip_verify=cluster.insecure_skip_verify,
                 timeout=cluster.timeout,
+                install_timeout=cluster.install_timeout,
+                internode_confirm_timeout=cluster.internode_confirm_timeout,
                 crdb_update=cluster.crdb_update,
                 crdb_cli_path=cluster.crdb_cli_path,
                 docker_container=cluster.docker_container,
@@ -745,7 +863,7 @@ def _resolve(parsed: FileConfig, path: Path | None) -> Settings:
     address = vault.address or os.environ.get("VAULT_ADDR", "")
     if not address:
         raise ConfigError("vault.address: missing (set it or $VAULT_ADDR)")
-    if not address.startswith(("https://", "http://")):
+    if not address.startswith(("https://", "http://")) or not urlsplit(address).hostname:
         raise ConfigError(f"vault.address: expected an http(s):// URL, got {address!r}")
     ca_cert = vault.ca_cert or os.environ.get("VAULT_CACERT") or None
     if ca_cert and not Path(ca_cert).is_file():
@@ -754,7 +872,13 @@ def _resolve(parsed: FileConfig, path: Path | None) -> Settings:
     resolved_vault = vault.model_copy(
         update={"address": address.rstrip("/"), "ca_cert": ca_cert, "namespace": namespace}
     )
-    return Settings(path=path, vault=resolved_vault, agent=parsed.agent, clusters=tuple(clusters))
+    return Settings(
+        path=path,
+        vault=resolved_vault,
+        agent=parsed.agent,
+        clusters=tuple(clusters),
+        ha=_resolve_ha(parsed.ha),
+    )
 
 
 def parse_config(data: Mapping[str, Any], path: Path | None = None) -> Settings:

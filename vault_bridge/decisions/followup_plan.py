@@ -16,7 +16,7 @@ from typing import Any
 from vault_bridge.config.schema import CrdbUpdate
 from vault_bridge.errors import CertificateError
 from vault_bridge.models.certificates import CertChange, CertificateInfo, CertName
-from vault_bridge.models.cluster import Bdb, Crdb
+from vault_bridge.models.cluster import Bdb, Crdb, UnsafeReplicaUpdate
 
 Key = tuple[str, str]  # (cluster, certificate name)
 
@@ -36,6 +36,18 @@ def subject(pem: str) -> str:
         return CertificateInfo.from_pem(pem).subject
     except CertificateError:
         return "an unreadable certificate"
+
+
+class WaitingOn(str):
+    """A follow-up error that belongs to other clusters (``clusters``, unreadable): the change
+    itself went well where it could be checked and stays pending until they can be read."""
+
+    clusters: tuple[str, ...]
+
+    def __new__(cls, text: str, clusters: tuple[str, ...]) -> WaitingOn:
+        made = super().__new__(cls, text)
+        made.clusters = clusters
+        return made
 
 
 @dataclass(frozen=True)
@@ -173,9 +185,13 @@ def plan_followups(
         if change.cluster in unreadable:
             errors[key] = f"cannot read cluster {change.cluster}: {views[change.cluster].error}"
         elif unreadable:
-            # A replica on an unreadable cluster would be missed: keep the change pending.
-            errors[key] = "cannot read the databases of " + ", ".join(
-                f"{n} ({views[n].error})" for n in unreadable
+            # A replica on an unreadable cluster would be missed: the change stays pending,
+            # but the failure is that cluster's, not this one's.
+            errors[key] = WaitingOn(
+                f"follow-ups of {change.name} on {change.cluster} wait until the databases of "
+                + ", ".join(f"{n} ({views[n].error})" for n in unreadable)
+                + " can be read",
+                tuple(unreadable),
             )
     followup = [c for c in changes if CertName(c.name).needs_followup]
     changed = [c for c in views if any(ch.cluster == c for ch in followup)]
@@ -187,7 +203,7 @@ def plan_followups(
     proxies = _fps(readable, followup, "proxy")
     syncers = _fps(readable, followup, "syncer")
 
-    server_updates = _server_cert_updates(followup, readable, warnings, syncers)
+    server_updates = _server_cert_updates(followup, readable, warnings, syncers, errors)
     client_updates = _client_cert_updates(followup, readable, warnings, proxies)
     return FollowUpPlan(
         tuple(crdb_steps),
@@ -218,8 +234,10 @@ def _server_cert_updates(
     views: Mapping[str, ClusterView],
     warnings: list[str],
     syncers: Mapping[str, set[str]],
+    errors: dict[Key, str],
 ) -> list[ServerCertUpdate]:
-    """After a source's proxy changed: destinations whose server_cert is the old proxy cert."""
+    """After a source's proxy changed: destinations whose server_cert is the old proxy cert
+    (a database whose entries cannot be sent back safely is an error of its causes)."""
     replace: dict[str, tuple[str, Key]] = {}  # old proxy fp -> (new pem, change)
     for change in changes:
         if change.name != CertName.PROXY:
@@ -232,15 +250,22 @@ def _server_cert_updates(
     updates = []
     for cluster, view in views.items():
         for bdb in view.bdbs:
-            entries: list[Mapping[str, Any]] = []
-            causes: list[Key] = []
-            for entry in bdb.replica_sources:
-                hit = replace.get(leaf_fp(entry.server_cert) or "")
-                if hit is None:
-                    entries.append(entry.as_json())
-                else:
-                    entries.append(entry.as_json(server_cert=hit[0]))
-                    causes.append(hit[1])
+            hits = [replace.get(leaf_fp(e.server_cert) or "") for e in bdb.replica_sources]
+            causes = [hit[1] for hit in hits if hit is not None]
+            if not causes:
+                continue
+            try:
+                entries = [
+                    entry.as_json() if hit is None else entry.as_json(server_cert=hit[0])
+                    for entry, hit in zip(bdb.replica_sources, hits, strict=True)
+                ]
+            except UnsafeReplicaUpdate as exc:
+                for cause in causes:
+                    errors[cause] = (
+                        f"replica {bdb.name} (uid {bdb.uid}) on {cluster} not updated: {exc}; "
+                        f"set its server_cert by hand"
+                    )
+                continue
             if causes:
                 updates.append(
                     ServerCertUpdate(cluster, bdb.uid, bdb.name, tuple(entries), tuple(causes))

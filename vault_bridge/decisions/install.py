@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from vault_bridge.models.certificates import CertName, IssuedCertificate
+from vault_bridge.models.certificates import CertificateInfo, CertName, IssuedCertificate
 from vault_bridge.models.cluster import BULK_MIN_VERSION
 
 
@@ -26,6 +26,20 @@ class CertUpload:
     def of(cls, name: str, issued: IssuedCertificate) -> CertUpload:
         """The item for ``issued``: the leaf with its intermediates, and the key."""
         return cls(name, issued.chain_pem, issued.private_key)
+
+    @classmethod
+    def with_root(
+        cls, name: str, issued: IssuedCertificate, mount_chain: Sequence[str] = ()
+    ) -> CertUpload:
+        """The item with the whole chain, the self-signed root included: the leaf, Vault's
+        ``ca_chain`` as given, then the roots of ``mount_chain`` (the mount's CA chain) that
+        are not in it yet."""
+        parts = [issued.certificate.strip() + "\n", *(p.strip() + "\n" for p in issued.ca_chain)]
+        for pem in mount_chain:
+            block = pem.strip() + "\n"
+            if block not in parts and CertificateInfo.from_pem(pem).self_signed:
+                parts.append(block)
+        return cls(name, "".join(parts), issued.private_key)
 
     def as_json(self) -> dict[str, str]:
         item = {"name": self.name, "certificate": self.certificate}

@@ -107,6 +107,18 @@ def policy_rules(settings: Settings) -> list[PolicyRule]:
                 ("read",),
                 f"the REST API password of cluster {cluster.name} (password_vault)",
             )
+    if settings.ha is not None:
+        base = f"{settings.ha.kv_mount}/data/{settings.ha.path}"
+        add(
+            f"{base}/lease/*",
+            ("read", "create", "update"),
+            "[ha]: replica heartbeats, cluster leases and CRDB locks (check-and-set writes)",
+        )
+        add(
+            f"{base}/state/*",
+            ("read", "create", "update"),
+            "[ha]: each cluster's state and intent journal, shared by the replicas",
+        )
     add("auth/token/renew-self", ("update",), "keep the agent's own token alive")
     add("auth/token/lookup-self", ("read",), "read the agent's own token TTL")
     return rules

@@ -23,6 +23,13 @@ def parse_version(version: str) -> tuple[int, ...]:
     return tuple(out)
 
 
+def _obj(data: Any, what: str) -> Mapping[str, Any]:
+    """``data`` as a JSON object; TypeError (a malformed answer) when it is not one."""
+    if not isinstance(data, Mapping):
+        raise TypeError(f"{what}: expected an object, got {type(data).__name__}")
+    return data
+
+
 @dataclass(frozen=True)
 class Node:
     uid: int
@@ -31,6 +38,14 @@ class Node:
     @property
     def version(self) -> tuple[int, ...]:
         return parse_version(self.software_version)
+
+    @classmethod
+    def from_json(cls, data: Any) -> Node:
+        node = _obj(data, "node")
+        version = node.get("software_version", "0")
+        if not isinstance(version, str):
+            raise TypeError(f"node software_version: expected a string, got {version!r}")
+        return cls(int(node["uid"]), version)
 
 
 @dataclass(frozen=True)
@@ -47,9 +62,16 @@ class Crdb:
     name: str
     instances: tuple[CrdbInstance, ...]
     local_bdb_uids: tuple[str, ...]
+    # bdb uid -> instance id, from ``local_databases`` (UNDOCUMENTED: its ``id`` taken as the
+    # instance ID a modify_request's ``instances[].id`` names)
+    local_instance_ids: Mapping[str, int] = field(default_factory=dict)
+
+    def instance_id_of(self, bdb_uid: int | str) -> int | None:
+        return self.local_instance_ids.get(str(bdb_uid))
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Crdb:
+    def from_json(cls, data: Any) -> Crdb:
+        data = _obj(data, "crdb")
         instances = tuple(
             CrdbInstance(
                 id=int(i.get("id", 0)),
@@ -59,8 +81,10 @@ class Crdb:
             )
             for i in data.get("instances") or []
         )
-        local = tuple(str(d.get("bdb_uid", "")) for d in data.get("local_databases") or [])
-        return cls(str(data["guid"]), str(data.get("name", "")), instances, local)
+        local_dbs = [_obj(d, "local_databases entry") for d in data.get("local_databases") or []]
+        local = tuple(str(d.get("bdb_uid", "")) for d in local_dbs)
+        ids = {str(d["bdb_uid"]): int(d["id"]) for d in local_dbs if "id" in d and "bdb_uid" in d}
+        return cls(str(data["guid"]), str(data.get("name", "")), instances, local, ids)
 
 
 @dataclass(frozen=True)
@@ -75,9 +99,13 @@ class CrdbTask:
         return self.status in ("finished", "failed")
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> CrdbTask:
+    def from_json(cls, data: Any) -> CrdbTask:
+        data = _obj(data, "crdb task")
+        if not isinstance(data["id"], str) or not data["id"]:
+            raise TypeError(f"crdb task id: expected a string, got {data['id']!r}")
         errors = tuple(
-            f"{e.get('cluster_name', '')}: {e.get('error_code', '')}: {e.get('description', '')}"
+            f"{e.get('cluster_name', '')}: {e.get('error_code', '')}: "
+            f"{e.get('message') or e.get('description') or ''}"
             for e in data.get("errors") or []
         )
         return cls(
@@ -85,7 +113,28 @@ class CrdbTask:
         )
 
 
-REPLICA_READ_ONLY = frozenset({"status", "last_error", "lag"})
+# objects/bdb/syncer_sources.md: the fields of a replica_sources entry a PUT may carry; the
+# others (status, last_error, lag, last_update, rdb_size, rdb_transferred) report sync status
+# and a schema-checked bdb body refuses them (400 invalid_schema).
+REPLICA_WRITABLE = frozenset(
+    {
+        "uid",
+        "uri",
+        "encryption",
+        "server_cert",
+        "client_cert",
+        "client_key",
+        "compression",
+        "replication_tls_sni",
+    }
+)
+REPLICA_STATUS_ONLY = frozenset(
+    {"status", "last_error", "lag", "last_update", "rdb_size", "rdb_transferred"}
+)
+
+
+class UnsafeReplicaUpdate(ValueError):
+    """Sending this entry back could erase something the GET did not return."""
 
 
 @dataclass(frozen=True)
@@ -109,8 +158,20 @@ class ReplicaSource:
         return str(self.fields.get("status") or "")
 
     def as_json(self, **changes: Any) -> dict[str, Any]:
-        """The entry for a PUT: every writable field as read, ``changes`` applied."""
-        out = {k: v for k, v in self.fields.items() if k not in REPLICA_READ_ONLY}
+        """The entry for a PUT: the writable fields as read (status-only and unknown fields
+        left out), ``changes`` applied.
+
+        ``client_key``: the docs do not say whether a GET returns it, nor what a PUT without
+        it does to the stored key (UNDOCUMENTED). It is echoed when the GET returned it; when
+        the GET did not and the entry has a ``client_cert``, sending the entry could erase
+        the key, so :class:`UnsafeReplicaUpdate` is raised and the database is left alone;
+        with no ``client_cert`` there is no key to keep and none is sent."""
+        out = {k: v for k, v in self.fields.items() if k in REPLICA_WRITABLE}
+        if "client_key" not in out and out.get("client_cert"):
+            raise UnsafeReplicaUpdate(
+                f"replica source {self.uid}: GET returned its client_cert but not its "
+                f"client_key; sending the entry back could erase the key"
+            )
         out.update(changes)
         return out
 
@@ -129,14 +190,16 @@ class Bdb:
     port: int | None = None
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Bdb:
+    def from_json(cls, data: Any) -> Bdb:
+        data = _obj(data, "bdb")
         return cls(
             uid=int(data["uid"]),
             name=str(data.get("name", "")),
             crdt=bool(data.get("crdt", False)),
             crdt_guid=str(data["crdt_guid"]) if data.get("crdt_guid") else None,
             replica_sources=tuple(
-                ReplicaSource(dict(s)) for s in data.get("replica_sources") or []
+                ReplicaSource(dict(_obj(s, "replica_sources entry")))
+                for s in data.get("replica_sources") or []
             ),
             authentication_ssl_client_certs=tuple(
                 str(c.get("client_cert", ""))

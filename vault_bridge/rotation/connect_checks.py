@@ -99,10 +99,16 @@ def connect_checks(app: App) -> list[str]:
     for name, client in app.clusters.items():
         try:
             client.nodes()
-            if not client.can_install():
+            user_role = client.management_role()
+            if user_role != "admin":
+                what = (
+                    f"has the role {user_role!r}"
+                    if user_role
+                    else "has a role the cluster does not tell"
+                )
                 problems.append(
-                    f"cluster {name}: user {client.settings.username or '(the login certificate)'!r} may not install "
-                    f"certificates (needs the admin role)"
+                    f"cluster {name}: user {client.settings.username or '(the login certificate)'!r} {what} and may not "
+                    f"install certificates (needs the admin role)"
                 )
         except VaultBridgeError as exc:
             problems.append(f"cluster {name}: {exc}")

@@ -27,6 +27,7 @@ from vault_bridge.adapters.ports import (
 )
 from vault_bridge.adapters.tls_probe import served_certificate
 from vault_bridge.config.schema import MTLS_TRUSTED_CA, CertSpec, ClusterSettings, Settings
+from vault_bridge.decisions.followup_plan import WaitingOn
 from vault_bridge.decisions.install import CertUpload, InstallBatch, install_batches
 from vault_bridge.decisions.renewal import Action, CertStatus, classify, plan
 from vault_bridge.errors import (
@@ -75,15 +76,25 @@ class Change:
         return CertChange(self.cluster, self.name, self.issued.chain_pem, old)
 
 
+# How many times one install request is sent, at most, when each attempt timed out or failed
+# with nothing in place on the read-back (the read-back always comes first).
+INSTALL_ATTEMPTS = 3
+# Between two read-backs of an internode install (the REST API may be away for minutes).
+INTERNODE_POLL = 5.0
+
+
 @dataclass(frozen=True)
 class Outcome:
     cluster: str
     name: str
-    result: str  # "installed" | "failed"
+    # "installed" | "partial" (in place, but not every node confirmed: HTTP 409) |
+    # "unconfirmed" (an internode install the cluster has not confirmed yet) | "failed"
+    result: str
     serial: str | None = None
     not_after: datetime | None = None
     error: str | None = None
     reason: str = ""
+    note: str | None = None  # what "partial" / "unconfirmed" means for this one
 
 
 @dataclass
@@ -105,6 +116,11 @@ class PassResult:
     def summary(self) -> str:
         installed = sum(1 for o in self.outcomes if o.result == "installed")
         parts = [f"{installed} installed"]
+        for result, label in (("partial", "partially applied"), ("unconfirmed", "not confirmed")):
+            those = [o for o in self.outcomes if o.result == result]
+            if those:
+                names = ", ".join(f"{o.name} on {o.cluster}" for o in those)
+                parts.append(f"{len(those)} installed, {label} ({names}: {those[0].note})")
         if self.failed:
             first = self.failed[0]
             parts.append(
@@ -244,6 +260,8 @@ class Rotator:
         self.ocsp: dict[str, OcspStatus] = {}
         # Databases with a certificate of their own, as the last status read found them.
         self.databases = DatabaseCertificates()
+        # (cluster, name) -> ("partial" | "unconfirmed", why), for this pass's outcomes
+        self._notes: dict[tuple[str, str], tuple[str, str]] = {}
 
     # -- reading -------------------------------------------------------------------------
 
@@ -421,6 +439,7 @@ class Rotator:
         only: set[tuple[str, str]] | None = None,
     ) -> PassResult:
         """One reconcile pass over every cluster and certificate."""
+        self._notes = {}
         trusted = self.reconcile_trusted_cas()
         actions, result = self.plan(force)
         result.outcomes.extend(trusted)
@@ -530,14 +549,21 @@ class Rotator:
         """The outcome of each installed change, its follow-ups done or failed."""
         for change in changes:
             error = followup_errors.get((change.cluster, change.name))
+            if isinstance(error, WaitingOn):
+                # Reported against the clusters it waits for; the change stays pending.
+                for other in error.clusters:
+                    _add_cluster_error(result, other, error)
+                error = None
+            note = self._notes.get((change.cluster, change.name))
             result.outcomes.append(
                 Outcome(
                     change.cluster,
                     change.name,
-                    "failed" if error else "installed",
+                    "failed" if error else (note[0] if note else "installed"),
                     change.issued.serial,
                     change.issued.not_after,
                     f"follow-up failed: {error}" if error else None,
+                    note=note[1] if note else None,
                 )
             )
         self.hooks.completed([c for c in changes if (c.cluster, c.name) not in followup_errors])
@@ -688,11 +714,10 @@ class Rotator:
     def _send_batch(
         self, client: ClusterCertificates, batch: InstallBatch, changes: Sequence[Change]
     ) -> dict[str, str]:
-        uploads = [CertUpload.of(c.name, c.issued) for c in changes]
+        uploads = [self._upload(c) for c in changes]
         if batch.endpoint == "bulk":
             try:
-                client.put_certificates(uploads)
-                return {}
+                return self._send_checked(client, uploads, bulk=True)
             except ClusterError as exc:
                 if exc.status in (404, 405):
                     logger.info(
@@ -709,25 +734,88 @@ class Rotator:
                     return {u.name: str(exc) for u in uploads}
         return self._one_by_one(client, uploads, bulk=False)
 
+    def _upload(self, change: Change) -> CertUpload:
+        """The install item; an internode certificate carries its whole chain, root included
+        (security/encryption/internode-encryption.md: the cluster builds its internode trust
+        from it)."""
+        if not CertName(change.name).internode:
+            return CertUpload.of(change.name, change.issued)
+        spec = self.settings.cluster(change.cluster).spec(change.name)
+        mount_chain = self.issuers(spec.pki_mount).chains() if spec is not None else []
+        return CertUpload.with_root(change.name, change.issued, mount_chain)
+
     def _one_by_one(
         self, client: ClusterCertificates, uploads: Sequence[CertUpload], *, bulk: bool
     ) -> dict[str, str]:
         errors: dict[str, str] = {}
         for upload in uploads:
             try:
-                if bulk:
-                    client.put_certificates([upload])
-                else:
-                    client.update_cert(upload)
+                errors.update(self._send_checked(client, [upload], bulk=bulk))
             except ClusterError as exc:
                 errors[upload.name] = str(exc)
         return errors
+
+    def _send_checked(
+        self, client: ClusterCertificates, uploads: Sequence[CertUpload], *, bulk: bool
+    ) -> dict[str, str]:
+        """Send one install request; after a timeout, a dropped connection, a 409 or a 5xx,
+        read the certificates back and send again only what is not in place (at most
+        :data:`INSTALL_ATTEMPTS` requests). Returns an error per certificate not in place;
+        a request the cluster refused outright is raised."""
+        pending = list(uploads)
+        last: ClusterError | None = None
+        for attempt in range(INSTALL_ATTEMPTS):
+            try:
+                if bulk:
+                    client.put_certificates(pending)
+                else:
+                    client.update_cert(pending[0])
+                return {}
+            except ClusterError as exc:
+                if not exc.retryable:
+                    raise
+                last = exc
+            # An install that timed out may still be applying: give it the backoff first.
+            self._sleep(client.backoff * (2**attempt))
+            try:
+                installed = client.certificates()
+            except VaultBridgeError as exc:
+                # Cannot tell whether it went in: never send it blind; the journal keeps the
+                # intent and the next pass reads it back.
+                return {u.name: f"{last}; the read-back failed too: {exc}" for u in pending}
+            in_place = [u for u in pending if _is_installed(installed, u)]
+            for upload in in_place:
+                if last.status == 409:
+                    why = "HTTP 409, not all nodes have been updated; the cluster reports it"
+                    self._notes[(client.name, upload.name)] = ("partial", why)
+                logger.warning(
+                    "%s on %s: %s, but the read-back shows it installed",
+                    upload.name,
+                    client.name,
+                    last.message,
+                )
+            pending = [u for u in pending if u not in in_place]
+            if not pending:
+                return {}
+            if attempt < INSTALL_ATTEMPTS - 1:
+                logger.warning(
+                    "%s on %s: %s and not in place; sending again (%d/%d)",
+                    ", ".join(u.name for u in pending),
+                    client.name,
+                    last.message,
+                    attempt + 2,
+                    INSTALL_ATTEMPTS,
+                )
+        return {u.name: str(last) for u in pending}
 
     def _verify(
         self, settings: ClusterSettings, client: ClusterCertificates, change: Change
     ) -> None:
         """Read the certificate back and check the served leaf."""
         expected = change.issued.info.fingerprint
+        if CertName(change.name).internode:
+            self._verify_internode(settings, client, change)
+            return
         installed = client.certificates().get(change.name)
         if installed is None or installed.info.fingerprint != expected:
             raise VerificationError(
@@ -754,3 +842,74 @@ class Rotator:
             cluster=settings.name,
             certificate=change.name,
         )
+
+    def served_elsewhere(self, cluster: str, name: str, fingerprint: str) -> bool:
+        """Positive proof that the certificate ``fingerprint`` is not served for ``name``: the
+        TLS probe of its listener answers another certificate, or ``name`` has no listener.
+        A probe that fails (nothing answers, a handshake error) proves nothing."""
+        endpoint = self.settings.cluster(cluster).endpoint_for(CertName(name))
+        if endpoint is None:
+            return True
+        try:
+            served = self._probe(endpoint)
+        except VaultBridgeError as exc:
+            logger.warning("%s on %s: %s serves nothing readable: %s", name, cluster, endpoint, exc)
+            return False
+        return served.fingerprint != fingerprint
+
+    def _verify_internode(
+        self, settings: ClusterSettings, client: ClusterCertificates, change: Change
+    ) -> None:
+        """After an internode change the REST API may stay away for minutes (release notes
+        RS208996): read back until ``internode_confirm_timeout``; while it cannot answer, the
+        outcome is "installed, not yet confirmed", never a failure. A read-back that shows
+        another certificate is a failure."""
+        waited = 0.0
+        while True:
+            try:
+                installed = client.certificates().get(change.name)
+            except ClusterError as exc:
+                if not exc.retryable:
+                    raise
+                if waited >= settings.internode_confirm_timeout:
+                    why = (
+                        f"the REST API did not answer for {waited:g}s after the install "
+                        f"({exc.message}); the next pass reads it back"
+                    )
+                    self._notes[(settings.name, change.name)] = ("unconfirmed", why)
+                    logger.warning(
+                        "%s on %s: installed, not yet confirmed: %s",
+                        change.name,
+                        settings.name,
+                        why,
+                    )
+                    return
+                self._sleep(INTERNODE_POLL)
+                waited += INTERNODE_POLL
+                continue
+            if installed is None or installed.info.fingerprint != change.issued.info.fingerprint:
+                raise VerificationError(
+                    "the cluster reports a different certificate after the install",
+                    cluster=settings.name,
+                    certificate=change.name,
+                )
+            return
+
+
+def _add_cluster_error(result: PassResult, cluster: str, error: str) -> None:
+    current = result.cluster_errors.get(cluster)
+    if current is None:
+        result.cluster_errors[cluster] = error
+    elif error not in current:
+        result.cluster_errors[cluster] = f"{current}; {error}"
+
+
+def _is_installed(installed: Mapping[str, InstalledCertificate], upload: CertUpload) -> bool:
+    """The read-back holds exactly the leaf of ``upload``."""
+    current = installed.get(upload.name)
+    if current is None:
+        return False
+    try:
+        return current.info.fingerprint == CertificateInfo.from_pem(upload.certificate).fingerprint
+    except VaultBridgeError:
+        return False

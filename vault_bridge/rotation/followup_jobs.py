@@ -42,6 +42,21 @@ class Lock(Protocol):
     def release(self) -> None: ...
 
 
+class CrdbLocks(Protocol):
+    """High availability: a lock per CRDB shared by the replicas (``vault_bridge.agent.ha``),
+    taken before step 1 on any of its clusters and released after its step 2."""
+
+    def acquire_crdbs(self, guids: Sequence[str]) -> dict[str, str]:
+        """Take the locks (waiting, bounded); returns, by GUID, why one could not be had."""
+        ...
+
+    def prove_crdb(self, guid: str) -> None:
+        """Right before a step 2 request: raises unless the lock is provably still ours."""
+        ...
+
+    def release_crdbs(self) -> None: ...
+
+
 _PROCESS_LOCK = threading.Lock()  # vault_bridge's own updates, within one process
 
 

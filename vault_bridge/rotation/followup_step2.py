@@ -11,7 +11,7 @@ from vault_bridge.adapters.ports import ClusterDatabases, CrdbRunner, Monotonic,
 from vault_bridge.decisions.followup_plan import CrdbStep2, FollowUpPlan
 from vault_bridge.errors import FollowUpError, VaultBridgeError
 from vault_bridge.models.certificates import CertChange
-from vault_bridge.rotation.followup_jobs import Job, Limits, join, start
+from vault_bridge.rotation.followup_jobs import CrdbLocks, Job, Limits, join, start
 from vault_bridge.rotation.replica_of import ReplicaOf
 
 logger = logging.getLogger(__name__)
@@ -28,8 +28,10 @@ class Step2:
         clock: Monotonic,
         sleep: Sleep,
         limits: Limits,
+        crdb_locks: CrdbLocks | None = None,
     ) -> None:
         self.client = client
+        self.crdb_locks = crdb_locks
         self.runner = runner
         self.clock = clock
         self.sleep = sleep
@@ -121,6 +123,8 @@ class Step2:
             raise FollowUpError(f"no runner for cluster {step.via}")
         last: VaultBridgeError | None = None
         for attempt in range(1, self.limits.attempts + 1):
+            if self.crdb_locks is not None:
+                self.crdb_locks.prove_crdb(step.guid)  # raises: nothing is sent
             try:
                 result = runner.update(step.guid, on_sent=lambda: job.mark_sent(self.clock()))
             except VaultBridgeError as exc:

@@ -53,7 +53,7 @@ from vault_bridge.decisions.followup_window import STAGE_FINISHED, STAGE_SENT
 from vault_bridge.errors import FollowUpError, VaultBridgeError
 from vault_bridge.models.certificates import CertChange
 from vault_bridge.rotation.followup_discovery import Discovery
-from vault_bridge.rotation.followup_jobs import FollowUpLock, Limits, Lock
+from vault_bridge.rotation.followup_jobs import CrdbLocks, FollowUpLock, Limits, Lock
 from vault_bridge.rotation.followup_step2 import Step2
 from vault_bridge.rotation.followup_window import HasWindow, Window
 
@@ -96,8 +96,10 @@ class FollowUps:
         lock: Lock | None = None,
         limits: Limits | None = None,
         runners: Mapping[str, CrdbRunner] | None = None,
+        crdb_locks: CrdbLocks | None = None,
     ) -> None:
         self.settings = settings
+        self.crdb_locks = crdb_locks  # [ha]: the replicas' per-CRDB locks
         self.clock = clock
         self.sleep = sleep
         self.metrics = metrics
@@ -110,13 +112,26 @@ class FollowUps:
         self.last_windows: dict[str, dict[str, float]] = {}  # cluster -> stage -> seconds
         names = [c.name for c in settings.clusters]
         self.discovery = Discovery(names, self.client, clock=clock, sleep=sleep, limits=self.limits)
-        self.step2 = Step2(self.client, self.runner, clock=clock, sleep=sleep, limits=self.limits)
+        self.step2 = Step2(
+            self.client,
+            self.runner,
+            clock=clock,
+            sleep=sleep,
+            limits=self.limits,
+            crdb_locks=crdb_locks,
+        )
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, metrics: HasWindow | None = None) -> FollowUps:
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        metrics: HasWindow | None = None,
+        crdb_locks: CrdbLocks | None = None,
+    ) -> FollowUps:
         """Unbound: :func:`vault_bridge.rotation.app.build` hands it the cluster clients
         (:meth:`bind`); used alone, it makes its own."""
-        return cls(settings, None, metrics=metrics)
+        return cls(settings, None, metrics=metrics, crdb_locks=crdb_locks)
 
     def bind(self, clusters: Mapping[str, ClusterDatabases]) -> None:
         self._clusters = clusters
@@ -202,6 +217,7 @@ class FollowUps:
         finally:
             if window is not None:
                 self._close(window)
+            self._release_crdbs()
             if took:
                 self._release()
 
@@ -210,6 +226,9 @@ class FollowUps:
         refused = {c: f"follow-ups not ready: {views[c].error}" for c in clusters if views[c].error}
         ready = [c for c in clusters if c not in refused]
         steps, _ = plan_crdb_updates(ready, views, self.modes)
+        for step, error in self._lock_crdbs(steps).items():
+            for cluster in step.clusters:
+                refused.setdefault(cluster, error)
         for cluster, guids in self.discovery.wait_in_flight(steps).items():
             refused[cluster] = (
                 f"an update of CRDB {', '.join(guids)} is still in flight after "
@@ -258,13 +277,47 @@ class FollowUps:
         try:
             with self._locked():
                 views = self.discovery.for_changes(changes, self.modes)
+                locked = self._locked_out(changes, views)
                 window = self._window(views, refused={})
                 try:
-                    return window.finish(changes)
+                    rest = [c for c in changes if (c.cluster, c.name) not in locked]
+                    return {**window.finish(rest), **locked}
                 finally:
                     self._close(window)
+                    self._release_crdbs()
         except VaultBridgeError as exc:
             return {(c.cluster, c.name): str(exc) for c in changes}
+
+    # -- [ha]: the replicas' CRDB locks -------------------------------------------------------
+
+    def _lock_crdbs(self, steps: Sequence[CrdbStep2]) -> dict[CrdbStep2, str]:
+        """Take the lock of every CRDB of ``steps`` (before step 1 on any of its clusters);
+        the steps whose lock another replica keeps, with why."""
+        if self.crdb_locks is None or not steps:
+            return {}
+        failed = self.crdb_locks.acquire_crdbs([s.guid for s in steps])
+        return {s: failed[s.guid] for s in steps if s.guid in failed}
+
+    def _locked_out(
+        self, changes: Sequence[CertChange], views: Mapping[str, ClusterView]
+    ) -> dict[Key, str]:
+        """Step 2 on its own: the changes whose CRDB lock another replica keeps (the journal
+        retries them), with why; the other locks are taken."""
+        clusters = sorted(
+            {c.cluster for c in changes if c.cluster in views and not views[c.cluster].error}
+        )
+        steps, _ = plan_crdb_updates(clusters, views, self.modes)
+        locked = self._lock_crdbs(steps)
+        return {
+            (c.cluster, c.name): error
+            for step, error in locked.items()
+            for c in changes
+            if c.cluster in step.clusters
+        }
+
+    def _release_crdbs(self) -> None:
+        if self.crdb_locks is not None:
+            self.crdb_locks.release_crdbs()
 
     # -- `vault-bridge follow-up` ---------------------------------------------------------------
 

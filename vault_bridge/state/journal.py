@@ -15,6 +15,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from vault_bridge.config.schema import CertSpec, Settings
 from vault_bridge.decisions.schedule import Backoff, is_expiring, runaway_until
@@ -28,6 +29,16 @@ from vault_bridge.state.store import StateDir
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+
+
+class StateStore(Protocol):
+    """Where the state lives: the state directory's ``state.json``
+    (:class:`~vault_bridge.state.store.StateDir`) or, with ``[ha]``, Vault's KV engine
+    (:class:`~vault_bridge.state.kv_store.KvStateStore`)."""
+
+    def load(self) -> State: ...
+
+    def save(self, state: State) -> None: ...
 
 
 class RunawayGuardError(VaultBridgeError):
@@ -58,8 +69,10 @@ class IntentJournal:
         clock: Clock,
         stopping: Callable[[], bool] = lambda: False,
         on_installed: Callable[[Change], None] | None = None,
+        store: StateStore | None = None,
     ) -> None:
         self.state_dir = state_dir
+        self.store: StateStore = store if store is not None else state_dir
         self.settings = settings
         self.clock = clock
         self._stopping = stopping
@@ -75,7 +88,7 @@ class IntentJournal:
 
     def load(self) -> State:
         try:
-            self.state = self.state_dir.load()
+            self.state = self.store.load()
         except StateError as exc:
             self.error = str(exc)
             raise
@@ -86,7 +99,7 @@ class IntentJournal:
         if self.state is None:
             raise StateError(self.error or "the state is not loaded")
         try:
-            self.state_dir.save(self.state)
+            self.store.save(self.state)
         except StateError as exc:
             if self.error != str(exc):
                 logger.error("%s", exc)
@@ -181,6 +194,14 @@ class IntentJournal:
                 "%s: follow-ups still pending, but the certificate is expiring: rotating",
                 key_text(key),
             )
+
+    def followups_pending(self) -> dict[Key, datetime]:
+        """Since when each change with pending follow-ups has waited (for the metric)."""
+        if self.state is None:
+            return {}
+        return {
+            key: intent.started_at or self.clock() for key, intent in self.state.pending.items()
+        }
 
     def blocked_by_journal(self, now: datetime) -> set[Key]:
         """Certificates a pass must leave alone until the journal replay succeeded."""
@@ -323,12 +344,20 @@ class IntentJournal:
             except VaultBridgeError as exc:
                 return str(exc)
             served[intent.cluster] = {n: c.info.fingerprint for n, c in certs.items()}
-        if served[intent.cluster].get(intent.name) == intent.info.fingerprint:
+        fingerprint = intent.info.fingerprint
+        if served[intent.cluster].get(intent.name) == fingerprint:
             state.journal_installed(intent.key, now + self._grace())
             _log_intent("the interrupted install did happen", intent)
-        else:
+        elif rotator.served_elsewhere(intent.cluster, intent.name, fingerprint):
+            # Revoked only on positive proof: the read-back shows another certificate AND the
+            # listener (where there is one) serves another.
             state.orphan(intent, now)
             _log_intent("the interrupted install did not happen (will be revoked)", intent)
+        else:
+            return (
+                f"{key_text(intent.key)}: the read-back shows another certificate, but the "
+                f"listener does not prove it; kept in the journal, not revoked"
+            )
         return None
 
     def _run_pending_followups(self, pending: Sequence[Intent], rotator: Rotator) -> dict[Key, str]:

@@ -24,6 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from vault_bridge.models.certificates import split_pem_chain
 from vault_bridge_lab.simulator.names import INTERNODE_NAMES, MTLS_TRUSTED_CA
 from vault_bridge_lab.simulator.routing import ApiError, invalid_request
+from vault_bridge_lab.simulator.schemas import CERTIFICATE_ITEM
 
 ACCEPTED_CURVES: Final = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
 MIN_RSA_BITS: Final = 2048
@@ -129,7 +130,7 @@ def parse_item(raw: Any, where: str) -> CertItem:
     """Shape of one install item: only ``name``, ``certificate`` and ``key``, all strings."""
     if not isinstance(raw, dict):
         raise invalid_request(f"{where} must be a JSON object")
-    extra = sorted(set(raw) - {"name", "certificate", "key"})
+    extra = sorted(set(raw) - CERTIFICATE_ITEM.fields)
     if extra:
         raise invalid_request(f"{where} has unexpected key(s): {', '.join(extra)}")
     name, certificate, key = raw.get("name"), raw.get("certificate"), raw.get("key")

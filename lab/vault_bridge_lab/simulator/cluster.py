@@ -9,6 +9,7 @@ import socketserver
 import ssl
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 from functools import partial
@@ -90,6 +91,12 @@ class SimulatedCluster:
         self.host = host
         self.requests: list[RecordedRequest] = []
         self.install_count = 0
+        self.install_delay = 0.0  # seconds every install takes before it is applied
+        # seconds the REST API drops every connection after an internode install (some 8.0
+        # builds leave 9443 unreachable for minutes then: release notes RS208996)
+        self.internode_outage = 0.0
+        self._rest_down_until = 0.0
+        self._partial_installs = 0
         self._ports = {listener: int((ports or {}).get(listener, 0)) for listener in LISTENERS}
         self._connect_host = "127.0.0.1" if host in ("", "0.0.0.0") else host
         self._clock: Callable[[], datetime] = clock or utc_now
@@ -299,10 +306,11 @@ class SimulatedCluster:
         *,
         times: int = 1,
         delay: float = 0.0,
-        body: dict[str, Any] | None = None,
+        body: dict[str, Any] | list[Any] | bytes | None = None,
     ) -> None:
         """The next ``times`` requests for ``method`` + exact ``path`` answer ``status`` after
-        sleeping ``delay`` seconds; ``status`` 0 only delays them, then handles them normally."""
+        sleeping ``delay`` seconds; ``status`` 0 only delays them, then handles them normally.
+        ``body``: the answer's JSON, or ``bytes`` sent as they are (a malformed answer)."""
         if status != 0 and not 100 <= status <= 599:
             raise ValueError(f"not an HTTP status: {status}")
         if times < 1 or delay < 0:
@@ -314,6 +322,22 @@ class SimulatedCluster:
             }
         with self._lock:
             self._faults.append(Fault(method.upper(), path, status, times, delay, body))
+
+    def partial_installs(self, times: int = 1) -> None:
+        """The next ``times`` installs are applied but answer 409 "not all nodes have been
+        updated" (requests/cluster/certificates/_index.md)."""
+        with self._lock:
+            self._partial_installs += times
+
+    def _rest_down(self) -> bool:
+        return time.monotonic() < self._rest_down_until
+
+    def _take_partial(self) -> bool:
+        with self._lock:
+            if self._partial_installs <= 0:
+                return False
+            self._partial_installs -= 1
+            return True
 
     def faults_pending(self) -> int:
         """How many injected faults no request has taken yet (a held request has taken its)."""
@@ -490,6 +514,8 @@ class SimulatedCluster:
         if any(item.name == "proxy" for item in installed):
             self.ocsp.proxy_changed()
         self.world.certificates_changed(self.name)
+        if self.internode_outage > 0 and any(i.name in INTERNODE_NAMES for i in installed):
+            self._rest_down_until = time.monotonic() + self.internode_outage
         for item in installed:
             info = CertificateInfo.from_cert(item.leaf)
             logger.info(

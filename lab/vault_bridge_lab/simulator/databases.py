@@ -13,6 +13,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from vault_bridge.models.certificates import split_pem_chain
+from vault_bridge_lab.simulator.routing import ApiError
+from vault_bridge_lab.simulator.schemas import REPLICA_SOURCE
 
 TaskStatus = Literal["queued", "started", "finished", "failed"]
 OutageKind = Literal["crdb", "replica"]
@@ -96,6 +98,10 @@ class Crdb:
     db_uids: dict[str, int]  # cluster name -> bdb uid
     known: dict[str, tuple[str | None, str | None]]  # cluster -> (proxy fp, syncer fp)
     outage: Outage | None = None
+    # cluster -> the per-instance db_config the CRDB holds (objects/crdb/database_config.md);
+    # every update task that finishes pushes it to the instance's bdb again, so a change made
+    # with a local PUT /v1/bdbs/<uid> of an instance does not survive it.
+    instance_configs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -131,13 +137,19 @@ def _check_pem(value: Any, what: str, now_utc: datetime) -> None:
 
 
 def check_sources(value: Any, now_utc: datetime) -> list[dict[str, Any]]:
+    """A ``replica_sources`` list of a PUT: only writable fields (status-only ones are
+    refused, objects/bdb/syncer_sources.md), each with a ``uri``."""
     if not isinstance(value, list) or not all(isinstance(e, dict) for e in value):
-        raise DatabaseError(400, "invalid_request", "'replica_sources' must be a list of objects")
+        raise DatabaseError(400, "invalid_schema", "'replica_sources' must be a list of objects")
     out = []
     for index, entry in enumerate(value):
-        entry = {k: v for k, v in entry.items() if k not in ("status", "last_error", "lag")}
+        try:
+            REPLICA_SOURCE.check(entry, f"replica_sources[{index}]")
+        except ApiError as err:
+            raise DatabaseError(err.status, err.error_code, err.description) from err
+        entry = dict(entry)
         if not entry.get("uri"):
-            raise DatabaseError(400, "invalid_request", f"replica_sources[{index}]: 'uri' missing")
+            raise DatabaseError(400, "invalid_schema", f"replica_sources[{index}]: 'uri' missing")
         if entry.get("server_cert"):
             _check_pem(entry["server_cert"], f"replica_sources[{index}].server_cert", now_utc)
         out.append(entry)

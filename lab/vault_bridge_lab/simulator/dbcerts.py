@@ -21,7 +21,13 @@ from typing import Any, Final
 
 from vault_bridge_lab.simulator.certs import CertItem, Installed, validate_certificate
 from vault_bridge_lab.simulator.names import Version
-from vault_bridge_lab.simulator.routing import ApiError, invalid_request
+from vault_bridge_lab.simulator.routing import ApiError
+
+
+def invalid_request(description: str) -> ApiError:
+    """400 with ``error_code`` and ``message``, as the bdb endpoints answer."""
+    return ApiError(400, "invalid_request", description, text_field="message")
+
 
 #: UNDOCUMENTED: the version that brought the endpoints (a newer cluster is assumed).
 DB_CERTS_MIN_VERSION: Final[Version] = (8, 2)

@@ -1,4 +1,5 @@
-"""OCSP stapling of a simulated cluster's proxy certificate (vendor pages
+"""OCSP stapling of a simulated cluster's proxy certificate (errors: ``error_code`` and
+``message``, as the OCSP request pages say) (vendor pages
 ``security/certificates/ocsp-stapling.md``, ``references/rest-api/requests/ocsp/`` and the
 ``OcspConfig`` / ``OcspStatus`` schemas of the OpenAPI document).
 
@@ -92,14 +93,23 @@ class OcspModel:
     def update(self, body: Any, proxy: x509.Certificate) -> dict[str, Any]:
         """``PUT /v1/ocsp``: validated like the schema (no extra keys, ranges, read-only)."""
         if not isinstance(body, dict) or not body:
-            raise ApiError(400, "invalid_schema", "the body must be a non-empty JSON object")
+            raise ApiError(
+                400,
+                "invalid_schema",
+                "the body must be a non-empty JSON object",
+                text_field="message",
+            )
         if "responder_url" in body:
-            raise ApiError(400, "invalid_schema", "responder_url is read-only")
+            raise ApiError(
+                400, "invalid_schema", "responder_url is read-only", text_field="message"
+            )
         changes: dict[str, Any] = {}
         for key, value in body.items():
             if key == "ocsp_functionality":
                 if not isinstance(value, bool):
-                    raise ApiError(400, "invalid_schema", f"{key} must be a boolean")
+                    raise ApiError(
+                        400, "invalid_schema", f"{key} must be a boolean", text_field="message"
+                    )
             elif key in _RANGES:
                 low, high = _RANGES[key]
                 if (
@@ -107,12 +117,24 @@ class OcspModel:
                     or not isinstance(value, int)
                     or not low <= value <= high
                 ):
-                    raise ApiError(400, "invalid_schema", f"{key} must be an integer {low}-{high}")
+                    raise ApiError(
+                        400,
+                        "invalid_schema",
+                        f"{key} must be an integer {low}-{high}",
+                        text_field="message",
+                    )
             else:
-                raise ApiError(400, "invalid_schema", f"unknown field {key!r}")
+                raise ApiError(
+                    400, "invalid_schema", f"unknown field {key!r}", text_field="message"
+                )
             changes[key] = value
         if changes.get("ocsp_functionality") and not responder_url(proxy):
-            raise ApiError(400, "no_responder_url", "the proxy certificate names no OCSP responder")
+            raise ApiError(
+                400,
+                "no_responder_url",
+                "the proxy certificate names no OCSP responder",
+                text_field="message",
+            )
         with self._lock:
             self.config.update(changes)
         return self.config_json(proxy)
@@ -132,9 +154,13 @@ class OcspModel:
         """``POST /v1/ocsp/test``: ask the responder now."""
         url = responder_url(proxy)
         if not url:
-            raise ApiError(500, "no_responder_url", "no OCSP responder URL is configured")
+            raise ApiError(
+                500, "no_responder_url", "no OCSP responder URL is configured", text_field="message"
+            )
         if issuer is None or self._fetch is None:
-            raise ApiError(500, "invalid_ocsp_response", "the responder cannot be asked")
+            raise ApiError(
+                500, "invalid_ocsp_response", "the responder cannot be asked", text_field="message"
+            )
         request = (
             ocsp.OCSPRequestBuilder()
             .add_certificate(proxy, issuer, hashes.SHA1())
@@ -145,7 +171,9 @@ class OcspModel:
             raw = self._fetch(url, request)
             answer = ocsp.load_der_ocsp_response(raw)
         except (OSError, ValueError) as exc:
-            raise ApiError(500, "invalid_ocsp_response", f"the responder failed: {exc}") from exc
+            raise ApiError(
+                500, "invalid_ocsp_response", f"the responder failed: {exc}", text_field="message"
+            ) from exc
         self.queries += 1
         if answer.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL:
             status: dict[str, Any] = {"responder_url": url, "cert_status": "UNKNOWN"}

@@ -20,7 +20,9 @@ from vault_bridge_lab.simulator.databases import DatabaseError
 from vault_bridge_lab.simulator.dbcerts import DB_CERTS_MIN_VERSION
 from vault_bridge_lab.simulator.names import BULK_MIN_VERSION, INTERNODE_NAMES
 from vault_bridge_lab.simulator.routing import (
+    AUTHENTICATED,
     ROLE_PERMISSIONS,
+    VIEW_ALL_USERS_INFO,
     VIEW_CLUSTER_INFO,
     ApiError,
     ApiRequest,
@@ -83,7 +85,6 @@ class RestApi:
         add("PUT", "/v1/ocsp", self.put_ocsp)
         add("GET", "/v1/ocsp/status", self.get_ocsp_status)
         add("POST", "/v1/ocsp/test", self.post_ocsp_test)
-        add("GET", "/v1/users", self.get_users)
         add("POST", "/v1/users", self.post_user)
         add("GET", "/v1/cluster/certificates", self.get_certificates)
         add("PUT", "/v1/cluster/certificates", self.put_certificates, min_version=BULK_MIN_VERSION)
@@ -101,6 +102,17 @@ class RestApi:
         add("DELETE", "/v1/bdbs/<uid>/certificates", self.delete_bdb_cert, min_version=since)
         add("GET", "/v1/bdbs/<uid>", self.get_bdb)
         add("PUT", "/v1/bdbs/<uid>", self.put_bdb)
+        # In the OpenAPI document, which gives no first version (UNDOCUMENTED): served from
+        # 7.22.2, the version that brings the other endpoints it describes; older clusters
+        # answer 404 and the client falls back to GET /v1/users.
+        add(
+            "GET",
+            "/v1/users/role",
+            self.get_user_role,
+            permission=AUTHENTICATED,
+            min_version=BULK_MIN_VERSION,
+        )
+        add("GET", "/v1/users", self.get_users, permission=VIEW_ALL_USERS_INFO)
 
     def handle(
         self,
@@ -108,6 +120,8 @@ class RestApi:
         target: str,
         authorization: str | None,
         read_body: Callable[[], bytes],
+        *,
+        headers: Mapping[str, str] | None = None,
         peer: x509.Certificate | None = None,
     ) -> ApiResponse:
         """Answer one request: body, injected fault, auth (401), route (404/405), role (403).
@@ -124,7 +138,7 @@ class RestApi:
         else:
             try:
                 query = parse_qs(urlsplit(target).query, keep_blank_values=True)
-                response = self._answer(method, path, user, raw_body, query)
+                response = self._answer(method, path, user, raw_body, headers or {}, query)
             except ApiError as err:
                 response = err.response()
             except Exception:
@@ -146,6 +160,7 @@ class RestApi:
         path: str,
         user: User | None,
         raw_body: bytes,
+        headers: Mapping[str, str],
         query: Mapping[str, list[str]],
     ) -> ApiResponse:
         cluster = self._cluster
@@ -161,13 +176,15 @@ class RestApi:
                 headers["WWW-Authenticate"] = 'Basic realm="Redis Enterprise"'
             raise ApiError(401, "unauthorized", "missing or wrong credentials", headers=headers)
         route, params = self.router.resolve(method, path, cluster._lowest_version())
-        if route.permission not in ROLE_PERMISSIONS.get(user.role, frozenset({VIEW_CLUSTER_INFO})):
+        granted = ROLE_PERMISSIONS.get(user.role, frozenset({VIEW_CLUSTER_INFO}))
+        if route.permission != AUTHENTICATED and route.permission not in granted:
             raise ApiError(
                 403,
                 "insufficient_permissions",
                 f"role {user.role!r} lacks the {route.permission} permission",
             )
-        return route.handler(ApiRequest(method, path, params, user.name, raw_body, query))
+        lowered = {k.lower(): v for k, v in headers.items()}
+        return route.handler(ApiRequest(method, path, params, user.name, raw_body, query, lowered))
 
     # ---- handlers: one per route; the docstring names the verb and path
 
@@ -245,10 +262,6 @@ class RestApi:
         """POST: /v1/ocsp/test"""
         return ApiResponse(200, self._cluster.ocsp.test(*self._proxy()))
 
-    def get_users(self, req: ApiRequest) -> ApiResponse:
-        """GET: /v1/users"""
-        return ApiResponse(200, [self._user_json(u) for u in self._cluster.access.users()])
-
     def post_user(self, req: ApiRequest) -> ApiResponse:
         """POST: /v1/users (a ``regular`` or a ``certificate`` user)."""
         user = self._cluster.access.create_user(req.json())
@@ -299,8 +312,7 @@ class RestApi:
         validated = [validate_certificate(item, now=now, bad_cert_status=400) for item in items]
         for installed in validated:
             self._check_ciphers(installed)
-        self._cluster._apply(validated)
-        return ApiResponse(200, {}, close="api" in names)
+        return self._install(validated, close="api" in names)
 
     def put_update_cert(self, req: ApiRequest) -> ApiResponse:
         """PUT: /v1/cluster/update_cert (every version, deprecated on 7.22.2+)."""
@@ -308,8 +320,19 @@ class RestApi:
         self._cluster._check_name(item.name)
         installed = validate_certificate(item, now=self._cluster._now(), bad_cert_status=404)
         self._check_ciphers(installed)
-        self._cluster._apply([installed])
-        return ApiResponse(200, {}, close=item.name == "api")
+        return self._install([installed], close=item.name == "api")
+
+    def _install(self, validated: list[Any], *, close: bool) -> ApiResponse:
+        """Apply an install after ``install_delay`` seconds; while ``partial_installs`` lasts,
+        the install is applied (the nodes that answered switched, and so does what the read-back
+        sees) but the answer is 409 "not all nodes have been updated"."""
+        cluster = self._cluster
+        if cluster.install_delay > 0:
+            cluster._sleep(cluster.install_delay)
+        cluster._apply(validated)
+        if cluster._take_partial():
+            raise ApiError(409, "not_all_nodes_updated", "not all nodes have been updated")
+        return ApiResponse(200, {}, close=close)
 
     def _check_ciphers(self, installed: Installed) -> None:
         """8.2+: an ECDSA certificate is refused when only RSA ciphers would serve it."""
@@ -327,10 +350,13 @@ class RestApi:
     # ---- databases (the model is in vault_bridge_lab.simulator.world)
 
     def _world(self, call: Callable[[], Any]) -> ApiResponse:
+        """bdb and CRDB errors carry ``error_code`` + ``message`` (requests/bdbs/_index.md)."""
         try:
             return ApiResponse(200, call())
         except DatabaseError as err:
-            raise ApiError(err.status, err.error_code, err.description) from err
+            raise ApiError(
+                err.status, err.error_code, err.description, text_field="message"
+            ) from err
 
     def get_crdbs(self, req: ApiRequest) -> ApiResponse:
         """GET: /v1/crdbs"""
@@ -345,8 +371,11 @@ class RestApi:
         """POST: /v1/crdbs/<guid>/updates (``{"force_update": true}``): a task object."""
         body = req.json()
         guid = req.params["guid"]
+        task_id = req.headers.get("x-task-id")
         return self._world(
-            lambda: self._cluster.world.create_update(self._cluster.name, guid, body)
+            lambda: self._cluster.world.create_update(
+                self._cluster.name, guid, body, task_id=task_id, now_utc=self._cluster._now()
+            )
         )
 
     def get_crdb_tasks(self, req: ApiRequest) -> ApiResponse:
@@ -393,7 +422,12 @@ class RestApi:
         uid = self._existing_uid(req)
         installed = self._cluster.db_certs.get(uid)
         if installed is None:
-            raise ApiError(404, "not_found", f"database {uid} has no certificate of its own")
+            raise ApiError(
+                404,
+                "not_found",
+                f"database {uid} has no certificate of its own",
+                text_field="message",
+            )
         return ApiResponse(200, self._cluster.db_certs.json(uid, installed))
 
     def post_bdb_cert(self, req: ApiRequest) -> ApiResponse:
@@ -411,12 +445,35 @@ class RestApi:
         """DELETE: /v1/bdbs/<uid>/certificates"""
         uid = self._existing_uid(req)
         if not self._cluster._delete_db_certificate(uid):
-            raise ApiError(404, "not_found", f"database {uid} has no certificate of its own")
+            raise ApiError(
+                404,
+                "not_found",
+                f"database {uid} has no certificate of its own",
+                text_field="message",
+            )
         return ApiResponse(200, {})
 
     @staticmethod
     def _uid(req: ApiRequest) -> int:
         raw = req.params["uid"]
         if not raw.isdigit():
-            raise ApiError(404, "db_not_exist", f"no database {raw}")
+            raise ApiError(404, "db_not_exist", f"no database {raw}", text_field="message")
         return int(raw)
+
+    # ---- users
+
+    def get_user_role(self, req: ApiRequest) -> ApiResponse:
+        """GET: /v1/users/role (the OpenAPI document): the authenticated user's role."""
+        user = next(u for u in self._cluster.access.users() if u.name == req.user)
+        return ApiResponse(200, {"role": user.role})
+
+    def get_users(self, req: ApiRequest) -> ApiResponse:
+        """GET: /v1/users: every user (uid, email, role); needs view_all_users_info."""
+        users = sorted(self._cluster.access.users(), key=lambda u: u.name)
+        return ApiResponse(
+            200,
+            [
+                {"uid": uid, "name": user.name, **self._user_json(user)}
+                for uid, user in enumerate(users, start=1)
+            ],
+        )

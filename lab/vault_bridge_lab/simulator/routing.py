@@ -13,7 +13,9 @@ from vault_bridge_lab.simulator.names import Version
 
 
 class ApiError(Exception):
-    """A documented REST error: status plus ``{"error_code", "description"}``."""
+    """A documented REST error: status plus ``{"error_code", "description"}`` (the cluster
+    endpoints), or ``{"error_code", "message"}`` (bdb and CRDB endpoints,
+    requests/bdbs/_index.md): ``text_field`` says which."""
 
     def __init__(
         self,
@@ -23,6 +25,7 @@ class ApiError(Exception):
         *,
         headers: Mapping[str, str] | None = None,
         close: bool = False,
+        text_field: str = "description",
     ) -> None:
         super().__init__(f"{status} {error_code}: {description}")
         self.status = status
@@ -30,9 +33,10 @@ class ApiError(Exception):
         self.description = description
         self.headers = dict(headers or {})
         self.close = close
+        self.text_field = text_field
 
     def response(self) -> ApiResponse:
-        body = {"error_code": self.error_code, "description": self.description}
+        body = {"error_code": self.error_code, self.text_field: self.description}
         return ApiResponse(self.status, body, headers=self.headers, close=self.close)
 
 
@@ -50,6 +54,7 @@ class ApiRequest:
     user: str
     raw_body: bytes = field(repr=False)
     query: Mapping[str, list[str]] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)  # the ones handlers read
 
     def json(self) -> Any:
         """The body as JSON; 400 when it is missing or not JSON."""
@@ -64,7 +69,7 @@ class ApiRequest:
 @dataclass(frozen=True)
 class ApiResponse:
     status: int
-    body: Any
+    body: Any  # JSON, or bytes sent as they are (a malformed answer, injected)
     headers: Mapping[str, str] = field(default_factory=dict)
     close: bool = False  # answer with "Connection: close"
 
@@ -73,9 +78,12 @@ RouteHandler = Callable[[ApiRequest], ApiResponse]
 
 VIEW_CLUSTER_INFO: Final = "view_cluster_info"
 UPDATE_CLUSTER: Final = "update_cluster"
+VIEW_ALL_USERS_INFO: Final = "view_all_users_info"
+AUTHENTICATED: Final = "authenticated"  # any user with valid credentials
 #: Permissions per role; a role not listed gets ``view_cluster_info`` only.
 ROLE_PERMISSIONS: Final[Mapping[str, frozenset[str]]] = {
-    "admin": frozenset({VIEW_CLUSTER_INFO, UPDATE_CLUSTER}),
+    "admin": frozenset({VIEW_CLUSTER_INFO, UPDATE_CLUSTER, VIEW_ALL_USERS_INFO}),
+    "user_manager": frozenset({VIEW_CLUSTER_INFO, VIEW_ALL_USERS_INFO}),
     "none": frozenset(),
 }
 

@@ -204,15 +204,24 @@ class RestHandler(_QuietHandler):
         return self.rfile.read(length) if length else b""
 
     def _dispatch(self) -> None:
+        if self.cluster._rest_down():  # the API is away: the connection drops unanswered
+            self.close_connection = True
+            return
         der = cast(ssl.SSLSocket, self.connection).getpeercert(binary_form=True)
         peer = x509.load_der_x509_certificate(der) if der else None
         response = self.cluster._rest.handle(
-            self.command, self.path, self.headers.get("Authorization"), self._read_body, peer
+            self.command,
+            self.path,
+            self.headers.get("Authorization"),
+            self._read_body,
+            headers={k: v for k, v in self.headers.items() if k.lower() == "x-task-id"},
+            peer=peer,
         )
         headers = dict(response.headers)
         if response.close:
             headers["Connection"] = "close"  # also makes BaseHTTPRequestHandler close
-        payload = json.dumps(response.body).encode()
+        body = response.body
+        payload = body if isinstance(body, bytes) else json.dumps(body).encode()
         self._send(response.status, "application/json", payload, headers)
 
 

@@ -32,7 +32,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from vault_bridge_lab.simulator.databases import (
@@ -46,6 +46,14 @@ from vault_bridge_lab.simulator.databases import (
     check_sources,
     leaf_fingerprint,
     link_key,
+)
+from vault_bridge_lab.simulator.routing import ApiError
+from vault_bridge_lab.simulator.schemas import (
+    BDB_UPDATE,
+    CRDB_DB_CONFIG_PER_INSTANCE,
+    CRDB_INSTANCE,
+    CRDB_MODIFY_REQUEST,
+    CRDB_OBJECT,
 )
 
 if TYPE_CHECKING:
@@ -78,6 +86,10 @@ class DatabaseWorld:
         self._outages: list[Outage] = []
         self._ports = itertools.count(12000)
         self._uids: dict[str, Iterator[int]] = {}
+        # UNDOCUMENTED whether GET /v1/bdbs returns a replica source's client_key: True
+        # simulates a cluster that leaves it out.
+        self.hide_client_key = False
+        self.update_requests = 0  # POST /v1/crdbs/<guid>/updates that started a task
 
     # ---- clusters
 
@@ -170,6 +182,11 @@ class DatabaseWorld:
                     leaf_fingerprint(c["client_cert"]) for c in certs
                 }:
                     certs.append({"client_cert": syncer})
+                source_crdb = self._crdbs.get(str(source.fields.get("crdt_guid") or ""))
+                if source_crdb is not None:  # an Active-Active instance: the CRDB holds them
+                    source_crdb.instance_configs.setdefault(source.cluster, {})[
+                        "authentication_ssl_client_certs"
+                    ] = [dict(c) for c in certs]
             bdb.fields["replica_sources"] = sources
             self._evaluate(self._clock())
             return bdb.uid
@@ -274,27 +291,81 @@ class DatabaseWorld:
             "local_databases": [{"bdb_uid": str(crdb.db_uids[cluster]), "id": local_id}],
         }
 
-    def create_update(self, cluster: str, guid: str, body: Any) -> dict[str, Any]:
-        """POST /v1/crdbs/<guid>/updates"""
-        if not isinstance(body, dict):
-            raise DatabaseError(400, "invalid_request", "the body must be a JSON object")
+    def create_update(
+        self,
+        cluster: str,
+        guid: str,
+        body: Any,
+        *,
+        task_id: str | None = None,
+        now_utc: datetime | None = None,
+    ) -> dict[str, Any]:
+        """POST /v1/crdbs/<guid>/updates: a modify_request; ``task_id`` from ``X-Task-ID``
+        (requests/crdbs/updates.md) names the task. UNDOCUMENTED what a second request with
+        the ID of an existing task does: here it returns that task and starts nothing."""
+        try:
+            CRDB_MODIFY_REQUEST.check(body, "the body")
+        except ApiError as err:
+            raise DatabaseError(err.status, err.error_code, err.description) from err
         force = body.get("force_update", False)
         if not isinstance(force, bool):
-            raise DatabaseError(400, "invalid_request", "'force_update' must be a boolean")
+            raise DatabaseError(400, "invalid_schema", "'force_update' must be a boolean")
         with self._lock:
             crdb = self._crdbs.get(guid)
             if crdb is None or cluster not in crdb.db_uids:
                 raise DatabaseError(404, "crdb_not_found", f"no CRDB {guid}")
-            return self._create_task(guid, cluster, force=force, run_time=self.run_time)
+            if task_id is not None and task_id in self._tasks:
+                now = self._clock()
+                self._advance(now)
+                return self._task_json(self._tasks[task_id], now)
+            if "crdb" in body:
+                self._apply_instance_configs(crdb, body["crdb"], now_utc or datetime.now(UTC))
+            self.update_requests += 1
+            return self._create_task(
+                guid, cluster, force=force, run_time=self.run_time, task_id=task_id
+            )
+
+    def _apply_instance_configs(self, crdb: Crdb, value: Any, now_utc: datetime) -> None:
+        """``crdb.instances[].db_config`` of a modify_request: per-instance settings
+        (objects/crdb/database_config.md) applied to that instance's bdb."""
+        try:
+            CRDB_OBJECT.check(value, "crdb")
+            instances = value.get("instances") or []
+            if not isinstance(instances, list):
+                raise DatabaseError(400, "invalid_schema", "crdb.instances must be a list")
+            for index, instance in enumerate(instances):
+                CRDB_INSTANCE.check(instance, f"crdb.instances[{index}]")
+                config = CRDB_DB_CONFIG_PER_INSTANCE.check(
+                    instance.get("db_config") or {}, f"crdb.instances[{index}].db_config"
+                )
+                member = _instance_cluster(crdb, instance["id"])
+                bdb = self._bdb(member, crdb.db_uids[member])
+                for key, field_value in config.items():
+                    if key == "authentication_ssl_client_certs":
+                        field_value = check_client_certs(field_value, now_utc)
+                    bdb.fields[key] = field_value
+                    crdb.instance_configs.setdefault(member, {})[key] = field_value
+        except ApiError as err:
+            raise DatabaseError(err.status, err.error_code, err.description) from err
+        self._evaluate(self._clock())
 
     def _create_task(
-        self, guid: str, cluster: str, *, force: bool, run_time: float
+        self, guid: str, cluster: str, *, force: bool, run_time: float, task_id: str | None = None
     ) -> dict[str, Any]:
         now = self._clock()
         self._advance(now)
         queue = self._failures.get(guid) or self._failures.get(None) or []
         fail = queue.pop(0) if queue else None
-        task = Task(str(uuid.uuid4()), guid, now, self.queued_time, run_time, force, fail, cluster)
+        task = Task(
+            task_id or str(uuid.uuid4()),
+            guid,
+            now,
+            self.queued_time,
+            run_time,
+            force,
+            fail,
+            cluster,
+        )
         self._tasks[task.id] = task
         return self._task_json(task, now)
 
@@ -350,6 +421,10 @@ class DatabaseWorld:
         key = link_key(bdb, entry)
         problem = self._link_problem(bdb, entry)
         out = dict(entry)
+        if self.hide_client_key:
+            out.pop("client_key", None)
+        # The status-only fields of objects/bdb/syncer_sources.md, as a real cluster adds them.
+        out.update(last_update="2026-01-01T00:00:00Z", rdb_size=0, rdb_transferred=0)
         if problem is not None:
             out.update(status="out-of-sync", last_error=problem, lag=None)
         elif now - self._healthy_since.get(key, -1e18) < self.resync_time:
@@ -361,16 +436,16 @@ class DatabaseWorld:
     def update_bdb(self, cluster: str, uid: int, body: Any, now_utc: datetime) -> dict[str, Any]:
         """PUT /v1/bdbs/<uid>: ``replica_sources`` and ``authentication_ssl_client_certs``
         (whole lists) are validated and replace the current ones; other keys are stored."""
-        if not isinstance(body, dict):
-            raise DatabaseError(400, "invalid_request", "the body must be a JSON object")
+        try:
+            BDB_UPDATE.check(body, "the body")
+        except ApiError as err:
+            raise DatabaseError(err.status, err.error_code, err.description) from err
         with self._lock:
             now = self._clock()
             self._advance(now)
             bdb = self._bdb(cluster, uid)
             updates: dict[str, Any] = {}
             for key, value in body.items():
-                if key in ("uid", "port"):
-                    continue
                 if key == "replica_sources":
                     updates[key] = check_sources(value, now_utc)
                 elif key == "authentication_ssl_client_certs":
@@ -433,6 +508,13 @@ class DatabaseWorld:
                 ]
                 continue
             crdb.known = dict(task.snapshot)
+            for member, config in crdb.instance_configs.items():
+                self._bdb(member, crdb.db_uids[member]).fields.update(
+                    {
+                        k: [dict(v) for v in value] if isinstance(value, list) else value
+                        for k, value in config.items()
+                    }
+                )
             self._evaluate(at)
 
     def _evaluate(self, at: float) -> None:
@@ -499,3 +581,10 @@ class DatabaseWorld:
             if bdb.cluster == cluster and str(bdb.port) == port:
                 return bdb
         return None
+
+
+def _instance_cluster(crdb: Crdb, instance_id: Any) -> str:
+    """The participating cluster of an instance ID (instances are numbered from 1)."""
+    if not isinstance(instance_id, int) or not 1 <= instance_id <= len(crdb.participants):
+        raise DatabaseError(404, "instance_not_found", f"no instance {instance_id!r}")
+    return crdb.participants[instance_id - 1]
