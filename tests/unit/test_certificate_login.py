@@ -215,7 +215,7 @@ def test_certificate_login_config_resolves() -> None:
             {"username": "a", "password_env": "HOME", "login_certificate": LOGIN},
             "clusters[0]: key 'login_certificate' applies only when login = 'certificate'",
         ),
-        ({"password_env": "HOME"}, "clusters[0]: missing key 'username'"),
+        ({"password_env": "HOME"}, "clusters[0].username: missing required key"),
         (
             {
                 "username": "a",

@@ -25,7 +25,7 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from vault_bridge.config.schema import ClusterSettings
+from vault_bridge.config.schema import MTLS_TRUSTED_CA, ClusterSettings
 from vault_bridge.decisions.install import CertUpload
 from vault_bridge.errors import CertificateError, ClusterError
 from vault_bridge.models.certificates import CertName, InstalledCertificate, IssuedCertificate
@@ -535,7 +535,7 @@ class ClusterClient:
             raise self.malformed(
                 "GET", path, f"no {', '.join(f'{n}_cert' for n in absent)} in the answer"
             )
-        known = {n.value for n in CertName}
+        known = {n.value for n in CertName} | {MTLS_TRUSTED_CA}
         out: dict[str, InstalledCertificate] = {}
         for key, value in data.items():
             if not key.endswith("_cert") or value in (None, ""):

@@ -315,8 +315,6 @@ class ClusterConfig(WindowSettings):
         else:
             if self.login_certificate is not None:
                 raise ValueError("key 'login_certificate' applies only when login = 'certificate'")
-            if not self.username:
-                raise ValueError("missing key 'username': required when login = 'password'")
             if sum(1 for source in sources.values() if source) != 1:
                 raise ValueError(
                     "expected exactly one of 'password_file', 'password_env' or 'password_vault'"
@@ -760,6 +758,8 @@ def _resolve_certificate_auth(
     cluster: ClusterConfig, defaults: CertSettings, where: str
 ) -> tuple[LoginSpec | None, tuple[DatabaseSpec, ...], str | None]:
     """The login certificate, the databases' own certificates and the trusted CA's mount."""
+    if cluster.login == "password" and not cluster.username:
+        raise ConfigError(f"{where}.username: missing required key (login = 'password')")
     login_spec: LoginSpec | None = None
     if cluster.login_certificate is not None:
         login_spec = LoginSpec.of(
