@@ -10,16 +10,28 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from vault_bridge_lab.openbao import OpenBaoServer, PkiSetup
+    from vault_bridge_lab.openbao import PkiSetup
     from vault_bridge_lab.simulator import SimulatedCluster
 
 ROTATED = ("cm", "api", "proxy", "syncer", "metrics_exporter")
 PASSWORD_ENV = "VAULT_BRIDGE_LAB_RE_PASSWORD"
 ADMIN = "admin@example.com"
 ADMIN_PASSWORD = "admin-password"
+
+
+class VaultServer(Protocol):
+    """What a configuration needs of a lab Vault: the dev server
+    (:class:`~vault_bridge_lab.openbao.OpenBaoServer`) or the Raft one
+    (:class:`~vault_bridge_lab.openbao_raft.RaftOpenBaoServer`)."""
+
+    @property
+    def address(self) -> str: ...
+
+    @property
+    def ca_cert(self) -> str | None: ...
 
 
 def cluster_table(
@@ -60,7 +72,7 @@ def cluster_table(
 
 
 def lab_config(
-    vault: OpenBaoServer,
+    vault: VaultServer,
     pki: PkiSetup,
     clusters: Sequence[dict[str, Any]],
     *,

@@ -193,6 +193,14 @@ class RaftOpenBaoServer:
         self.stop()
         self.start()
 
+    def wait_active(self) -> None:
+        """Return once the running server is active again, e.g. after ``sys/unseal``: Raft
+        has elected it leader and the token store answers. A server still sealed is unsealed
+        with the key on the way."""
+        if not self.running:
+            raise OpenBaoError("the raft server is not running")
+        self._bring_up()
+
     def close(self) -> None:
         """Stop and remove every file."""
         self.stop()

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vault_bridge_lab.lab import cluster_table, lab_config, to_toml
+from vault_bridge_lab.lab import VaultServer, cluster_table, lab_config, to_toml
 from vault_bridge_lab.openbao import OpenBaoServer, PkiSetup
 from vault_bridge_lab.simulator import SimulatedCluster
 
@@ -32,7 +32,7 @@ def relay(openbao: OpenBaoServer) -> Iterator[VaultRelay]:  # noqa: F811
 
 
 def write_config(
-    openbao: OpenBaoServer,  # noqa: F811
+    openbao: VaultServer,  # noqa: F811
     pki: PkiSetup,  # noqa: F811
     sims: list[SimulatedCluster],
     tmp_path: Path,

@@ -214,7 +214,7 @@ class Fleet:
                 for sim in self.sims.values()
             ]
             document = lab_config(
-                raft,  # type: ignore[arg-type]
+                raft,
                 pki,
                 tables,
                 state_dir=tmp / f"state-{i}",
