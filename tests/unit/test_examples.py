@@ -50,6 +50,7 @@ REQUIRED_TOMLS = {
     "auth/kubernetes.toml",
     "auth/cert.toml",
     "fleet/two-clusters.toml",
+    "password-free.toml",
 }
 ALL_TOMLS = sorted(p.relative_to(EXAMPLES).as_posix() for p in EXAMPLES.rglob("*.toml"))
 
@@ -135,6 +136,7 @@ def test_example_config_parses(
     assert settings.clusters and all(c.certificates for c in settings.clusters)
     # The policy generator works for every example and grants only the configured mounts.
     mounts = {spec.pki_mount for spec in settings.specs()}
+    mounts |= {c.login_certificate.pki_mount for c in settings.clusters if c.login_certificate}
     for rule in policy_rules(settings):
         assert rule.path.startswith("auth/token/") or rule.path.split("/")[0] in mounts
     assert render_policy(settings).count("path ") == len(policy_rules(settings))
@@ -172,6 +174,20 @@ def test_fleet_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # One PKI role per cluster, each limited to its own names.
     east_role = desired_role(roles_in(settings)[("pki_int", "redis-enterprise-east")])
     assert all("re-east" in name for name in east_role["allowed_domains"])
+
+
+def test_password_free_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = read_toml("password-free.toml")
+    settings, _ = load_example(data, tmp_path, monkeypatch)
+    assert settings.vault.auth.method == "kubernetes"
+    for raw, cluster in zip(data["clusters"], settings.clusters, strict=True):
+        assert not {"username", "password_file", "password_env", "password_vault"} & set(raw)
+        assert cluster.login == "certificate" and cluster.password is None
+        assert cluster.login_certificate is not None
+        assert cluster.trusted_ca_mount == cluster.login_certificate.pki_mount
+    paths = [rule.path for rule in policy_rules(settings)]
+    assert "pki_clients/sign/vault-bridge-login" in paths
+    assert not any("/data/" in path for path in paths)  # no KV secret read
 
 
 # --------------------------------------------------------------------------- docker compose

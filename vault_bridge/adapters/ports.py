@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from vault_bridge.decisions.install import CertUpload
 from vault_bridge.models.certificates import (
@@ -27,7 +27,7 @@ from vault_bridge.models.certificates import (
     InstalledCertificate,
     IssuedCertificate,
 )
-from vault_bridge.models.cluster import Bdb, Crdb, CrdbTask
+from vault_bridge.models.cluster import Bdb, ClusterAccess, Crdb, CrdbTask, OcspConfig, OcspStatus
 from vault_bridge.models.vault import MountIssuers, TokenInfo
 
 # -- time ------------------------------------------------------------------------------------
@@ -228,6 +228,58 @@ class ClusterDatabases(Protocol):
 
     def update_bdb(self, uid: int, changes: Mapping[str, Any]) -> Bdb:
         """PUT /v1/bdbs/<uid>"""
+        ...
+
+
+@runtime_checkable
+class ClusterOcsp(Protocol):
+    """OCSP stapling of one cluster's proxy certificate."""
+
+    @property
+    def name(self) -> str: ...
+
+    def ocsp(self) -> OcspConfig | None:
+        """GET /v1/ocsp (None: no OCSP on this cluster)"""
+        ...
+
+    def enable_ocsp(self) -> OcspConfig:
+        """PUT /v1/ocsp"""
+        ...
+
+    def ocsp_status(self) -> OcspStatus:
+        """GET /v1/ocsp/status"""
+        ...
+
+    def ocsp_test(self) -> OcspStatus:
+        """POST /v1/ocsp/test"""
+        ...
+
+
+@runtime_checkable
+class ClusterDatabaseCertificates(ClusterDatabases, Protocol):
+    """The databases' own proxy certificates (and the databases around them)."""
+
+    def bdb_certificates(
+        self, expires_before: str | None = None
+    ) -> dict[int, InstalledCertificate]:
+        """GET /v1/bdbs/certificates"""
+        ...
+
+    def bdb_certificate(self, uid: int) -> InstalledCertificate | None:
+        """GET /v1/bdbs/<uid>/certificates"""
+        ...
+
+    def set_bdb_certificate(self, uid: int, upload: CertUpload, *, dry_run: bool) -> None:
+        """POST /v1/bdbs/<uid>/certificates[?dry_run=true]"""
+        ...
+
+
+@runtime_checkable
+class ClusterAccessSettings(Protocol):
+    """How one cluster lets vault_bridge in, and its cipher settings."""
+
+    def access(self) -> ClusterAccess:
+        """GET /v1/cluster"""
         ...
 
 

@@ -10,23 +10,34 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import ssl
 import tempfile
+import threading
 import uuid
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from vault_bridge.config.schema import ClusterSettings
+from vault_bridge.config.schema import MTLS_TRUSTED_CA, ClusterSettings
 from vault_bridge.decisions.install import CertUpload
 from vault_bridge.errors import CertificateError, ClusterError
-from vault_bridge.models.certificates import CertName, InstalledCertificate
-from vault_bridge.models.cluster import Bdb, Crdb, CrdbTask, Node
+from vault_bridge.models.certificates import CertName, InstalledCertificate, IssuedCertificate
+from vault_bridge.models.cluster import (
+    Bdb,
+    ClusterAccess,
+    Crdb,
+    CrdbTask,
+    Node,
+    OcspConfig,
+    OcspStatus,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -82,14 +93,51 @@ ROLE_STATUS_MESSAGES: Mapping[int, str] = {
 class _FingerprintAdapter(HTTPAdapter):
     """Accepts exactly the server certificate with the pinned SHA-256 fingerprint."""
 
-    def __init__(self, fingerprint: str) -> None:
+    def __init__(self, fingerprint: str, context: ssl.SSLContext | None = None) -> None:
         self._fingerprint = fingerprint
+        self._context = context
         super().__init__()
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         kwargs["assert_fingerprint"] = self._fingerprint
         kwargs["cert_reqs"] = ssl.CERT_NONE
+        if self._context is not None:
+            kwargs["ssl_context"] = self._context
         super().init_poolmanager(*args, **kwargs)
+
+
+class _ClientCertAdapter(HTTPAdapter):
+    """Presents a client certificate (held in ``context``) in every TLS handshake; the server's
+    certificate is still verified as ``verify=`` says, request by request."""
+
+    def __init__(self, context: ssl.SSLContext, pool_maxsize: int) -> None:
+        self._context = context
+        super().__init__(pool_connections=4, pool_maxsize=pool_maxsize)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["ssl_context"] = self._context
+        super().init_poolmanager(*args, **kwargs)
+
+
+def client_context(issued: IssuedCertificate, directory: str) -> ssl.SSLContext:
+    """A client TLS context holding ``issued`` (leaf and intermediates) and its key.
+
+    OpenSSL loads a certificate and key from files only: they go to a 0600 file in a private
+    0700 directory for the moment of loading and are removed at once. Nothing is logged.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # Hostnames are matched by urllib3 itself (the context is shared with the pinned path).
+    context.check_hostname = False
+    fd, path = tempfile.mkstemp(dir=directory, suffix=".pem")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(issued.chain_pem)
+            handle.write(issued.private_key.strip() + "\n")
+        context.load_cert_chain(path)
+    finally:
+        os.unlink(path)
+    return context
 
 
 class ClusterClient:
@@ -104,15 +152,28 @@ class ClusterClient:
         retries: int = 3,
         backoff: float = 0.5,
         password: Callable[[], str] | None = None,
+        client_certificate: Callable[[], IssuedCertificate] | None = None,
         monotonic: Callable[[], float] | None = None,
         version_ttl: float = 3600.0,
     ) -> None:
         """``password`` reads the password (from Vault) when ``settings`` has none; it is
         called once, on the first request. The lowest node version is read again after
-        ``version_ttl`` seconds (``monotonic`` is the clock)."""
-        if settings.password is None and password is None:
+        ``version_ttl`` seconds (``monotonic`` is the clock).
+
+        ``client_certificate`` (``login = "certificate"``) returns the certificate to log in
+        with; it is called before every request (it renews the certificate when due) and a new
+        certificate is presented from the next connection on. No Basic credentials are sent then.
+        """
+        if settings.login == "certificate":
+            if client_certificate is None:
+                raise ValueError(f"cluster {settings.name}: login = 'certificate' needs a source")
+        elif settings.password is None and password is None:
             raise ValueError(f"cluster {settings.name}: no password and no way to read one")
         self._password_source = password
+        self._client_source = client_certificate
+        self._client_cert: IssuedCertificate | None = None
+        self._client_context: ssl.SSLContext | None = None
+        self._client_lock = threading.Lock()
         self.settings = settings
         self.name = settings.name
         self._sleep = sleep or _real_sleep
@@ -144,7 +205,7 @@ class ClusterClient:
         # Never let REQUESTS_CA_BUNDLE & co. replace the trust chosen here; verify= is also
         # passed with every request.
         session.trust_env = False
-        if self.settings.password is not None:
+        if self.settings.password is not None and self.settings.login == "password":
             session.auth = (self.settings.username, self.settings.password.get_secret_value())
         session.headers["Accept"] = "application/json"
         return session
@@ -160,11 +221,56 @@ class ClusterClient:
         if not pems:
             self._verify = True  # the platform's CA store (certifi), never the environment's
             return
+        path = Path(self._private_dir()) / "ca.pem"
+        text = "\n".join(p.strip() for p in pems) + "\n"
+        if self._verify == str(path) and path.read_text(encoding="utf-8") == text:
+            return
+        path.write_text(text, encoding="utf-8")
+        self._verify = str(path)
+        if self._client_cert is not None:
+            # A shared TLS context keeps every CA once loaded: start afresh with the new trust.
+            with self._client_lock:
+                if self._client_cert is not None:
+                    self._use_client_certificate(self._client_cert)
+
+    def _private_dir(self) -> str:
         if self._bundle_dir is None:
             self._bundle_dir = tempfile.TemporaryDirectory(prefix="vault-bridge-trust-")
-        path = Path(self._bundle_dir.name) / "ca.pem"
-        path.write_text("\n".join(p.strip() for p in pems) + "\n", encoding="utf-8")
-        self._verify = str(path)
+        return self._bundle_dir.name
+
+    @property
+    def login_certificate(self) -> IssuedCertificate | None:
+        """The client certificate presented to the cluster now (``login = "certificate"``)."""
+        return self._client_cert
+
+    def _ensure_client_certificate(self) -> None:
+        """Take the current login certificate from its source; a new one is presented from
+        the next connection on (open keep-alive connections stay as they are)."""
+        if self._client_source is None:
+            return
+        issued = self._client_source()
+        with self._client_lock:
+            current = self._client_cert
+            if current is not None and current.serial == issued.serial:
+                return
+            self._use_client_certificate(issued)
+        logger.info(
+            "cluster %s: logging in with client certificate serial %s (not_after %s)",
+            self.name,
+            issued.serial,
+            issued.not_after.isoformat(),
+        )
+
+    def _use_client_certificate(self, issued: IssuedCertificate) -> None:
+        context = client_context(issued, self._private_dir())
+        self._client_context = context
+        self._client_cert = issued
+        self._session.mount("https://", _ClientCertAdapter(context, self._pool_size))
+        if self._pin_session is not None and self.settings.ca_fingerprint:
+            pin_context = client_context(issued, self._private_dir())
+            self._pin_session.mount(
+                "https://", _FingerprintAdapter(self.settings.ca_fingerprint, pin_context)
+            )
 
     @property
     def backoff(self) -> float:
@@ -193,7 +299,11 @@ class ClusterClient:
 
     def _ensure_auth(self) -> None:
         """Read the password from its source on first use (never logged, never stored)."""
-        if self._session.auth is not None or self._password_source is None:
+        if (
+            self._session.auth is not None
+            or self._password_source is None
+            or self.settings.login == "certificate"
+        ):
             return
         credentials = (self.settings.username, self._password_source())
         self._session.auth = credentials
@@ -210,6 +320,7 @@ class ClusterClient:
         headers: Mapping[str, str] | None = None,
     ) -> requests.Response:
         self._ensure_auth()
+        self._ensure_client_certificate()
         url = f"{self.settings.url}{path}"
         data = json.dumps(body) if body is not None else None
         all_headers = {"Content-Type": "application/json"} if body is not None else {}
@@ -234,6 +345,15 @@ class ClusterClient:
                     warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
                     return self._pin_session.request(method, url, verify=False, **kwargs)
         except requests.exceptions.SSLError as exc:
+            if self._client_cert is not None and _peer_alert(exc):
+                raise ClusterError(
+                    f"the cluster refused the client certificate in the TLS handshake "
+                    f"({_short(exc)}): does its mtls_trusted_ca hold the certificate's CA, and "
+                    f"is mtls_certificate_authentication on?",
+                    cluster=self.name,
+                    method=method,
+                    url=url,
+                ) from exc
             raise ClusterError(
                 f"TLS verification of the REST API failed: {_short(exc)} (set ca_file or "
                 f"ca_fingerprint to the cluster's API certificate)",
@@ -336,6 +456,16 @@ class ClusterClient:
         except ValueError:
             description = response.text[:200].strip()
         text = ERROR_CODE_MESSAGES.get(code) or messages.get(status) or f"unexpected HTTP {status}"
+        if status == 401 and self._client_cert is not None:
+            text = (
+                f"authentication failed: no cluster user with auth_method 'certificate' and "
+                f"certificate_subject_line {self._client_cert.info.subject!r}"
+            )
+        elif status == 401:
+            text = (
+                "authentication failed: wrong username or password, or Basic authentication "
+                "is turned off on the cluster (control_plane_basic_authentication)"
+            )
         if description and description not in text:
             text = f"{text} ({code + ': ' if code else ''}{description})"
         return ClusterError(
@@ -373,6 +503,37 @@ class ClusterClient:
         """GET /v1/cluster"""
         return dict(self.request("GET", "/v1/cluster"))
 
+    def access(self) -> ClusterAccess:
+        """GET /v1/cluster -> the login and cipher settings."""
+        data = self.request("GET", "/v1/cluster")
+        if not isinstance(data, dict):
+            raise ClusterError("GET /v1/cluster answered no object", cluster=self.name)
+        return ClusterAccess.from_json(data)
+
+    # -- OCSP stapling of the proxy certificate ------------------------------------------
+
+    def ocsp(self) -> OcspConfig | None:
+        """GET /v1/ocsp (None: the cluster has no OCSP, 404, or not on every node, 406)."""
+        try:
+            return OcspConfig.from_json(self.request("GET", "/v1/ocsp", retry=False))
+        except ClusterError as exc:
+            if exc.status in (404, 406):
+                return None
+            raise
+
+    def enable_ocsp(self) -> OcspConfig:
+        """PUT /v1/ocsp with ``{"ocsp_functionality": true}``."""
+        body = {"ocsp_functionality": True}
+        return OcspConfig.from_json(self.request("PUT", "/v1/ocsp", body, retry=False))
+
+    def ocsp_status(self) -> OcspStatus:
+        """GET /v1/ocsp/status: the status the cluster staples now (its cache)."""
+        return OcspStatus.from_json(self.request("GET", "/v1/ocsp/status"))
+
+    def ocsp_test(self) -> OcspStatus:
+        """POST /v1/ocsp/test: ask the responder now (cached when OCSP is on)."""
+        return OcspStatus.from_json(self.request("POST", "/v1/ocsp/test", retry=False))
+
     def certificates(self) -> dict[str, InstalledCertificate]:
         """GET /v1/cluster/certificates -> installed certificates by name (keys dropped).
 
@@ -389,7 +550,7 @@ class ClusterClient:
             raise self.malformed(
                 "GET", path, f"no {', '.join(f'{n}_cert' for n in absent)} in the answer"
             )
-        known = {n.value for n in CertName}
+        known = {n.value for n in CertName} | {MTLS_TRUSTED_CA}
         out: dict[str, InstalledCertificate] = {}
         for key, value in data.items():
             if not key.endswith("_cert") or value in (None, ""):
@@ -501,6 +662,10 @@ class ClusterClient:
         if count <= self._pool_size:
             return
         self._pool_size = count
+        with self._client_lock:
+            if self._client_context is not None:
+                self._session.mount("https://", _ClientCertAdapter(self._client_context, count))
+                return
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=count)
         self._session.mount("https://", adapter)
 
@@ -554,6 +719,69 @@ class ClusterClient:
         """GET /v1/bdbs/<uid>"""
         return self._get(f"/v1/bdbs/{uid}", Bdb.from_json)
 
+    # -- a database's own proxy certificate ---------------------------------------------
+
+    def bdb_certificates(
+        self, expires_before: str | None = None
+    ) -> dict[int, InstalledCertificate]:
+        """GET /v1/bdbs/certificates[?expires_before=] -> the databases' own proxy certificates
+        by uid. 404: the cluster has no such endpoint (an older Redis Enterprise)."""
+        query = f"?expires_before={quote(expires_before)}" if expires_before else ""
+        try:
+            data = self.request(
+                "GET", f"/v1/bdbs/certificates{query}", messages=DATABASE_STATUS_MESSAGES
+            )
+        except ClusterError as exc:
+            if exc.status == 404:
+                raise ClusterError(
+                    "this cluster has no per-database certificate endpoints "
+                    "(GET /v1/bdbs/certificates answers 404): per-database certificates need "
+                    "a newer Redis Enterprise",
+                    cluster=self.name,
+                    status=404,
+                ) from exc
+            raise
+        out: dict[int, InstalledCertificate] = {}
+        for item in data if isinstance(data, list) else []:
+            if not isinstance(item, dict) or not isinstance(item.get("cert"), str):
+                continue
+            try:
+                uid = int(item.get("bdb_uid", ""))
+            except ValueError:
+                continue
+            out[uid] = InstalledCertificate.from_pem(f"bdb:{uid}", item["cert"])
+        return out
+
+    def bdb_certificate(self, uid: int) -> InstalledCertificate | None:
+        """GET /v1/bdbs/<uid>/certificates (None: the database has no certificate of its own)."""
+        try:
+            data = self.request(
+                "GET", f"/v1/bdbs/{uid}/certificates", messages=DATABASE_STATUS_MESSAGES
+            )
+        except ClusterError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        pem = data.get("cert") if isinstance(data, dict) else None
+        if not isinstance(pem, str) or not pem.strip():
+            return None
+        return InstalledCertificate.from_pem(f"bdb:{uid}", pem)
+
+    def set_bdb_certificate(self, uid: int, upload: CertUpload, *, dry_run: bool) -> None:
+        """POST /v1/bdbs/<uid>/certificates[?dry_run=true] with ``{"cert", "private_key"}``
+        (dry_run validates without changing anything). Never resent blindly: the caller reads
+        the certificate back."""
+        body = {"cert": upload.certificate, "private_key": upload.key}
+        query = "?dry_run=true" if dry_run else ""
+        self.request(
+            "POST",
+            f"/v1/bdbs/{uid}/certificates{query}",
+            body,
+            certificate=upload.name,
+            messages=DATABASE_STATUS_MESSAGES,
+            retry=False,
+        )
+
     def update_bdb(self, uid: int, changes: Mapping[str, Any]) -> Bdb:
         """PUT /v1/bdbs/<uid> (409 busy is retried with backoff)."""
         path = f"/v1/bdbs/{uid}"
@@ -580,6 +808,22 @@ def _str_field(data: Any, key: str) -> str:
 
 def _pem_text(value: Any) -> bool:
     return isinstance(value, str) and bool(value.strip())
+
+
+_PEER_ALERTS = (
+    "alert unknown ca",
+    "alert bad certificate",
+    "certificate required",
+    "alert certificate expired",
+    "alert certificate unknown",
+    "alert handshake failure",
+)
+
+
+def _peer_alert(exc: BaseException) -> bool:
+    """Whether a TLS error is the server's alert about our client certificate."""
+    text = str(exc).lower()
+    return any(alert in text for alert in _PEER_ALERTS)
 
 
 def _short(exc: BaseException) -> str:

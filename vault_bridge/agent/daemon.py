@@ -30,7 +30,7 @@ from typing import Any
 
 from vault_bridge.adapters.ports import VaultAuth
 from vault_bridge.agent.ha import Coordinator
-from vault_bridge.agent.health import Metrics, Snapshot, serving
+from vault_bridge.agent.health import Metrics, Snapshot, login_samples, serving
 from vault_bridge.agent.oneshot import result_json
 from vault_bridge.agent.passes import AgentRotator, Passes
 from vault_bridge.agent.revocation import revoke_due
@@ -171,6 +171,7 @@ class Agent:
         if not self.keeper.healthy and self.state_backoff.allows(now):
             self._recover_state(now)
         self._token(app, now)
+        self._renew_logins(app, now)
         if self._journal_open() and (passes.replay_backoff.allows(now) or passes.pass_now):
             passes.replay(app)
         for request in self.state_dir.take_requests():
@@ -348,6 +349,17 @@ class Agent:
         self.token_backoff = Backoff()
         self.token_error = None
 
+    def _renew_logins(self, app: App, now: datetime) -> None:
+        """Renew the login certificates that are due, so a certificate in use never expires
+        while the agent sleeps (a request would renew it first anyway)."""
+        for login in app.logins.values():
+            at = login.next_attempt
+            if at is not None and at <= now:
+                try:
+                    login.current()
+                except VaultBridgeError as exc:
+                    logger.error("cluster %s: login certificate: %s", login.spec.cluster, exc)
+
     # -- CLI requests ------------------------------------------------------------------------
 
     def _serve(self, request: dict[str, Any]) -> None:
@@ -397,6 +409,10 @@ class Agent:
             candidates.append((self._next_revocation(), "revocation"))
             if self.app is not None:
                 candidates.append((self._token_due(self.app.vault, now), "Vault token"))
+                for login in self.app.logins.values():
+                    candidates.append(
+                        (login.next_attempt, f"login certificate of {login.spec.cluster}")
+                    )
         if self.ha is not None:
             candidates.append((self.ha.next_step_at(now), "leases"))
         candidates.append((now + self.resync, "resync"))
@@ -431,6 +447,10 @@ class Agent:
         if self.ha is not None:
             reasons.extend(self.ha.reasons())
         vault = self.app.vault if self.app is not None else None
+        ocsp = {}
+        if self.app is not None:
+            samples = (*samples, *login_samples(self.app.logins.values(), now))
+            ocsp = {c: s.cert_status for c, s in self.app.rotator.ocsp.items()}
         self.metrics.publish(
             Snapshot(
                 certificates=samples,
@@ -441,6 +461,7 @@ class Agent:
                 followups_pending=self.keeper.followups_pending(),
                 leaders=self.ha.leaders() if self.ha is not None else {},
                 lease_renewal_failures=dict(self.ha.failures) if self.ha is not None else {},
+                ocsp=ocsp,
             )
         )
 

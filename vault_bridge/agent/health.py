@@ -28,7 +28,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from vault_bridge.config.schema import parse_hostport
+from vault_bridge.decisions.login import LOGIN_NAME
 from vault_bridge.errors import VaultBridgeError
+from vault_bridge.models.cluster import OCSP_STATUSES
+from vault_bridge.rotation.login import LoginCertificate
 
 logger = logging.getLogger(__name__)
 
@@ -83,11 +86,39 @@ class Snapshot:
     token_expires_at: datetime | None = None
     ready: bool = False
     reasons: tuple[str, ...] = ("the agent is starting",)
+    # The proxy certificate's OCSP status by cluster (stapling on): GOOD, REVOKED, UNKNOWN.
+    ocsp: Mapping[str, str] = field(default_factory=dict)
+
     # (cluster, name) -> since when the follow-ups of its last change have been pending
     followups_pending: Mapping[tuple[str, str], datetime] = field(default_factory=dict)
     # With [ha]: by cluster, whether this replica leads it, and its lease renewal failures.
     leaders: Mapping[str, bool] = field(default_factory=dict)
     lease_renewal_failures: Mapping[str, int] = field(default_factory=dict)
+
+
+def login_samples(logins: Iterable[LoginCertificate], now: datetime) -> tuple[CertSample, ...]:
+    """The login certificates (``login = "certificate"``) as ``/metrics`` shows them, under the
+    name ``login_certificate``: Unknown until the first request issued one."""
+    samples = []
+    for login in logins:
+        held = login.held
+        condition: Condition = "Unknown"
+        expiring = False
+        if held is not None:
+            info = held.info
+            condition = "True" if info.not_after > now else "False"
+            expiring = (info.not_after - now) < (info.not_after - info.not_before) * 0.1
+        samples.append(
+            CertSample(
+                cluster=login.spec.cluster,
+                name=LOGIN_NAME,
+                not_after=held.not_after if held else None,
+                renew_at=login.renew_at,
+                condition=condition,
+                expiring=expiring,
+            )
+        )
+    return tuple(samples)
 
 
 class Metrics:
@@ -194,6 +225,14 @@ class _SnapshotCollector(Collector):
         )
         if snap.token_expires_at is not None:
             token.add_metric([], snap.token_expires_at.timestamp())
+        ocsp = GaugeMetricFamily(
+            "vault_bridge_ocsp_status",
+            "OCSP status the cluster staples for its proxy certificate (1 for the current one).",
+            labels=["cluster", "status"],
+        )
+        for cluster, current in sorted(snap.ocsp.items()):
+            for status in OCSP_STATUSES:
+                ocsp.add_metric([cluster, status], 1.0 if status == current else 0.0)
         pending = GaugeMetricFamily(
             "vault_bridge_followups_pending_since_timestamp_seconds",
             "Since when the Active-Active / Replica Of follow-ups of the certificate's last "
@@ -204,7 +243,7 @@ class _SnapshotCollector(Collector):
             pending.add_metric([cluster, name], since.timestamp())
         yield from (expiration, renewal, ready, expiring, overdue, issuer_expiring, outdated)
         yield overrides
-        yield from (rotations, token, pending)
+        yield from (rotations, token, pending, ocsp)
         if snap.leaders:
             yield from _ha_families(snap)
 

@@ -128,6 +128,13 @@ class View:
         return self.overdue_at is not None and now >= self.overdue_at
 
 
+def watched(settings: Settings) -> list[Key]:
+    """Every certificate a pass keeps: the cluster certificates, then the databases' own."""
+    keys = [(s.cluster, s.name.value) for s in settings.specs()]
+    keys += [(c.name, d.label) for c in settings.clusters for d in c.databases]
+    return keys
+
+
 class Passes:
     """The passes of the agent and what they taught it about each certificate."""
 
@@ -158,7 +165,7 @@ class Passes:
     def reload(self, settings: Settings) -> None:
         """A new configuration: forget what no longer applies, pass at once."""
         self.settings = settings
-        configured = {(s.cluster, s.name.value) for s in settings.specs()}
+        configured = set(watched(settings))
         self.views = {k: v for k, v in self.views.items() if k in configured}
         self.permission.clear()
         self.cluster_backoff.clear()
@@ -174,13 +181,12 @@ class Passes:
         out = []
         state = self.keeper.state
         held = self.keeper.blocked_by_journal(now)
-        for spec in self.settings.specs():
-            if not self.leads(spec.cluster):
+        for key in watched(self.settings):
+            if not self.leads(key[0]):
                 continue
-            key = (spec.cluster, spec.name.value)
             view = self.views.get(key)
             backoff = state.record(key).backoff if state else Backoff()
-            cluster_backoff = self.cluster_backoff.get(spec.cluster, Backoff())
+            cluster_backoff = self.cluster_backoff.get(key[0], Backoff())
             answered = view is not None and view.answered
             if not answered and cluster_backoff.failures:
                 backoff = cluster_backoff
@@ -191,8 +197,8 @@ class Passes:
                 blocked.append(self.replay_backoff.next_attempt or now)
             out.append(
                 Tracked(
-                    cluster=spec.cluster,
-                    name=spec.name.value,
+                    cluster=key[0],
+                    name=key[1],
                     state=view.state if view and answered else None,
                     renew_at=view.renew_at if view else None,
                     backoff=backoff,
@@ -349,7 +355,7 @@ class Passes:
         if error is None:
             self.cluster_backoff.pop(name, None)
             return
-        keys = [(name, s.name.value) for s in self.settings.cluster(name).certificates]
+        keys = [k for k in watched(self.settings) if k[0] == name]
         for key in keys:
             if key in self.views:
                 self.views[key] = replace(self.views[key], answered=False)
@@ -505,18 +511,17 @@ class Passes:
     def samples(self, now: datetime) -> tuple[CertSample, ...]:
         """Each configured certificate as ``/metrics`` shows it."""
         samples = []
-        for spec in self.settings.specs():
-            if not self.leads(spec.cluster):
-                continue  # the leader of that cluster reports it
-            key = (spec.cluster, spec.name.value)
+        for key in watched(self.settings):
+            if not self.leads(key[0]):
+                continue
             view = self.views.get(key)
             condition: Condition = "Unknown"
             if view is not None and view.answered and view.state is not None:
                 condition = "True" if view.state in ("ok", "due") else "False"
             samples.append(
                 CertSample(
-                    cluster=spec.cluster,
-                    name=spec.name.value,
+                    cluster=key[0],
+                    name=key[1],
                     not_after=view.not_after if view else None,
                     renew_at=self._renew_at(key, view, now),
                     condition=condition,

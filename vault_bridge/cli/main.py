@@ -188,6 +188,7 @@ def issue(
     targets: set[tuple[str, str]] = set()
     for cluster in clusters:
         configured = [s.name.value for s in cluster.certificates]
+        configured += [d.label for d in cluster.databases]  # bdb:<name>
         for name in names:
             if name not in configured and not cluster_name and len(clusters) > 1:
                 continue
@@ -288,12 +289,18 @@ def validate(ctx: Context, connect: bool) -> None:
     )
     if not connect:
         return
+    from vault_bridge.rotation.access_checks import access_report
     from vault_bridge.rotation.app import build
     from vault_bridge.rotation.connect_checks import connect_checks, issuer_warnings
 
     with build(settings, read_only=True) as app:
+        app.rotator.trust_vault_chains()
         problems = connect_checks(app)
+        access = access_report(app)
         warnings = issuer_warnings(app) if not problems else []
+    problems.extend(access.problems)
+    for note in access.notes:
+        click.echo(note)
     for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
     for problem in problems:

@@ -27,6 +27,7 @@ Leaders = Mapping[str, tuple[str | None, datetime | None]]
 def status_table(statuses: Sequence[CertStatus], leaders: Leaders | None = None) -> str:
     headers: tuple[str, ...] = ("CLUSTER", "NAME", "STATE", "SERIAL", "ISSUER", "NOT AFTER")
     headers += ("RENEW AT", "LEADER", "LEASE EXPIRES") if leaders is not None else ("RENEW AT",)
+    ocsp = any(s.ocsp is not None for s in statuses)  # the column only where OCSP is on
     rows = [
         (
             s.cluster,
@@ -38,8 +39,11 @@ def status_table(statuses: Sequence[CertStatus], leaders: Leaders | None = None)
             table_time(s.renew_at),
         )
         + (_leader_cells(leaders, s.cluster) if leaders is not None else ())
+        + ((s.ocsp or "-",) if ocsp else ())
         for s in statuses
     ]
+    if ocsp:
+        headers += ("OCSP",)
     widths = [
         max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
     ]

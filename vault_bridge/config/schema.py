@@ -41,6 +41,7 @@ DEFAULT_CONFIG_PATH = Path("/etc/vault-bridge/config.toml")
 
 AuthMethodName = Literal["token", "approle", "kubernetes", "cert"]
 CrdbUpdate = Literal["rest", "crdb-cli", "docker", "none"]
+Login = Literal["password", "certificate"]
 LogFormat = Literal["text", "json"]
 
 _AUTH_FIELDS: dict[str, tuple[set[str], set[str]]] = {
@@ -207,10 +208,38 @@ class CertificateConfig(CertSettings):
         return value
 
 
+class DatabaseCertConfig(CertificateConfig):
+    """``[clusters.databases.<name>]``: a database's own proxy (endpoint) certificate."""
+
+    verify_endpoint: str | None = None  # host:port of the database endpoint, for the TLS check
+
+    @field_validator("verify_endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_hostport(value, default_port=None)
+        return value
+
+
+class TrustedCaConfig(_Strict):
+    """``[clusters.certificates.mtls_trusted_ca]``: a CA bundle, no role and no key."""
+
+    pki_mount: str | None = None
+
+
+# ``[clusters.certificates.mtls_trusted_ca]`` is not a certificate with a key: it is moved out of
+# the ``certificates`` table before validation, under this key (which names its place in the file).
+TRUSTED_CA_KEY = "certificates.mtls_trusted_ca"
+MTLS_TRUSTED_CA = "mtls_trusted_ca"
+
+
 class ClusterConfig(WindowSettings):
     name: str = Field(min_length=1)
     url: str
-    username: str
+    username: str | None = None
+    login: Login = "password"
+    login_certificate: CertificateConfig | None = None
+    trusted_ca: TrustedCaConfig | None = Field(default=None, validation_alias=TRUSTED_CA_KEY)
     password_file: str | None = None
     password_env: str | None = None
     password_vault: str | None = None
@@ -224,8 +253,20 @@ class ClusterConfig(WindowSettings):
     crdb_cli_path: str = "/opt/redislabs/bin/crdb-cli"
     docker_container: str | None = None
     docker_host: str | None = None
+    ocsp_responder: Literal["vault"] | None = None
     verify_endpoints: dict[str, str] = {}
     certificates: dict[str, CertificateConfig] = {}
+    databases: dict[str, DatabaseCertConfig] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_trusted_ca(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("certificates"), dict):
+            certificates = dict(data["certificates"])
+            if MTLS_TRUSTED_CA in certificates:
+                data = {**data, TRUSTED_CA_KEY: certificates.pop(MTLS_TRUSTED_CA)}
+                data["certificates"] = certificates
+        return data
 
     @field_validator("url")
     @classmethod
@@ -256,10 +297,33 @@ class ClusterConfig(WindowSettings):
 
     @model_validator(mode="after")
     def _password_source(self) -> ClusterConfig:
-        sources = [self.password_file, self.password_env, self.password_vault]
-        if sum(1 for source in sources if source) != 1:
+        sources = {
+            "password_file": self.password_file,
+            "password_env": self.password_env,
+            "password_vault": self.password_vault,
+        }
+        if self.login == "certificate":
+            if self.login_certificate is None:
+                raise ValueError(
+                    "missing key 'login_certificate': required when login = 'certificate'"
+                )
+            for key in ("username", *sources):
+                if getattr(self, key):
+                    raise ValueError(
+                        f"key {key!r} does not apply when login = 'certificate' "
+                        "(the certificate names the user)"
+                    )
+        else:
+            if self.login_certificate is not None:
+                raise ValueError("key 'login_certificate' applies only when login = 'certificate'")
+            if sum(1 for source in sources.values() if source) != 1:
+                raise ValueError(
+                    "expected exactly one of 'password_file', 'password_env' or 'password_vault'"
+                )
+        if self.ocsp_responder == "vault" and "proxy" not in self.certificates:
             raise ValueError(
-                "expected exactly one of 'password_file', 'password_env' or 'password_vault'"
+                "key 'ocsp_responder' needs [clusters.certificates.proxy]: the responder is "
+                "the one the proxy certificate names"
             )
         if self.crdb_update == "docker" and not self.docker_container:
             raise ValueError("missing key 'docker_container': required when crdb_update = 'docker'")
@@ -379,6 +443,57 @@ class CertSpec:
 
 
 @dataclass(frozen=True)
+class DatabaseSpec:
+    """A database's own proxy certificate: the database (by name) and the certificate.
+
+    ``cert`` carries the name ``proxy`` for the checks a proxy certificate passes; the status
+    and logs name it ``bdb:<database>``."""
+
+    database: str
+    cert: CertSpec
+    verify_endpoint: str | None
+
+    @property
+    def label(self) -> str:
+        return f"bdb:{self.database}"
+
+
+@dataclass(frozen=True)
+class LoginSpec:
+    """The client certificate vault_bridge logs in to one cluster with (login = "certificate")."""
+
+    cluster: str
+    role: str
+    common_name: str
+    alt_names: tuple[str, ...]
+    ip_sans: tuple[str, ...]
+    pki_mount: str
+    mode: Mode
+    key_type: KeyType
+    key_bits: int
+    ttl: timedelta
+    renew_at: float | None
+    renew_before: timedelta | None
+
+    @classmethod
+    def of(cls, spec: CertSpec) -> LoginSpec:
+        return cls(
+            cluster=spec.cluster,
+            role=spec.role,
+            common_name=spec.common_name,
+            alt_names=spec.alt_names,
+            ip_sans=spec.ip_sans,
+            pki_mount=spec.pki_mount,
+            mode=spec.mode,
+            key_type=spec.key_type,
+            key_bits=spec.key_bits,
+            ttl=spec.ttl,
+            renew_at=spec.renew_at,
+            renew_before=spec.renew_before,
+        )
+
+
+@dataclass(frozen=True)
 class VaultSecretRef:
     """A value in Vault's KV version 2 engine: ``<mount>/<path>#<key>``."""
 
@@ -420,6 +535,12 @@ class ClusterSettings:
     verify_endpoints: Mapping[str, str]
     certificates: tuple[CertSpec, ...]
     password_vault: VaultSecretRef | None = None
+    login: Login = "password"
+    login_certificate: LoginSpec | None = None
+    # The PKI mount whose issuers the cluster's mtls_trusted_ca trusts (None: not managed).
+    trusted_ca_mount: str | None = None
+    ocsp_responder: Literal["vault"] | None = None
+    databases: tuple[DatabaseSpec, ...] = ()
     # PUT /v1/cluster/certificates and update_cert: x-timeout-seconds 900 in the OpenAPI.
     install_timeout: float = 900.0
     # How long the read-back after an internode install waits for the REST API to answer.
@@ -493,17 +614,23 @@ def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
+        if part == TRUSTED_CA_KEY:
+            model = TrustedCaConfig
+            continue
         field = model.model_fields.get(part)
         if field is None:
             if model is ClusterConfig or part in CertName.__members__.values():
                 model = CertificateConfig
                 continue
-            return model if model is CertificateConfig else None
+            return model if issubclass(model, CertificateConfig) else None
         ann = field.annotation
         target = _unwrap_model(ann)
         if target is None:
             if part == "certificates":
                 model = CertificateConfig
+                continue
+            if part == "databases":
+                model = DatabaseCertConfig
                 continue
             return None
         model = target
@@ -548,6 +675,8 @@ def _one_line(error: Any) -> str:
 
 def _read_password(cluster: ClusterConfig, where: str) -> SecretStr | None:
     # The password is kept in a SecretStr: it is never printed, logged or written anywhere.
+    if cluster.login == "certificate":
+        return None  # no password at all: the client certificate is the credential
     if cluster.password_vault:
         return None  # read from Vault when the cluster is first contacted
     if cluster.password_file:
@@ -629,6 +758,38 @@ def _resolve_spec(
     )
 
 
+def _resolve_certificate_auth(
+    cluster: ClusterConfig, defaults: CertSettings, where: str
+) -> tuple[LoginSpec | None, tuple[DatabaseSpec, ...], str | None]:
+    """The login certificate, the databases' own certificates and the trusted CA's mount."""
+    if cluster.login == "password" and not cluster.username:
+        raise ConfigError(f"{where}.username: missing required key (login = 'password')")
+    login_spec: LoginSpec | None = None
+    if cluster.login_certificate is not None:
+        login_spec = LoginSpec.of(
+            _resolve_spec(
+                cluster,
+                CertName.API,  # only for the shared checks: any ordinary certificate name
+                cluster.login_certificate,
+                defaults,
+                f"{where}.login_certificate",
+            )
+        )
+    databases = tuple(
+        DatabaseSpec(
+            database=name,
+            cert=_resolve_spec(cluster, CertName.PROXY, db, defaults, f"{where}.databases.{name}"),
+            verify_endpoint=db.verify_endpoint,
+        )
+        for name, db in cluster.databases.items()
+    )
+    trusted_ca_mount: str | None = None
+    if cluster.trusted_ca is not None:
+        mount = cluster.trusted_ca.pki_mount or defaults.pki_mount or "pki"
+        trusted_ca_mount = str(mount).strip("/")
+    return login_spec, databases, trusted_ca_mount
+
+
 def _resolve_ha(ha: HaConfig | None) -> HaConfig | None:
     if ha is not None and not ha.replica_id:
         return ha.model_copy(update={"replica_id": default_replica_id()})
@@ -669,13 +830,16 @@ def _resolve(parsed: FileConfig, path: Path | None) -> Settings:
                     f"{where}.certificates.{cert_name}",
                 )
             )
+        login_spec, databases, trusted_ca_mount = _resolve_certificate_auth(
+            cluster, parsed.defaults, where
+        )
         if cluster.ca_file and not Path(cluster.ca_file).is_file():
             raise ConfigError(f"{where}.ca_file: no such file {cluster.ca_file!r}")
         clusters.append(
             ClusterSettings(
                 name=cluster.name,
                 url=cluster.url,
-                username=cluster.username,
+                username=cluster.username or "",
                 password=_read_password(cluster, where),
                 ca_file=cluster.ca_file,
                 ca_fingerprint=cluster.ca_fingerprint,
@@ -692,6 +856,11 @@ def _resolve(parsed: FileConfig, path: Path | None) -> Settings:
                 password_vault=(
                     VaultSecretRef.parse(cluster.password_vault) if cluster.password_vault else None
                 ),
+                login=cluster.login,
+                login_certificate=login_spec,
+                trusted_ca_mount=trusted_ca_mount,
+                ocsp_responder=cluster.ocsp_responder,
+                databases=databases,
             )
         )
     vault = parsed.vault

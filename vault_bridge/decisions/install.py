@@ -20,7 +20,7 @@ class CertUpload:
 
     name: str
     certificate: str
-    key: str = field(repr=False)
+    key: str | None = field(repr=False)  # None: a CA bundle (mtls_trusted_ca) takes no key
 
     @classmethod
     def of(cls, name: str, issued: IssuedCertificate) -> CertUpload:
@@ -42,7 +42,10 @@ class CertUpload:
         return cls(name, "".join(parts), issued.private_key)
 
     def as_json(self) -> dict[str, str]:
-        return {"name": self.name, "certificate": self.certificate, "key": self.key}
+        item = {"name": self.name, "certificate": self.certificate}
+        if self.key is not None:
+            item["key"] = self.key
+        return item
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,38 @@ class PolicyRule:
     comment: str
 
 
+def _login_rules(settings: Settings) -> list[PolicyRule]:
+    """For each login certificate (``login = "certificate"``): its sign/issue path, then its
+    role read, alternating."""
+    logins = sorted(
+        (c.login_certificate for c in settings.clusters if c.login_certificate is not None),
+        key=lambda s: (s.pki_mount, s.mode, s.role, s.cluster),
+    )
+    rules = []
+    for login in logins:
+        users = ", ".join(
+            s.cluster
+            for s in logins
+            if (s.pki_mount, s.mode, s.role) == (login.pki_mount, login.mode, login.role)
+        )
+        verb = "sign a CSR made here" if login.mode == "sign" else "issue a key and certificate"
+        rules.append(
+            PolicyRule(
+                f"{login.pki_mount}/{login.mode}/{login.role}",
+                ("update",),
+                f"{verb} for the client certificate vault-bridge logs in to {users} with",
+            )
+        )
+        rules.append(
+            PolicyRule(
+                f"{login.pki_mount}/roles/{login.role}",
+                ("read",),
+                "validate --connect checks the login role's client_flag",
+            )
+        )
+    return rules
+
+
 def policy_rules(settings: Settings) -> list[PolicyRule]:
     """Exactly the paths the agent uses for this configuration, and nothing else."""
     rules: list[PolicyRule] = []
@@ -41,19 +73,26 @@ def policy_rules(settings: Settings) -> list[PolicyRule]:
         verb = "sign a CSR made here" if spec.mode == "sign" else "issue a key and certificate"
         by = f" by issuer {spec.issuer_ref} (issuer_ref)" if spec.issuer_ref else ""
         add(issue_path(spec), ("update",), f"{verb}{by} for {users}")
-    for spec in specs:
-        if spec.issuer_ref:
-            add(
-                f"{spec.pki_mount}/issuer/{spec.issuer_ref}",
-                ("read",),
-                "validate --connect checks that the chosen issuer exists and may issue",
-            )
+    logins = _login_rules(settings)
+    issuer_reads = [
+        PolicyRule(
+            f"{spec.pki_mount}/issuer/{spec.issuer_ref}",
+            ("read",),
+            "validate --connect checks that the chosen issuer exists and may issue",
+        )
+        for spec in specs
+        if spec.issuer_ref
+    ]
+    for rule in [*logins[::2], *issuer_reads]:
+        add(rule.path, rule.capabilities, rule.comment)
     for spec in specs:
         add(
             f"{spec.pki_mount}/roles/{spec.role}",
             ("read",),
             "validate --connect checks the role's flags before anything is issued",
         )
+    for rule in logins[1::2]:
+        add(rule.path, rule.capabilities, rule.comment)
     if settings.agent.revoke_superseded:
         for mount in sorted({s.pki_mount for s in specs}):
             add(

@@ -48,6 +48,7 @@ class CertStatus:
     not_after: datetime | None
     renew_at: datetime | None
     fingerprint: str | None
+    ocsp: str | None = None  # proxy with OCSP stapling on: GOOD, REVOKED or UNKNOWN
     # the maintenance window the renewal waits for (or goes in)
     window: str | None = None
     # the renewal goes (or will go) outside every window: the safety margin is reached
@@ -73,7 +74,7 @@ class CertStatus:
         return self.state == "due" and self.renew_at is not None and self.renew_at > now
 
     def as_json(self) -> dict[str, str | None]:
-        return {
+        out = {
             "cluster": self.cluster,
             "name": self.name,
             "serial": self.serial,
@@ -87,6 +88,9 @@ class CertStatus:
             "last_error": self.last_error,
             "next_attempt": iso_or_none(self.next_attempt),
         }
+        if self.ocsp is not None:
+            out["ocsp"] = self.ocsp
+        return out
 
 
 @dataclass(frozen=True)

@@ -187,6 +187,7 @@ class Bdb:
     replica_sources: tuple[ReplicaSource, ...] = field(repr=False)
     authentication_ssl_client_certs: tuple[str, ...] = field(repr=False)
     enforce_client_authentication: bool = False
+    port: int | None = None
 
     @classmethod
     def from_json(cls, data: Any) -> Bdb:
@@ -205,4 +206,79 @@ class Bdb:
                 for c in data.get("authentication_ssl_client_certs") or []
             ),
             enforce_client_authentication=data.get("enforce_client_authentication") == "enabled",
+            port=data["port"] if isinstance(data.get("port"), int) else None,
+        )
+
+
+@dataclass(frozen=True)
+class ClusterAccess:
+    """The access and TLS settings of ``GET /v1/cluster`` that decide how vault_bridge logs in
+    and which certificates the cluster accepts. A field the cluster does not report is None
+    (older versions: Basic authentication is on, mTLS off)."""
+
+    basic_authentication: bool
+    mtls_certificate_authentication: bool
+    control_cipher_suites: str | None
+    data_cipher_list: str | None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ClusterAccess:
+        def text(key: str) -> str | None:
+            value = data.get(key)
+            return value if isinstance(value, str) and value.strip() else None
+
+        basic = data.get("control_plane_basic_authentication", True)
+        mtls = data.get("mtls_certificate_authentication", False)
+        return cls(
+            basic_authentication=basic is not False,
+            mtls_certificate_authentication=mtls is True,
+            control_cipher_suites=text("control_cipher_suites"),
+            data_cipher_list=text("data_cipher_list"),
+        )
+
+
+OCSP_STATUSES = ("GOOD", "REVOKED", "UNKNOWN")
+
+
+@dataclass(frozen=True)
+class OcspConfig:
+    """``GET /v1/ocsp``: whether OCSP stapling is on, and the responder the proxy certificate
+    names (read-only: it comes from the certificate's Authority Information Access)."""
+
+    enabled: bool
+    responder_url: str
+
+    @classmethod
+    def from_json(cls, data: Any) -> OcspConfig:
+        if not isinstance(data, dict):
+            return cls(False, "")
+        url = data.get("responder_url")
+        return cls(data.get("ocsp_functionality") is True, url if isinstance(url, str) else "")
+
+
+@dataclass(frozen=True)
+class OcspStatus:
+    """``GET /v1/ocsp/status`` or ``POST /v1/ocsp/test``: the proxy certificate's OCSP status.
+    Anything but GOOD or REVOKED (missing, malformed) is UNKNOWN."""
+
+    cert_status: str  # GOOD, REVOKED or UNKNOWN
+    responder_url: str
+    this_update: str = ""
+    next_update: str = ""
+
+    @classmethod
+    def from_json(cls, data: Any) -> OcspStatus:
+        if not isinstance(data, dict):
+            return cls("UNKNOWN", "")
+        status = str(data.get("cert_status") or "").upper()
+
+        def text(key: str) -> str:
+            value = data.get(key)
+            return value if isinstance(value, str) else ""
+
+        return cls(
+            status if status in OCSP_STATUSES else "UNKNOWN",
+            text("responder_url"),
+            text("this_update"),
+            text("next_update"),
         )

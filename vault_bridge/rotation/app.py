@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
@@ -22,6 +22,7 @@ from vault_bridge.config.schema import ClusterSettings, Settings
 from vault_bridge.models.times import utc_now
 from vault_bridge.models.vault import DEFAULT_K8S_JWT
 from vault_bridge.rotation.executor import FollowUpRunner, RotationHooks, Rotator
+from vault_bridge.rotation.login import LoginCertificate
 
 
 def auth_from_settings(settings: Settings) -> AuthMethod:
@@ -82,6 +83,7 @@ class App:
     vault: VaultClient
     clusters: dict[str, ClusterClient]
     rotator: Rotator
+    logins: dict[str, LoginCertificate] = field(default_factory=dict)
 
     def close(self) -> None:
         for client in self.clusters.values():
@@ -115,8 +117,18 @@ def build(
 
     real_sleep = sleep or time.sleep
     vault = vault_client(settings, clock)
+    logins = {
+        c.name: LoginCertificate(c.login_certificate, vault, clock=clock)
+        for c in settings.clusters
+        if c.login == "certificate" and c.login_certificate is not None
+    }
     clusters = {
-        c.name: ClusterClient(c, sleep=real_sleep, password=_vault_password(vault, c))
+        c.name: ClusterClient(
+            c,
+            sleep=real_sleep,
+            password=_vault_password(vault, c),
+            client_certificate=logins[c.name].current if c.name in logins else None,
+        )
         for c in settings.clusters
     }
     if not read_only:
@@ -130,7 +142,8 @@ def build(
         followups=followups,
         sleep=real_sleep,
     )
-    return App(settings, vault, clusters, rotator)
+    rotator.logins = logins
+    return App(settings, vault, clusters, rotator, logins)
 
 
 def _bind_followups(

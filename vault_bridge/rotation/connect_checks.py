@@ -107,7 +107,7 @@ def connect_checks(app: App) -> list[str]:
                     else "has a role the cluster does not tell"
                 )
                 problems.append(
-                    f"cluster {name}: user {client.settings.username!r} {what} and may not "
+                    f"cluster {name}: user {client.settings.username or '(the login certificate)'!r} {what} and may not "
                     f"install certificates (needs the admin role)"
                 )
         except VaultBridgeError as exc:

@@ -23,17 +23,30 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Protocol, TypeVar, runtime_checkable
 
-from vault_bridge.adapters.ports import Clock, ClusterCertificates, Sleep, TlsProbe, Vault
+from vault_bridge.adapters.ports import (
+    Clock,
+    ClusterCertificates,
+    ClusterDatabaseCertificates,
+    ClusterOcsp,
+    Sleep,
+    TlsProbe,
+    Vault,
+)
 from vault_bridge.adapters.tls_probe import served_certificate
-from vault_bridge.config.schema import CertSpec, ClusterSettings, Settings
+from vault_bridge.config.schema import MTLS_TRUSTED_CA, CertSpec, ClusterSettings, Settings
 from vault_bridge.decisions.followup_plan import WaitingOn
 from vault_bridge.decisions.install import CertUpload, InstallBatch, install_batches
 from vault_bridge.decisions.renewal import Action, CertStatus, classify, plan
-from vault_bridge.errors import ClusterError, DeferredError, VaultBridgeError, VerificationError
+from vault_bridge.errors import (
+    ClusterError,
+    DeferredError,
+    VaultBridgeError,
+    VerificationError,
+)
 from vault_bridge.models.certificates import (
     CertChange,
     CertificateInfo,
@@ -41,16 +54,26 @@ from vault_bridge.models.certificates import (
     InstalledCertificate,
     IssuedCertificate,
 )
+from vault_bridge.models.cluster import OcspStatus
 from vault_bridge.models.times import iso
 from vault_bridge.models.vault import MountIssuers
+from vault_bridge.rotation.databases import DatabaseCertificates
 from vault_bridge.rotation.keys import build_csr, check_before_install, generate_key, key_to_pem
+from vault_bridge.rotation.login import LoginCertificate
+from vault_bridge.rotation.ocsp import after_proxy_change, check_proxy_before_install, read_ocsp
 from vault_bridge.rotation.throttle import VaultThrottle
+from vault_bridge.rotation.trusted_ca import (
+    reconcile_trusted_ca,
+    trusted_ca_status,
+    unknown_status,
+)
 
 logger = logging.getLogger(__name__)
 
-Key = tuple[str, str]  # (cluster, certificate name)
 T = TypeVar("T")
 U = TypeVar("U")
+
+Key = tuple[str, str]  # (cluster, certificate name)
 Read = tuple[list[CertStatus], dict[str, InstalledCertificate]]
 
 
@@ -251,12 +274,19 @@ class Rotator:
         # (the start of an issuer_migration window)
         self._target_seen: dict[tuple[str, str], datetime] = {}
         self._bulk_unsupported: set[str] = set()
-        # (cluster, name) -> ("partial" | "unconfirmed", why), for this pass's outcomes
-        self._notes: dict[tuple[str, str], tuple[str, str]] = {}
+        # The login certificates of clusters with login = "certificate" (set by the wiring).
+        self.logins: Mapping[str, LoginCertificate] = {}
+        # The proxy certificate's OCSP status by cluster, as last read (stapling on only).
+        self.ocsp: dict[str, OcspStatus] = {}
+        # Databases with a certificate of their own, as the last status read found them.
+        self.databases = DatabaseCertificates()
         self.concurrency = max(1, concurrency or settings.agent.concurrency)
         self.throttle = VaultThrottle(self.concurrency, sleep=vault_sleep or sleep)
         self._hooks_lock = threading.RLock()  # hooks and the window's notices: one at a time
         self._vault_lock = threading.Lock()  # token upkeep and the issuers cache
+        self._read_lock = threading.Lock()  # the databases' and OCSP records of a read
+        # (cluster, name) -> ("partial" | "unconfirmed", why), for this pass's outcomes
+        self._notes: dict[tuple[str, str], tuple[str, str]] = {}
 
     # -- reading -------------------------------------------------------------------------
 
@@ -309,6 +339,15 @@ class Rotator:
             return False
         return answer is True
 
+    def trust_vault_chains(self) -> None:
+        """Trust Vault's chain for every cluster whose ``api`` certificate we manage (what a
+        pass does first), so that a check run before any pass reaches a rotated API."""
+        for cluster in self.settings.clusters:
+            try:
+                self._trust_own_api_cert(cluster)
+            except VaultBridgeError as exc:
+                logger.debug("cluster %s: Vault chain not trusted yet: %s", cluster.name, exc)
+
     def statuses_for(
         self, cluster: ClusterSettings
     ) -> tuple[list[CertStatus], dict[str, InstalledCertificate]]:
@@ -325,13 +364,43 @@ class Rotator:
             if status.state in ("ok", "due") and self._revoked(spec, current):
                 status = classify(spec, current, mount, now, revoked=True)
             statuses.append(status)
+        if cluster.trusted_ca_mount is not None:
+            statuses.append(self._trusted_ca_status(cluster, installed.get(MTLS_TRUSTED_CA)))
+        ocsp = self._read_ocsp(cluster) if cluster.spec(CertName.PROXY) else None
+        if ocsp is not None:
+            statuses = [
+                replace(s, ocsp=ocsp.cert_status) if s.name == CertName.PROXY.value else s
+                for s in statuses
+            ]
         return statuses, installed
+
+    def _trusted_ca_status(
+        self, cluster: ClusterSettings, installed: InstalledCertificate | None
+    ) -> CertStatus:
+        """The row of ``mtls_trusted_ca`` (kept by :meth:`reconcile_trusted_cas`, never an
+        action of the plan's own)."""
+        try:
+            return trusted_ca_status(cluster, installed, self.vault, self.logins.get(cluster.name))
+        except VaultBridgeError as exc:
+            logger.warning("%s on %s: %s", MTLS_TRUSTED_CA, cluster.name, exc)
+            return unknown_status(cluster.name)
+
+    def _read_ocsp(self, cluster: ClusterSettings) -> OcspStatus | None:
+        """What the cluster staples for its proxy certificate (None: OCSP off or unknown)."""
+        client = self.clusters[cluster.name]
+        status = read_ocsp(client) if isinstance(client, ClusterOcsp) else None
+        if status is None:
+            self.ocsp.pop(cluster.name, None)
+        else:
+            self.ocsp[cluster.name] = status
+        return status
 
     def status(self) -> PassResult:
         """Classify every configured certificate (one read of each cluster, on the pool);
         clusters that fail are reported apart."""
         with self._vault_lock:
             self._issuers.clear()
+        self.databases.clear()
         result = PassResult()
         names = [c.name for c in self.settings.clusters]
         for name, answer in zip(names, self._map(self._read_cluster, names), strict=True):
@@ -342,10 +411,19 @@ class Rotator:
         return result
 
     def _read_cluster(self, name: str) -> Read | str:
+        """One cluster's statuses (its databases' too) and what it serves; the error text
+        when it cannot be read."""
+        cluster = self.settings.cluster(name)
         try:
-            return self.statuses_for(self.settings.cluster(name))
+            statuses, installed = self.statuses_for(cluster)
         except VaultBridgeError as exc:
             return str(exc)
+        client = self.clusters[name]
+        if cluster.databases and isinstance(client, ClusterDatabaseCertificates):
+            now = self.clock()
+            with self._read_lock:
+                statuses = [*statuses, *self.databases.read(cluster, client, self.issuers, now)]
+        return statuses, installed
 
     def plan(self, force: Iterable[tuple[str, str]] = ()) -> tuple[list[Action], PassResult]:
         current = self.status()
@@ -433,10 +511,12 @@ class Rotator:
                 client.forget_certificates()
 
     def _pass(self, force: set[Key], only: set[Key] | None) -> PassResult:
+        trusted = self.reconcile_trusted_cas()
         # Every certificate is obtained before any is installed, so that the installs on
         # several clusters follow each other closely and step 2 of the follow-ups (once per
         # CRDB, after every install) starts as soon as possible after each step 1.
-        result, ready = self._read_and_obtain(force, only)
+        result, ready, database_actions = self._read_and_obtain(force, only)
+        result.outcomes[:0] = trusted
         changes: list[Change] = []
         with self._followup_window(ready, result) as window:
             names = [name for name, cluster_ready in ready.items() if cluster_ready]
@@ -450,7 +530,59 @@ class Rotator:
                     self.hooks.installed(changes)
                 needed = [c.cert_change for c in changes if CertName(c.name).needs_followup]
                 self._book(changes, window.finish(needed), result)
+                self.report_ocsp(changes)
+        self._rotate_databases(database_actions, result)
         return result
+
+    def _rotate_databases(self, actions: Sequence[Action], result: PassResult) -> None:
+        """Databases due a certificate of their own, after the cluster certificates."""
+        clients = {
+            name: client
+            for name, client in self.clusters.items()
+            if isinstance(client, ClusterDatabaseCertificates)
+        }
+        done = self.databases.rotate(
+            actions,
+            self.settings,
+            clients,
+            self.vault,
+            now=self.clock,
+            probe=self._probe,
+            sleep=self._sleep,
+        )
+        for cluster, name, info, error in done:
+            if info is None:
+                result.outcomes.append(Outcome(cluster, name, "failed", error=error))
+            else:
+                result.outcomes.append(
+                    Outcome(cluster, name, "installed", info.serial, info.not_after)
+                )
+
+    def reconcile_trusted_cas(self) -> list[Outcome]:
+        """``mtls_trusted_ca`` of every cluster that has it configured, first in a pass: a
+        new CA is trusted before anything (the login certificate) is issued by it."""
+        outcomes: list[Outcome] = []
+        for cluster in self.settings.clusters:
+            if cluster.trusted_ca_mount is None:
+                continue
+            client = self.clusters[cluster.name]
+            try:
+                self._trust_own_api_cert(cluster)
+                done = reconcile_trusted_ca(
+                    cluster, client, self.vault, self.logins.get(cluster.name)
+                )
+            except VaultBridgeError as exc:
+                logger.error("%s on %s: %s", MTLS_TRUSTED_CA, cluster.name, exc)
+                outcomes.append(Outcome(cluster.name, MTLS_TRUSTED_CA, "failed", error=str(exc)))
+                continue
+            if done.installed:
+                first = CertificateInfo.from_pem(done.plan.pems[0])
+                outcomes.append(
+                    Outcome(
+                        cluster.name, MTLS_TRUSTED_CA, "installed", first.serial, first.not_after
+                    )
+                )
+        return outcomes
 
     def _note_window_overrides(self, actions: Sequence[Action], result: PassResult) -> None:
         """A planned renewal going ahead outside every maintenance window: a WARNING each."""
@@ -529,16 +661,19 @@ class Rotator:
 
     def _read_and_obtain(
         self, force: set[Key], only: set[Key] | None
-    ) -> tuple[PassResult, dict[str, dict[str, Change]]]:
+    ) -> tuple[PassResult, dict[str, dict[str, Change]], list[Action]]:
         """Read every cluster (once) and obtain what is due, on the pool: a cluster's
         certificates are asked of Vault as soon as its own read is classified, while the
-        other clusters are still being read. Returns the statuses and failures, and by
-        cluster and name the certificates ready to install with what each replaces."""
+        other clusters are still being read. Returns the statuses and failures, by cluster
+        and name the certificates ready to install with what each replaces, and the
+        databases' own certificates due (rotated after the cluster certificates)."""
         with self._vault_lock:
             self._issuers.clear()
+        self.databases.clear()
         names = [c.name for c in self.settings.clusters]
         reads: dict[str, Read | str] = {}
         due: dict[str, list[Action]] = {}
+        database_actions: list[Action] = []
         obtained: dict[Key, Future[IssuedCertificate | Outcome]] = {}
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="pass") as pool:
             pending = {pool.submit(self._read_cluster, name): name for name in names}
@@ -547,7 +682,9 @@ class Rotator:
                 reads[name] = read = future.result()
                 if isinstance(read, str):
                     continue
-                due[name] = self._due(read[0], force, only)
+                actions = self._due(read[0], force, only)
+                database_actions += [a for a in actions if self.databases.has(a.cluster, a.name)]
+                due[name] = [a for a in actions if not self.databases.has(a.cluster, a.name)]
                 for action in due[name]:
                     obtained[(name, action.name)] = pool.submit(self._obtain_one, action)
             answers = {key: future.result() for key, future in obtained.items()}
@@ -567,7 +704,7 @@ class Rotator:
                 change = Change(name, action.name, got, read[1].get(action.name))
                 ready.setdefault(name, {})[action.name] = change
         self._note_window_overrides([a for n in names for a in due.get(n, ())], result)
-        return result, ready
+        return result, ready, database_actions
 
     def _due(
         self, statuses: Sequence[CertStatus], force: set[Key], only: set[Key] | None
@@ -578,19 +715,50 @@ class Rotator:
             replace_foreign=self.settings.agent.replace_foreign,
             now=self.clock(),
         )
-        return [a for a in actions if only is None or (a.cluster, a.name) in only]
+        return [
+            a
+            for a in actions
+            if a.name != MTLS_TRUSTED_CA  # reconciled before the pass
+            and (only is None or (a.cluster, a.name) in only)
+        ]
 
     def _obtain_one(self, action: Action) -> IssuedCertificate | Outcome:
         spec = self.settings.cluster(action.cluster).spec(action.name)
         assert spec is not None
+        client = self.clusters[action.cluster]
         try:
-            return self.obtain(spec, explicit=action.reason == "forced")
+            issued = self.obtain(spec, explicit=action.reason == "forced")
+            if action.name == CertName.PROXY.value and isinstance(client, ClusterOcsp):
+                check_proxy_before_install(client, issued)
+            return issued
         except DeferredError as exc:
             logger.info("%s on %s: deferred: %s", action.name, action.cluster, exc)
             return Outcome(action.cluster, action.name, "failed", error=str(exc))
         except VaultBridgeError as exc:
             logger.error("%s on %s: %s", action.name, action.cluster, exc)
             return Outcome(action.cluster, action.name, "failed", error=str(exc))
+
+    def report_ocsp(self, changes: Sequence[Change]) -> None:
+        """After a proxy change: stapling on with Vault (``ocsp_responder``), ask the responder
+        now, record and log the status. Never fails the change: it is installed."""
+        for change in changes:
+            if change.name != CertName.PROXY.value:
+                continue
+            cluster = self.settings.cluster(change.cluster)
+            client = self.clusters[change.cluster]
+            if not isinstance(client, ClusterOcsp):
+                continue
+            try:
+                status = after_proxy_change(
+                    cluster, client, change.issued, self.settings.vault.address or ""
+                )
+            except VaultBridgeError as exc:
+                logger.warning("cluster %s: OCSP check after the install: %s", change.cluster, exc)
+                continue
+            if status is None:
+                self.ocsp.pop(change.cluster, None)
+            else:
+                self.ocsp[change.cluster] = status
 
     def _install_cluster(
         self, cluster_name: str, ready: Mapping[str, Change], window: FollowUpWindow

@@ -76,13 +76,15 @@ def check_before_install(
     *,
     now: datetime,
     requested_ttl: timedelta,
+    client_only: bool = False,
     key: PrivateKey | None = None,
 ) -> None:
     """Refuse a certificate the cluster must not get; raise :class:`CertificateError`.
 
     - NotAfter well in the future: at least 10% of the requested TTL left (an issuer that is
       about to expire, or has expired, hands out certificates that are useless or dead);
-    - both serverAuth and clientAuth in the extended key usage (Redis Enterprise needs both);
+    - both serverAuth and clientAuth in the extended key usage (Redis Enterprise needs both;
+      ``client_only``: clientAuth, for the certificate vault_bridge logs in with);
     - the key matches the certificate; internode certificates carry RSA keys.
 
     ``key`` is the key made in this process for the CSR (sign mode): the certificate's public
@@ -114,12 +116,13 @@ def check_before_install(
             ("serverAuth", ExtendedKeyUsageOID.SERVER_AUTH),
             ("clientAuth", ExtendedKeyUsageOID.CLIENT_AUTH),
         )
-        if oid not in usages
+        if oid not in usages and not (client_only and label == "serverAuth")
     ]
     if missing:
+        flags = "client_flag" if client_only else "server_flag and client_flag"
         raise CertificateError(
             f"certificate lacks the {' and '.join(missing)} extended key usage; set "
-            f"server_flag and client_flag to true on the PKI role"
+            f"{flags} to true on the PKI role"
         )
     if key is not None:
         matches = _public_der(key.public_key()) == _public_der(cert.public_key())

@@ -3,9 +3,6 @@ controls tests use (faults, databases, upgrades)."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
 import logging
 import os
 import socketserver
@@ -25,8 +22,10 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 
 from vault_bridge.models.certificates import CertificateInfo, split_pem_chain
 from vault_bridge.models.times import utc_now
+from vault_bridge_lab.simulator.access import AccessControl, User
 from vault_bridge_lab.simulator.certs import Installed, cached_rsa_key, key_pem, self_signed
 from vault_bridge_lab.simulator.databases import Outage
+from vault_bridge_lab.simulator.dbcerts import DbCertificates
 from vault_bridge_lab.simulator.names import (
     INTERNODE_NAMES,
     KNOWN_NAMES,
@@ -36,13 +35,13 @@ from vault_bridge_lab.simulator.names import (
     Version,
     parse_version,
 )
+from vault_bridge_lab.simulator.ocsp import Fetch, OcspModel, https_fetch
 from vault_bridge_lab.simulator.rest import (
     DEFAULT_USERS,
     Fault,
     Node,
     RecordedRequest,
     RestApi,
-    User,
 )
 from vault_bridge_lab.simulator.routing import ApiError
 from vault_bridge_lab.simulator.tls import (
@@ -77,9 +76,14 @@ class SimulatedCluster:
         ports: dict[str, int] | None = None,
         clock: Callable[[], datetime] | None = None,
         world: DatabaseWorld | None = None,
+        ocsp_fetch: Fetch | None = None,
+        ocsp_ca_file: str | None = None,
     ) -> None:
         """``world``: the databases, CRDBs and tasks, shared with the other clusters given the
-        same one (an Active-Active database spanning them); a world of its own by default."""
+        same one (an Active-Active database spanning them); a world of its own by default.
+
+        ``ocsp_fetch(url, request_der) -> response_der`` asks an OCSP responder (default: an
+        HTTP POST, an https responder verified with ``ocsp_ca_file``)."""
         unknown = sorted(set(ports or {}) - set(LISTENERS))
         if unknown:
             raise ValueError(f"unknown listener(s) {unknown}; known: {', '.join(LISTENERS)}")
@@ -96,10 +100,17 @@ class SimulatedCluster:
         self._ports = {listener: int((ports or {}).get(listener, 0)) for listener in LISTENERS}
         self._connect_host = "127.0.0.1" if host in ("", "0.0.0.0") else host
         self._clock: Callable[[], datetime] = clock or utc_now
-        self._users = {
-            user: User(user, password, role)
-            for user, (password, role) in (DEFAULT_USERS if users is None else users).items()
-        }
+        self.access = AccessControl(
+            {
+                user: User(user, password, role)
+                for user, (password, role) in (DEFAULT_USERS if users is None else users).items()
+            }
+        )
+        self.ocsp = OcspModel(ocsp_fetch or https_fetch(ocsp_ca_file, timeout=5.0))
+        self.db_certs = DbCertificates()
+        #: TLS handshakes that failed, by listener (a refused client certificate among them).
+        self.handshake_failures: dict[str, int] = {}
+        self._handshakes = threading.Condition()
         self._lock = threading.RLock()
         self._nodes: list[Node] = []
         self._certs: dict[str, Installed] = {}
@@ -212,6 +223,61 @@ class SimulatedCluster:
             raise RuntimeError(f"simulated cluster {self.name} has not started: no {name} port")
         host = f"[{self._connect_host}]" if ":" in self._connect_host else self._connect_host
         return f"{host}:{port}"
+
+    def bdb_endpoint(self, uid: int) -> str:
+        """``host:port`` of the TLS endpoint of a database with a certificate of its own."""
+        with self._lock:
+            server = self._servers.get(f"bdb:{uid}")
+            if server is None:
+                raise KeyError(f"database {uid} on {self.name} has no endpoint of its own")
+            port = int(server.server_address[1])
+        host = f"[{self._connect_host}]" if ":" in self._connect_host else self._connect_host
+        return f"{host}:{port}"
+
+    def open_bdb_endpoint(self, uid: int) -> str:
+        """Start the TLS endpoint of database ``uid`` (it serves the database's own
+        certificate, or the cluster's proxy certificate while it has none); ``host:port``."""
+        self.world.bdb_json(self.name, uid)  # the database exists
+        key = f"bdb:{uid}"
+        with self._lock:
+            if not self._servers:
+                raise RuntimeError(f"simulated cluster {self.name} is not running")
+            if key not in self._servers:
+                server = TLSServer(
+                    (self.host, 0),
+                    ProxyHandler,
+                    label=f"sim-{self.name}-{key}",
+                    context=partial(self._db_context, uid),
+                    cluster=self,
+                )
+                self._servers[key] = server
+                thread = threading.Thread(target=server.serve, name=server.label, daemon=True)
+                thread.start()
+                self._threads.append(thread)
+        return self.bdb_endpoint(uid)
+
+    def _db_context(self, uid: int) -> ssl.SSLContext:
+        with self._lock:
+            return self._contexts.get(f"bdb:{uid}") or self._contexts["proxy"]
+
+    def _set_db_certificate(self, uid: int, installed: Installed) -> None:
+        """A database's own certificate: new connections to its endpoint see it."""
+        context = self._server_context(installed) if self._tls_dir is not None else None
+        self.db_certs.put(uid, installed)
+        with self._lock:
+            if context is not None:
+                self._contexts[f"bdb:{uid}"] = context
+        self.world.certificates_changed(self.name)
+        info = CertificateInfo.from_cert(installed.leaf)
+        logger.info("cluster %s: database %s: certificate serial %s", self.name, uid, info.serial)
+
+    def _delete_db_certificate(self, uid: int) -> bool:
+        removed = self.db_certs.delete(uid)
+        with self._lock:
+            self._contexts.pop(f"bdb:{uid}", None)
+        if removed:
+            self.world.certificates_changed(self.name)
+        return removed
 
     def installed_pem(self, name: str) -> str:
         """The chain (leaf first, as given) installed for a certificate name."""
@@ -371,18 +437,40 @@ class SimulatedCluster:
         with self._lock:
             return dict(self._certs)
 
-    def _authenticate(self, authorization: str | None) -> User | None:
-        scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "basic":
-            return None
-        try:
-            username, _, password = base64.b64decode(token, validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            return None
-        user = self._users.get(username)
-        if user is None or not hmac.compare_digest(user.password.encode(), password.encode()):
-            return None
-        return user
+    def _authenticate(
+        self, authorization: str | None, peer: x509.Certificate | None = None
+    ) -> User | None:
+        return self.access.authenticate(authorization, peer)
+
+    def _handshake_failed(self, listener: str, exc: BaseException) -> None:
+        with self._handshakes:
+            self.handshake_failures[listener] = self.handshake_failures.get(listener, 0) + 1
+            self._handshakes.notify_all()
+
+    def wait_for_handshake_failures(self, listener: str, count: int, timeout: float = 5.0) -> int:
+        """Block until ``listener`` counted ``count`` failed handshakes (the server counts one
+        a moment after the client saw its alert), or ``timeout``; returns the count."""
+        with self._handshakes:
+            self._handshakes.wait_for(
+                lambda: self.handshake_failures.get(listener, 0) >= count, timeout
+            )
+            return self.handshake_failures.get(listener, 0)
+
+    def add_certificate_user(self, name: str, subject: str, role: str = "admin") -> None:
+        """A user with ``auth_method`` certificate and ``certificate_subject_line`` ``subject``
+        (as ``POST /v1/users`` makes one)."""
+        self.access.add_user(User(name, "", role, "certificate", subject))
+
+    def set_access(self, **settings: Any) -> None:
+        """Change the access settings as ``PUT /v1/cluster`` would (validated the same way)."""
+        self.access.update(settings, self._lowest_version())
+        self._refresh_api_context()
+
+    def _refresh_api_context(self) -> None:
+        """New REST connections see the current mTLS settings and ``mtls_trusted_ca``."""
+        with self._lock:
+            if self._servers and self._tls_dir is not None:
+                self._contexts["api"] = self._server_context(self._certs["api"])
 
     def _check_name(self, name: str) -> None:
         """403 for a name this cluster's version does not know."""
@@ -421,6 +509,10 @@ class SimulatedCluster:
             if self._servers:
                 self._contexts.update(contexts)
             self.install_count += len(installed)
+        if any(item.name == MTLS_TRUSTED_CA for item in installed):
+            self._refresh_api_context()
+        if any(item.name == "proxy" for item in installed):
+            self.ocsp.proxy_changed()
         self.world.certificates_changed(self.name)
         if self.internode_outage > 0 and any(i.name in INTERNODE_NAMES for i in installed):
             self._rest_down_until = time.monotonic() + self.internode_outage
@@ -456,7 +548,19 @@ class SimulatedCluster:
             context.load_cert_chain(path)
         finally:
             os.unlink(path)
+        if installed.name == "api":
+            self._verify_clients(context)
         return context
+
+    def _verify_clients(self, context: ssl.SSLContext) -> None:
+        """mTLS on the REST listener: with ``mtls_certificate_authentication`` on and a
+        ``mtls_trusted_ca`` installed, a client certificate is asked for, and one that does not
+        chain to it fails the handshake (a client without one goes on to Basic)."""
+        trusted = self._certs.get(MTLS_TRUSTED_CA)
+        if not self.access.mtls_on or trusted is None:
+            return
+        context.load_verify_locations(cadata=trusted.chain_pem)
+        context.verify_mode = ssl.CERT_OPTIONAL
 
     def _metrics_text(self) -> str:
         now = self._now()

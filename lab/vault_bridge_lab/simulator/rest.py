@@ -6,12 +6,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
-from vault_bridge_lab.simulator.certs import parse_item, validate_certificate
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from vault_bridge.models.certificates import split_pem_chain
+from vault_bridge_lab.simulator.access import ECDSA_CHECK_MIN_VERSION, User
+from vault_bridge_lab.simulator.certs import Installed, parse_item, validate_certificate
 from vault_bridge_lab.simulator.databases import DatabaseError
+from vault_bridge_lab.simulator.dbcerts import DB_CERTS_MIN_VERSION
 from vault_bridge_lab.simulator.names import BULK_MIN_VERSION, INTERNODE_NAMES
 from vault_bridge_lab.simulator.routing import (
     AUTHENTICATED,
@@ -45,13 +51,7 @@ class RecordedRequest:
     status: int
     at: float
     user: str | None  # the authenticated user, None when credentials were missing or wrong
-
-
-@dataclass(frozen=True)
-class User:
-    name: str
-    password: str = field(repr=False)
-    role: str
+    client_certificate: bool = False  # the connection presented a verified client certificate
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,12 @@ class RestApi:
         add("GET", "/v1/nodes", self.get_nodes)
         add("GET", "/v1/nodes/<uid>", self.get_node)
         add("GET", "/v1/cluster", self.get_cluster)
+        add("PUT", "/v1/cluster", self.put_cluster)
+        add("GET", "/v1/ocsp", self.get_ocsp)
+        add("PUT", "/v1/ocsp", self.put_ocsp)
+        add("GET", "/v1/ocsp/status", self.get_ocsp_status)
+        add("POST", "/v1/ocsp/test", self.post_ocsp_test)
+        add("POST", "/v1/users", self.post_user)
         add("GET", "/v1/cluster/certificates", self.get_certificates)
         add("PUT", "/v1/cluster/certificates", self.put_certificates, min_version=BULK_MIN_VERSION)
         add("PUT", "/v1/cluster/update_cert", self.put_update_cert)
@@ -89,6 +95,11 @@ class RestApi:
         add("GET", "/v1/crdb_tasks", self.get_crdb_tasks)
         add("GET", "/v1/crdb_tasks/<task_id>", self.get_crdb_task)
         add("GET", "/v1/bdbs", self.get_bdbs)
+        since = DB_CERTS_MIN_VERSION
+        add("GET", "/v1/bdbs/certificates", self.get_bdb_certs, min_version=since)
+        add("GET", "/v1/bdbs/<uid>/certificates", self.get_bdb_cert, min_version=since)
+        add("POST", "/v1/bdbs/<uid>/certificates", self.post_bdb_cert, min_version=since)
+        add("DELETE", "/v1/bdbs/<uid>/certificates", self.delete_bdb_cert, min_version=since)
         add("GET", "/v1/bdbs/<uid>", self.get_bdb)
         add("PUT", "/v1/bdbs/<uid>", self.put_bdb)
         # In the OpenAPI document, which gives no first version (UNDOCUMENTED): served from
@@ -111,19 +122,23 @@ class RestApi:
         read_body: Callable[[], bytes],
         *,
         headers: Mapping[str, str] | None = None,
+        peer: x509.Certificate | None = None,
     ) -> ApiResponse:
-        """Answer one request: body, injected fault, auth (401), route (404/405), role (403)."""
+        """Answer one request: body, injected fault, auth (401), route (404/405), role (403).
+
+        ``peer``: the client certificate the TLS layer verified (mutual TLS), if any."""
         cluster = self._cluster
         at = time.monotonic()
         path = urlsplit(target).path
-        user = cluster._authenticate(authorization)
+        user = cluster._authenticate(authorization, peer)
         try:
             raw_body = read_body()  # an OSError here: the client went away, nothing to answer
         except ApiError as err:
             response = err.response()
         else:
             try:
-                response = self._answer(method, path, user, raw_body, headers or {})
+                query = parse_qs(urlsplit(target).query, keep_blank_values=True)
+                response = self._answer(method, path, user, raw_body, headers or {}, query)
             except ApiError as err:
                 response = err.response()
             except Exception:
@@ -132,7 +147,9 @@ class RestApi:
                     500, {"error_code": "internal_error", "description": "internal error"}
                 )
         cluster._record(
-            RecordedRequest(method, path, response.status, at, user.name if user else None)
+            RecordedRequest(
+                method, path, response.status, at, user.name if user else None, peer is not None
+            )
         )
         logger.debug("cluster %s: %s %s -> %s", cluster.name, method, path, response.status)
         return response
@@ -144,6 +161,7 @@ class RestApi:
         user: User | None,
         raw_body: bytes,
         headers: Mapping[str, str],
+        query: Mapping[str, list[str]],
     ) -> ApiResponse:
         cluster = self._cluster
         fault = cluster._take_fault(method, path)
@@ -153,12 +171,10 @@ class RestApi:
             if fault.status:
                 return ApiResponse(fault.status, fault.body)
         if user is None:
-            raise ApiError(
-                401,
-                "unauthorized",
-                "missing or wrong credentials",
-                headers={"WWW-Authenticate": 'Basic realm="Redis Enterprise"'},
-            )
+            headers = {}
+            if cluster.access.settings["control_plane_basic_authentication"]:
+                headers["WWW-Authenticate"] = 'Basic realm="Redis Enterprise"'
+            raise ApiError(401, "unauthorized", "missing or wrong credentials", headers=headers)
         route, params = self.router.resolve(method, path, cluster._lowest_version())
         granted = ROLE_PERMISSIONS.get(user.role, frozenset({VIEW_CLUSTER_INFO}))
         if route.permission != AUTHENTICATED and route.permission not in granted:
@@ -168,7 +184,7 @@ class RestApi:
                 f"role {user.role!r} lacks the {route.permission} permission",
             )
         lowered = {k.lower(): v for k, v in headers.items()}
-        return route.handler(ApiRequest(method, path, params, user.name, raw_body, lowered))
+        return route.handler(ApiRequest(method, path, params, user.name, raw_body, query, lowered))
 
     # ---- handlers: one per route; the docstring names the verb and path
 
@@ -203,8 +219,64 @@ class RestApi:
                 "alert_settings": {
                     "cluster_certs_about_to_expire": {"enabled": True, "threshold": "30"}
                 },
+                **self._cluster.access.settings,
             },
         )
+
+    def put_cluster(self, req: ApiRequest) -> ApiResponse:
+        """PUT: /v1/cluster: the access settings (mTLS, Basic authentication)."""
+        body = req.json()
+        if not isinstance(body, dict) or not body:
+            raise invalid_request("the body must be a non-empty JSON object")
+        read_only = sorted(set(body) & {"name", "proxy_certificate", "syncer_certificate"})
+        if read_only:
+            raise invalid_request(f"read-only field(s): {', '.join(read_only)}")
+        unknown = sorted(set(body) - set(self._cluster.access.settings))
+        if unknown:
+            raise invalid_request(f"unknown field(s): {', '.join(unknown)}")
+        self._cluster.access.update(body, self._cluster._lowest_version())
+        self._cluster._refresh_api_context()
+        return self.get_cluster(req)
+
+    # ---- OCSP (the model is in vault_bridge_lab.simulator.ocsp)
+
+    def _proxy(self) -> tuple[x509.Certificate, x509.Certificate | None]:
+        installed = self._cluster._certs_snapshot()["proxy"]
+        chain = split_pem_chain(installed.chain_pem)
+        issuer = x509.load_pem_x509_certificate(chain[1].encode()) if len(chain) > 1 else None
+        return installed.leaf, issuer
+
+    def get_ocsp(self, req: ApiRequest) -> ApiResponse:
+        """GET: /v1/ocsp"""
+        return ApiResponse(200, self._cluster.ocsp.config_json(self._proxy()[0]))
+
+    def put_ocsp(self, req: ApiRequest) -> ApiResponse:
+        """PUT: /v1/ocsp"""
+        return ApiResponse(200, self._cluster.ocsp.update(req.json(), self._proxy()[0]))
+
+    def get_ocsp_status(self, req: ApiRequest) -> ApiResponse:
+        """GET: /v1/ocsp/status"""
+        return ApiResponse(200, self._cluster.ocsp.cached(self._proxy()[0]))
+
+    def post_ocsp_test(self, req: ApiRequest) -> ApiResponse:
+        """POST: /v1/ocsp/test"""
+        return ApiResponse(200, self._cluster.ocsp.test(*self._proxy()))
+
+    def post_user(self, req: ApiRequest) -> ApiResponse:
+        """POST: /v1/users (a ``regular`` or a ``certificate`` user)."""
+        user = self._cluster.access.create_user(req.json())
+        return ApiResponse(200, self._user_json(user))
+
+    @staticmethod
+    def _user_json(user: User) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "email": user.name,
+            "role": user.role,
+            "auth_method": user.auth_method,
+        }
+        if user.auth_method == "certificate":
+            out["certificate_subject_line"] = user.certificate_subject_line
+        return out
 
     def get_certificates(self, req: ApiRequest) -> ApiResponse:
         """GET: /v1/cluster/certificates"""
@@ -238,6 +310,8 @@ class RestApi:
             )
         now = self._cluster._now()
         validated = [validate_certificate(item, now=now, bad_cert_status=400) for item in items]
+        for installed in validated:
+            self._check_ciphers(installed)
         return self._install(validated, close="api" in names)
 
     def put_update_cert(self, req: ApiRequest) -> ApiResponse:
@@ -245,6 +319,7 @@ class RestApi:
         item = parse_item(req.json(), "the body")
         self._cluster._check_name(item.name)
         installed = validate_certificate(item, now=self._cluster._now(), bad_cert_status=404)
+        self._check_ciphers(installed)
         return self._install([installed], close=item.name == "api")
 
     def _install(self, validated: list[Any], *, close: bool) -> ApiResponse:
@@ -258,6 +333,19 @@ class RestApi:
         if cluster._take_partial():
             raise ApiError(409, "not_all_nodes_updated", "not all nodes have been updated")
         return ApiResponse(200, {}, close=close)
+
+    def _check_ciphers(self, installed: Installed) -> None:
+        """8.2+: an ECDSA certificate is refused when only RSA ciphers would serve it."""
+        if self._cluster._lowest_version() < ECDSA_CHECK_MIN_VERSION:
+            return
+        if isinstance(installed.leaf.public_key(), ec.EllipticCurvePublicKey) and (
+            self._cluster.access.rsa_only(installed.name)
+        ):
+            # UNDOCUMENTED: the error code (the release notes name the refusal, not its body).
+            raise invalid_request(
+                f"{installed.name}: an ECDSA certificate needs ECDSA ciphers; only RSA ciphers "
+                "are configured"
+            )
 
     # ---- databases (the model is in vault_bridge_lab.simulator.world)
 
@@ -318,6 +406,53 @@ class RestApi:
             lambda: self._cluster.world.update_bdb(self._cluster.name, uid, body, now)
         )
 
+    # ---- a database's own proxy certificate (vault_bridge_lab.simulator.dbcerts)
+
+    def _existing_uid(self, req: ApiRequest) -> int:
+        uid = self._uid(req)
+        self._world(lambda: self._cluster.world.bdb_json(self._cluster.name, uid))  # 404
+        return uid
+
+    def get_bdb_certs(self, req: ApiRequest) -> ApiResponse:
+        """GET: /v1/bdbs/certificates"""
+        return ApiResponse(200, self._cluster.db_certs.listing(dict(req.query)))
+
+    def get_bdb_cert(self, req: ApiRequest) -> ApiResponse:
+        """GET: /v1/bdbs/<uid>/certificates"""
+        uid = self._existing_uid(req)
+        installed = self._cluster.db_certs.get(uid)
+        if installed is None:
+            raise ApiError(
+                404,
+                "not_found",
+                f"database {uid} has no certificate of its own",
+                text_field="message",
+            )
+        return ApiResponse(200, self._cluster.db_certs.json(uid, installed))
+
+    def post_bdb_cert(self, req: ApiRequest) -> ApiResponse:
+        """POST: /v1/bdbs/<uid>/certificates[?dry_run]: validate, then set (unless dry_run)."""
+        uid = self._existing_uid(req)
+        dry_run = req.query.get("dry_run", ["false"])[0].lower() in ("", "true", "1")
+        installed = self._cluster.db_certs.check(
+            req.json(), now=self._cluster._now(), extra_check=self._check_ciphers
+        )
+        if not dry_run:
+            self._cluster._set_db_certificate(uid, installed)
+        return ApiResponse(200, self._cluster.db_certs.json(uid, installed))
+
+    def delete_bdb_cert(self, req: ApiRequest) -> ApiResponse:
+        """DELETE: /v1/bdbs/<uid>/certificates"""
+        uid = self._existing_uid(req)
+        if not self._cluster._delete_db_certificate(uid):
+            raise ApiError(
+                404,
+                "not_found",
+                f"database {uid} has no certificate of its own",
+                text_field="message",
+            )
+        return ApiResponse(200, {})
+
     @staticmethod
     def _uid(req: ApiRequest) -> int:
         raw = req.params["uid"]
@@ -329,15 +464,16 @@ class RestApi:
 
     def get_user_role(self, req: ApiRequest) -> ApiResponse:
         """GET: /v1/users/role (the OpenAPI document): the authenticated user's role."""
-        return ApiResponse(200, {"role": self._cluster._users[req.user].role})
+        user = next(u for u in self._cluster.access.users() if u.name == req.user)
+        return ApiResponse(200, {"role": user.role})
 
     def get_users(self, req: ApiRequest) -> ApiResponse:
         """GET: /v1/users: every user (uid, email, role); needs view_all_users_info."""
-        users = sorted(self._cluster._users.values(), key=lambda u: u.name)
+        users = sorted(self._cluster.access.users(), key=lambda u: u.name)
         return ApiResponse(
             200,
             [
-                {"uid": uid, "email": user.name, "name": user.name, "role": user.role}
+                {"uid": uid, "name": user.name, **self._user_json(user)}
                 for uid, user in enumerate(users, start=1)
             ],
         )

@@ -53,6 +53,7 @@ class ApiRequest:
     params: Mapping[str, str]
     user: str
     raw_body: bytes = field(repr=False)
+    query: Mapping[str, list[str]] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict)  # the ones handlers read
 
     def json(self) -> Any:

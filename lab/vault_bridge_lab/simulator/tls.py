@@ -16,6 +16,8 @@ from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any, Final, cast
 from urllib.parse import urlsplit
 
+from cryptography import x509
+
 from vault_bridge_lab.simulator.routing import ApiError
 
 if TYPE_CHECKING:
@@ -115,6 +117,7 @@ class TLSServer(socketserver.TCPServer):
                 tls = self._context().wrap_socket(raw, server_side=True)
             except OSError as exc:
                 logger.debug("%s: handshake with %s failed: %s", self.label, address, exc)
+                self.cluster._handshake_failed(self.label.rsplit("-", 1)[-1], exc)
                 return
             with tls:
                 try:
@@ -204,12 +207,15 @@ class RestHandler(_QuietHandler):
         if self.cluster._rest_down():  # the API is away: the connection drops unanswered
             self.close_connection = True
             return
+        der = cast(ssl.SSLSocket, self.connection).getpeercert(binary_form=True)
+        peer = x509.load_der_x509_certificate(der) if der else None
         response = self.cluster._rest.handle(
             self.command,
             self.path,
             self.headers.get("Authorization"),
             self._read_body,
             headers={k: v for k, v in self.headers.items() if k.lower() == "x-task-id"},
+            peer=peer,
         )
         headers = dict(response.headers)
         if response.close:

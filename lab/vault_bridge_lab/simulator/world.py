@@ -557,6 +557,9 @@ class DatabaseWorld:
         if source is None:
             return None  # a source outside this world: nothing to model
         proxy, _ = self._certs(source.cluster)
+        own = self._clusters[source.cluster].db_certs.get(source.uid)
+        if own is not None:  # a database with a certificate of its own serves that one
+            proxy = leaf_fingerprint(own.chain_pem)
         if leaf_fingerprint(str(entry.get("server_cert") or "")) != proxy:
             return "the source's proxy certificate is not the server_cert of the replica"
         if source.fields.get("enforce_client_authentication") == "enabled":

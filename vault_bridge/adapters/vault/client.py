@@ -276,6 +276,14 @@ class VaultClient:
 
     # -- KV and health ----------------------------------------------------------------------
 
+    def read_urls(self, mount: str) -> dict[str, Any]:
+        """GET: /{mount}/config/urls (issuing certificates, CRL and OCSP URLs)."""
+        return self._pki.read_urls(mount)
+
+    def write_urls(self, mount: str, urls: Mapping[str, Any]) -> None:
+        """POST: /{mount}/config/urls (an admin operation: `vault-bridge vault-setup`)."""
+        self._pki.write_urls(mount, urls)
+
     def read_kv(self, mount: str, path: str, key: str) -> str:
         """GET: /{mount}/data/{path} (KV version 2); returns the value of ``key``.
 

@@ -143,6 +143,24 @@ class PkiEndpoints:
         )
         logger.info("revoked certificate %s on %s", serial or "(by PEM)", mount)
 
+    def read_urls(self, mount: str) -> dict[str, Any]:
+        """GET: /{mount}/config/urls (issuing certificates, CRL and OCSP URLs)."""
+        path = f"{mount}/config/urls"
+        resp = self.transport.call(
+            "GET", path, lambda: self.transport.hvac.read(path), capability="read"
+        )
+        return answer_data(resp, path)
+
+    def write_urls(self, mount: str, urls: Mapping[str, Any]) -> None:
+        """POST: /{mount}/config/urls (an admin operation: `vault-bridge vault-setup`)."""
+        path = f"{mount}/config/urls"
+        self.transport.call(
+            "POST",
+            path,
+            lambda: self.transport.hvac.write_data(path, data=dict(urls)),
+            capability="update",
+        )
+
 
 def pki_path(mount: str, verb: str, role: str, issuer_ref: str | None) -> str:
     """``<mount>/<verb>/<role>``, or through the chosen issuer:

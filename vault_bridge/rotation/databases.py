@@ -1,0 +1,279 @@
+"""Databases with a proxy certificate of their own (``[clusters.databases.<name>]``).
+
+For each configured database (matched by name on ``GET /v1/bdbs``): read its certificate
+(``GET /v1/bdbs/<uid>/certificates``), classify it like a cluster certificate, and when it is
+due obtain one from Vault, validate it with ``dry_run`` first, install it, read it back, check
+what the database endpoint serves, then point every Replica Of destination that pinned the old
+certificate (``replica_sources[].server_cert``) at the new one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from vault_bridge.adapters.ports import ClusterDatabaseCertificates, Vault
+from vault_bridge.config.schema import ClusterSettings, DatabaseSpec, Settings
+from vault_bridge.decisions.followup_plan import leaf_fp
+from vault_bridge.decisions.install import CertUpload
+from vault_bridge.decisions.renewal import Action, CertStatus, classify
+from vault_bridge.errors import ClusterError, FollowUpError, VaultBridgeError, VerificationError
+from vault_bridge.models.certificates import CertificateInfo, InstalledCertificate
+from vault_bridge.models.vault import MountIssuers
+from vault_bridge.rotation.login import issue_from_vault
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DatabaseState:
+    """One configured database as a pass found it."""
+
+    spec: DatabaseSpec
+    uid: int
+    installed: InstalledCertificate | None
+    status: CertStatus
+    crdt: bool = False  # an Active-Active instance
+
+
+class DatabaseCertificates:
+    """The databases of every cluster with a certificate of their own, as the last status read
+    found them; a cluster whose databases cannot be read fails them, not the cluster."""
+
+    def __init__(self) -> None:
+        self.states: dict[tuple[str, str], DatabaseState] = {}
+        self.errors: dict[str, str] = {}
+
+    def clear(self) -> None:
+        self.states.clear()
+        self.errors.clear()
+
+    def has(self, cluster: str, name: str) -> bool:
+        return (cluster, name) in self.states
+
+    def read(
+        self,
+        cluster: ClusterSettings,
+        client: ClusterDatabaseCertificates,
+        issuers: Callable[[str], MountIssuers],
+        now: datetime,
+    ) -> list[CertStatus]:
+        try:
+            states = database_states(cluster, client, issuers, now)
+        except VaultBridgeError as exc:
+            logger.error("cluster %s: database certificates: %s", cluster.name, exc)
+            self.errors[cluster.name] = str(exc)
+            return []
+        for state in states:
+            self.states[(cluster.name, state.spec.label)] = state
+        return [state.status for state in states]
+
+    def rotate(
+        self,
+        actions: Sequence[Action],
+        settings: Settings,
+        clients: Mapping[str, ClusterDatabaseCertificates],
+        vault: Vault,
+        *,
+        now: Callable[[], datetime],
+        probe: Callable[[str], CertificateInfo],
+        sleep: Callable[[float], None],
+    ) -> list[tuple[str, str, CertificateInfo | None, str | None]]:
+        """(cluster, name, new certificate or None, error) for every database certificate
+        acted on, and a failure for every database of a cluster that could not be read."""
+        out: list[tuple[str, str, CertificateInfo | None, str | None]] = []
+        for cluster, error in self.errors.items():
+            for spec in settings.cluster(cluster).databases:
+                out.append((cluster, spec.label, None, error))
+        for action in actions:
+            state = self.states[(action.cluster, action.name)]
+            try:
+                info = rotate_database(
+                    state,
+                    cluster=settings.cluster(action.cluster),
+                    client=clients[action.cluster],
+                    clients=clients,
+                    vault=vault,
+                    now=now,
+                    probe=probe,
+                    sleep=sleep,
+                )
+            except VaultBridgeError as exc:
+                logger.error("%s on %s: %s", action.name, action.cluster, exc)
+                out.append((action.cluster, action.name, None, str(exc)))
+                continue
+            out.append((action.cluster, action.name, info, None))
+        return out
+
+
+def database_states(
+    cluster: ClusterSettings,
+    client: ClusterDatabaseCertificates,
+    issuers: Callable[[str], MountIssuers],
+    now: datetime,
+) -> list[DatabaseState]:
+    """Every configured database of ``cluster``; raises when one is not on the cluster or the
+    cluster has no per-database certificate endpoints."""
+    if not cluster.databases:
+        return []
+    client.bdb_certificates()  # 404 here: "needs a newer Redis Enterprise", said once
+    by_name = {b.name: b for b in client.bdbs()}
+    states = []
+    for spec in cluster.databases:
+        bdb = by_name.get(spec.database)
+        if bdb is None:
+            raise ClusterError(f"no database named {spec.database!r}", cluster=cluster.name)
+        installed = client.bdb_certificate(bdb.uid)
+        status = classify(spec.cert, installed, issuers(spec.cert.pki_mount), now)
+        states.append(
+            DatabaseState(spec, bdb.uid, installed, replace(status, name=spec.label), bdb.crdt)
+        )
+    return states
+
+
+def rotate_database(
+    state: DatabaseState,
+    *,
+    cluster: ClusterSettings,
+    client: ClusterDatabaseCertificates,
+    clients: Mapping[str, ClusterDatabaseCertificates],
+    vault: Vault,
+    now: Callable[[], datetime],
+    probe: Callable[[str], CertificateInfo],
+    sleep: Callable[[float], None],
+) -> CertificateInfo:
+    """A new certificate for one database, installed, checked and carried to its replicas."""
+    if state.crdt:
+        # The vendor page (objects/crdb/database_config.md) puts an instance's own certificate
+        # in the CRDB's per-instance db_config (cert, private_key), not on the bdb: refuse
+        # rather than change it where the CRDB would not know.
+        raise ClusterError(
+            f"{state.spec.database} is an Active-Active instance: its certificate belongs in "
+            "the CRDB's per-instance db_config, which vault-bridge does not manage yet",
+            cluster=cluster.name,
+            certificate=state.spec.label,
+        )
+    cert = state.spec.cert
+    issued = issue_from_vault(
+        vault,
+        pki_mount=cert.pki_mount,
+        role=cert.role,
+        mode=cert.mode,
+        key_type=cert.key_type,
+        key_bits=cert.key_bits,
+        common_name=cert.common_name,
+        alt_names=cert.alt_names,
+        ip_sans=cert.ip_sans,
+        ttl=cert.ttl,
+        now=now,
+    )
+    label = state.spec.label
+    upload = CertUpload(label, issued.chain_pem, issued.private_key)
+    client.set_bdb_certificate(state.uid, upload, dry_run=True)  # refused here: nothing changed
+    old = state.installed.pem if state.installed else client.certificates()["proxy"].pem
+    client.set_bdb_certificate(state.uid, upload, dry_run=False)
+    back = client.bdb_certificate(state.uid)
+    expected = issued.info.fingerprint
+    if back is None or back.info.fingerprint != expected:
+        raise VerificationError(
+            "the cluster reports a different certificate after the install",
+            cluster=cluster.name,
+            certificate=label,
+        )
+    if state.spec.verify_endpoint:
+        _probe(state.spec.verify_endpoint, expected, probe, sleep, cluster.name, label)
+    logger.info(
+        "installed %s on %s: serial %s, not_after %s",
+        label,
+        cluster.name,
+        issued.serial,
+        issued.not_after.isoformat(),
+    )
+    carry_to_replicas(
+        state,
+        old,
+        issued.chain_pem,
+        first=state.installed is None,
+        clients=clients,
+        where=cluster.name,
+    )
+    return issued.info
+
+
+def _probe(
+    endpoint: str,
+    expected: str,
+    probe: Callable[[str], CertificateInfo],
+    sleep: Callable[[float], None],
+    cluster: str,
+    label: str,
+) -> None:
+    served: CertificateInfo | None = None
+    for attempt in range(5):
+        try:
+            served = probe(endpoint)
+        except VerificationError:
+            served = None
+        if served is not None and served.fingerprint == expected:
+            return
+        sleep(0.2 * (attempt + 1))
+    what = f"serial {served.serial}" if served else "nothing"
+    raise VerificationError(
+        f"{endpoint} serves {what}, not the new certificate", cluster=cluster, certificate=label
+    )
+
+
+def carry_to_replicas(
+    state: DatabaseState,
+    old_pem: str,
+    new_pem: str,
+    *,
+    first: bool,
+    clients: Mapping[str, ClusterDatabaseCertificates],
+    where: str,
+) -> int:
+    """Every Replica Of destination (on any configured cluster) whose ``server_cert`` is the
+    old certificate of this database gets the new one, every other field kept. ``first``: the
+    database had no certificate of its own, so the old one is the cluster's proxy certificate
+    and only entries pointing at this database's port are changed."""
+    old_fp = leaf_fp(old_pem)
+    port = f":{_port_of(clients[where], state.uid)}" if first else None
+    updated = 0
+    for name, client in clients.items():
+        try:
+            bdbs = client.bdbs()
+        except VaultBridgeError as exc:
+            raise FollowUpError(f"cluster {name}: cannot list the databases: {exc}") from exc
+        for bdb in bdbs:
+            entries = list(bdb.replica_sources)
+            hits = [
+                e
+                for e in entries
+                if leaf_fp(e.server_cert) == old_fp
+                and (port is None or str(e.fields.get("uri", "")).endswith(port))
+            ]
+            if not hits:
+                continue
+            body = [e.as_json(server_cert=new_pem) if e in hits else e.as_json() for e in entries]
+            try:
+                client.update_bdb(bdb.uid, {"replica_sources": body})
+            except VaultBridgeError as exc:
+                raise FollowUpError(
+                    f"replica {bdb.name} (uid {bdb.uid}) on {name}: new server_cert not set: {exc}"
+                ) from exc
+            updated += 1
+            logger.info(
+                "replica %s (uid %s) on %s: server_cert set to the new certificate of %s on %s",
+                bdb.name,
+                bdb.uid,
+                name,
+                state.spec.label,
+                where,
+            )
+    return updated
+
+
+def _port_of(client: ClusterDatabaseCertificates, uid: int) -> int | None:
+    return client.bdb(uid).port
