@@ -13,18 +13,92 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Protocol
 
 from vault_bridge.adapters.ports import ClusterDatabaseCertificates, Vault
-from vault_bridge.config.schema import ClusterSettings, DatabaseSpec, Settings
+from vault_bridge.config.schema import CertSpec, ClusterSettings, DatabaseSpec, Settings
 from vault_bridge.decisions.followup_plan import leaf_fp
 from vault_bridge.decisions.install import CertUpload
 from vault_bridge.decisions.renewal import Action, CertStatus, classify
 from vault_bridge.errors import ClusterError, FollowUpError, VaultBridgeError, VerificationError
-from vault_bridge.models.certificates import CertificateInfo, InstalledCertificate
+from vault_bridge.models.certificates import (
+    CertificateInfo,
+    InstalledCertificate,
+    IssuedCertificate,
+)
 from vault_bridge.models.vault import MountIssuers
 from vault_bridge.rotation.login import issue_from_vault
 
 logger = logging.getLogger(__name__)
+
+
+class DatabaseJournal(Protocol):
+    """The rotation hooks (the intent journal) as a database certificate goes through them:
+    the runaway guard, then issued -> installing -> installed (follow-ups pending) -> done,
+    under the name ``bdb:<database>``."""
+
+    def before_issue(self, spec: CertSpec, *, explicit: bool = False) -> None: ...
+
+    def issued(self, spec: CertSpec, issued: IssuedCertificate) -> None: ...
+
+    def before_install(
+        self,
+        cluster: str,
+        name: str,
+        issued: IssuedCertificate,
+        previous: InstalledCertificate | None,
+    ) -> None: ...
+
+    def installed(
+        self,
+        cluster: str,
+        name: str,
+        issued: IssuedCertificate,
+        previous: InstalledCertificate | None,
+    ) -> None: ...
+
+    def completed(
+        self,
+        cluster: str,
+        name: str,
+        issued: IssuedCertificate,
+        previous: InstalledCertificate | None,
+    ) -> None: ...
+
+
+class _NoJournal:
+    def before_issue(self, spec: CertSpec, *, explicit: bool = False) -> None:
+        pass
+
+    def issued(self, spec: CertSpec, issued: IssuedCertificate) -> None:
+        pass
+
+    def before_install(
+        self,
+        cluster: str,
+        name: str,
+        issued: IssuedCertificate,
+        previous: InstalledCertificate | None,
+    ) -> None:
+        pass
+
+    def installed(
+        self,
+        cluster: str,
+        name: str,
+        issued: IssuedCertificate,
+        previous: InstalledCertificate | None,
+    ) -> None:
+        pass
+
+    def completed(
+        self,
+        cluster: str,
+        name: str,
+        issued: IssuedCertificate,
+        previous: InstalledCertificate | None,
+    ) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -80,6 +154,7 @@ class DatabaseCertificates:
         now: Callable[[], datetime],
         probe: Callable[[str], CertificateInfo],
         sleep: Callable[[float], None],
+        journal: DatabaseJournal | None = None,
     ) -> list[tuple[str, str, CertificateInfo | None, str | None]]:
         """(cluster, name, new certificate or None, error) for every database certificate
         acted on, and a failure for every database of a cluster that could not be read."""
@@ -99,6 +174,8 @@ class DatabaseCertificates:
                     now=now,
                     probe=probe,
                     sleep=sleep,
+                    journal=journal,
+                    explicit=action.reason == "forced",
                 )
             except VaultBridgeError as exc:
                 logger.error("%s on %s: %s", action.name, action.cluster, exc)
@@ -143,8 +220,12 @@ def rotate_database(
     now: Callable[[], datetime],
     probe: Callable[[str], CertificateInfo],
     sleep: Callable[[float], None],
+    journal: DatabaseJournal | None = None,
+    explicit: bool = False,
 ) -> CertificateInfo:
-    """A new certificate for one database, installed, checked and carried to its replicas."""
+    """A new certificate for one database, installed, checked and carried to its replicas,
+    each step recorded in ``journal`` (the runaway guard first) like a cluster certificate."""
+    hooks: DatabaseJournal = journal or _NoJournal()
     if state.crdt:
         # The vendor page (objects/crdb/database_config.md) puts an instance's own certificate
         # in the CRDB's per-instance db_config (cert, private_key), not on the bdb: refuse
@@ -156,6 +237,11 @@ def rotate_database(
             certificate=state.spec.label,
         )
     cert = state.spec.cert
+    label = state.spec.label
+    if explicit:
+        hooks.before_issue(cert, explicit=True)
+    else:
+        hooks.before_issue(cert)
     issued = issue_from_vault(
         vault,
         pki_mount=cert.pki_mount,
@@ -168,11 +254,12 @@ def rotate_database(
         ip_sans=cert.ip_sans,
         ttl=cert.ttl,
         now=now,
+        on_issued=lambda issued: hooks.issued(cert, issued),
     )
-    label = state.spec.label
     upload = CertUpload(label, issued.chain_pem, issued.private_key)
     client.set_bdb_certificate(state.uid, upload, dry_run=True)  # refused here: nothing changed
     old = state.installed.pem if state.installed else client.certificates()["proxy"].pem
+    hooks.before_install(cluster.name, label, issued, state.installed)
     client.set_bdb_certificate(state.uid, upload, dry_run=False)
     back = client.bdb_certificate(state.uid)
     expected = issued.info.fingerprint
@@ -184,6 +271,9 @@ def rotate_database(
         )
     if state.spec.verify_endpoint:
         _probe(state.spec.verify_endpoint, expected, probe, sleep, cluster.name, label)
+    # Installed and served: the Replica Of carry is its follow-up (the journal keeps it
+    # pending until it succeeded; the certificate it replaced is revoked after that).
+    hooks.installed(cluster.name, label, issued, state.installed)
     logger.info(
         "installed %s on %s: serial %s, not_after %s",
         label,
@@ -199,6 +289,7 @@ def rotate_database(
         clients=clients,
         where=cluster.name,
     )
+    hooks.completed(cluster.name, label, issued, state.installed)
     return issued.info
 
 
@@ -277,3 +368,46 @@ def carry_to_replicas(
 
 def _port_of(client: ClusterDatabaseCertificates, uid: int) -> int | None:
     return client.bdb(uid).port
+
+
+def database_install_known(
+    cluster: ClusterSettings,
+    client: ClusterDatabaseCertificates,
+    label: str,
+    fingerprint: str,
+    probe: Callable[[str], CertificateInfo],
+) -> bool | None:
+    """Did an interrupted install of the certificate ``fingerprint`` for the database of
+    ``label`` (``bdb:<database>``) happen? True: the read-back (``GET
+    /v1/bdbs/<uid>/certificates``) shows it. False, only on positive proof: the read-back shows
+    another certificate (or none) AND the database endpoint (``verify_endpoint``, where set)
+    serves another. None: cannot tell (a read or a probe failed)."""
+    spec = next((d for d in cluster.databases if d.label == label), None)
+    if spec is None:
+        return None
+    try:
+        bdb = next((b for b in client.bdbs() if b.name == spec.database), None)
+        if bdb is None:
+            return None
+        back = client.bdb_certificate(bdb.uid)
+    except VaultBridgeError as exc:
+        logger.warning(
+            "%s on %s: cannot read the database certificate: %s", label, cluster.name, exc
+        )
+        return None
+    if back is not None and back.info.fingerprint == fingerprint:
+        return True
+    if spec.verify_endpoint is None:
+        return False
+    try:
+        served = probe(spec.verify_endpoint)
+    except VaultBridgeError as exc:
+        logger.warning(
+            "%s on %s: %s serves nothing readable: %s",
+            label,
+            cluster.name,
+            spec.verify_endpoint,
+            exc,
+        )
+        return None
+    return False if served.fingerprint != fingerprint else None

@@ -149,9 +149,11 @@ def issue_from_vault(
     ttl: timedelta,
     now: Callable[[], datetime],
     client_only: bool = False,
+    on_issued: Callable[[IssuedCertificate], None] | None = None,
 ) -> IssuedCertificate:
     """A certificate from ``<mount>/sign/<role>`` (key made here) or ``<mount>/issue/<role>``,
-    with the checks of a certificate before install (lifetime left, EKUs, key match)."""
+    with the checks of a certificate before install (lifetime left, EKUs, key match).
+    ``on_issued``: called as soon as Vault issued it, before the checks (the journal)."""
     vault.ensure_token()
     if mode == "sign":
         key = generate_key(key_type, key_bits)
@@ -175,6 +177,8 @@ def issue_from_vault(
             ip_sans=ip_sans,
             ttl=ttl,
         )
+    if on_issued is not None:
+        on_issued(issued)
     check_before_install(
         issued,
         CertName.API,  # any ordinary name: the internode rules do not apply
