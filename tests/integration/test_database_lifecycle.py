@@ -123,7 +123,11 @@ def test_killed_before_the_install_the_certificate_is_revoked_at_the_next_start(
         assert again.replay(app.rotator) == {}
         assert again.state is not None and not again.state.journal
         [orphan] = again.state.superseded
-        assert (orphan.name, orphan.serial, orphan.reason) == ("bdb:orders", intent.serial, "orphan")
+        assert (orphan.name, orphan.serial, orphan.reason) == (
+            "bdb:orders",
+            intent.serial,
+            "orphan",
+        )
         _revoke(again, app)
         assert _revoked(openbao, pki.issuing_mount, intent.serial)
         assert again.state.superseded == []

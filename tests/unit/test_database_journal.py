@@ -75,9 +75,7 @@ def test_the_database_spec_is_journaled_under_its_own_name(tmp_path: Path) -> No
     assert settings.cluster("east").spec("proxy") != spec
 
 
-def test_the_runaway_guard_counts_database_certificates(
-    tmp_path: Path, clock: FakeClock
-) -> None:
+def test_the_runaway_guard_counts_database_certificates(tmp_path: Path, clock: FakeClock) -> None:
     settings = _settings(tmp_path, max_issues_per_hour=2)
     keeper = _keeper(settings, clock)
     spec = _spec(settings)
