@@ -5,7 +5,7 @@ revocation of a superseded certificate after revoke_grace, and the runaway guard
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -106,7 +106,7 @@ def test_killed_before_the_install_the_certificate_is_revoked_at_the_next_start(
     keeper = _journal(settings, tmp_path, lambda: datetime.now(UTC))
     real = keeper.before_install
 
-    def before_install_then_die(cluster: str, changes: list[Change]) -> None:
+    def before_install_then_die(cluster: str, changes: Sequence[Change]) -> None:
         real(cluster, changes)  # the intent "installing" is saved ...
         raise Killed  # ... and the process dies before the request goes out
 
@@ -149,7 +149,7 @@ def test_killed_after_the_install_the_certificate_is_kept(
     settings = _settings(openbao, pki, east, west, tmp_path, endpoint)
     keeper = _journal(settings, tmp_path, lambda: datetime.now(UTC))
 
-    def die(changes: list[Change]) -> None:
+    def die(changes: Sequence[Change]) -> None:
         raise Killed  # installed on the cluster, the process dies before recording it
 
     keeper.installed = die  # type: ignore[method-assign]

@@ -188,7 +188,7 @@ def _rotate_locked(
         result = app.rotator.run_once(force=force, only=only)
         keeper.replay(app.rotator)
         if settings.ha is None:  # with [ha], replaced login certificates expire on their own
-            queue_replaced_logins(keeper, app.logins.values(), across_restarts=True)
+            queue_replaced_logins(keeper, app.rotator.logins.values(), across_restarts=True)
         revoke_due(
             keeper,
             app.vault,

@@ -4,17 +4,21 @@ For each configured database (matched by name on ``GET /v1/bdbs``): read its cer
 (``GET /v1/bdbs/<uid>/certificates``), classify it like a cluster certificate, and when it is
 due obtain one from Vault, validate it with ``dry_run`` first, install it, read it back, check
 what the database endpoint serves, then point every Replica Of destination that pinned the old
-certificate (``replica_sources[].server_cert``) at the new one.
+certificate (``replica_sources[].server_cert``) at the new one. An Active-Active instance gets
+its certificate through its CRDB's per-instance ``db_config`` (``cert``, ``private_key``), not
+on the local bdb. Each step goes through the intent journal like a cluster certificate.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Protocol
 
+from vault_bridge.adapters.crdb_runners import RestRunner
 from vault_bridge.adapters.ports import ClusterDatabaseCertificates, Vault
 from vault_bridge.config.schema import CertSpec, ClusterSettings, DatabaseSpec, Settings
 from vault_bridge.decisions.followup_plan import leaf_fp
@@ -110,6 +114,7 @@ class DatabaseState:
     installed: InstalledCertificate | None
     status: CertStatus
     crdt: bool = False  # an Active-Active instance
+    crdt_guid: str | None = None  # its CRDB
 
 
 class DatabaseCertificates:
@@ -205,7 +210,14 @@ def database_states(
         installed = client.bdb_certificate(bdb.uid)
         status = classify(spec.cert, installed, issuers(spec.cert.pki_mount), now)
         states.append(
-            DatabaseState(spec, bdb.uid, installed, replace(status, name=spec.label), bdb.crdt)
+            DatabaseState(
+                spec,
+                bdb.uid,
+                installed,
+                replace(status, name=spec.label),
+                bdb.crdt,
+                bdb.crdt_guid,
+            )
         )
     return states
 
@@ -226,13 +238,10 @@ def rotate_database(
     """A new certificate for one database, installed, checked and carried to its replicas,
     each step recorded in ``journal`` (the runaway guard first) like a cluster certificate."""
     hooks: DatabaseJournal = journal or _NoJournal()
-    if state.crdt:
-        # The vendor page (objects/crdb/database_config.md) puts an instance's own certificate
-        # in the CRDB's per-instance db_config (cert, private_key), not on the bdb: refuse
-        # rather than change it where the CRDB would not know.
+    if state.crdt and not state.crdt_guid:
         raise ClusterError(
-            f"{state.spec.database} is an Active-Active instance: its certificate belongs in "
-            "the CRDB's per-instance db_config, which vault-bridge does not manage yet",
+            f"{state.spec.database} is an Active-Active instance without a crdt_guid: its "
+            "certificate cannot be set through its CRDB",
             cluster=cluster.name,
             certificate=state.spec.label,
         )
@@ -260,7 +269,10 @@ def rotate_database(
     client.set_bdb_certificate(state.uid, upload, dry_run=True)  # refused here: nothing changed
     old = state.installed.pem if state.installed else client.certificates()["proxy"].pem
     hooks.before_install(cluster.name, label, issued, state.installed)
-    client.set_bdb_certificate(state.uid, upload, dry_run=False)
+    if state.crdt_guid:
+        set_instance_certificate(client, state.crdt_guid, state.uid, upload)
+    else:
+        client.set_bdb_certificate(state.uid, upload, dry_run=False)
     back = client.bdb_certificate(state.uid)
     expected = issued.info.fingerprint
     if back is None or back.info.fingerprint != expected:
@@ -291,6 +303,37 @@ def rotate_database(
     )
     hooks.completed(cluster.name, label, issued, state.installed)
     return issued.info
+
+
+def set_instance_certificate(
+    client: ClusterDatabaseCertificates, guid: str, uid: int, upload: CertUpload
+) -> None:
+    """An Active-Active instance's own certificate: ``cert`` and ``private_key`` of its
+    per-instance ``db_config`` (objects/crdb/database_config.md), set through
+    ``POST /v1/crdbs/<guid>/updates`` (requests/crdbs/updates.md, objects/crdb/modify_request.md)
+    and its task polled to the end. A PUT or POST on the local bdb would be overwritten by the
+    next CRDB configuration push. ``force_update``: the certificate change is one the
+    participating clusters must take (the rule of the follow-ups' step 2)."""
+    instance = client.crdb(guid).instance_id_of(uid)
+    if instance is None:
+        raise ClusterError(
+            f"CRDB {guid} does not list database {uid} among its local instances; its "
+            "certificate cannot be set through the CRDB",
+            cluster=client.name,
+        )
+    # The body holds the private key: never logged (RestRunner logs the task, not the body).
+    body = {
+        "force_update": True,
+        "crdb": {
+            "instances": [
+                {
+                    "id": instance,
+                    "db_config": {"cert": upload.certificate, "private_key": upload.key},
+                }
+            ]
+        },
+    }
+    RestRunner(client, clock=time.monotonic, sleep=time.sleep).apply(guid, body)
 
 
 def _probe(
