@@ -179,3 +179,35 @@ def test_a_second_rotation_supersedes_the_first(tmp_path: Path, clock: FakeClock
 
 def _installed(issued: IssuedCertificate) -> InstalledCertificate:
     return InstalledCertificate.from_pem("bdb:orders", issued.chain_pem)
+
+
+def test_the_policy_grants_the_database_and_login_mounts(tmp_path: Path) -> None:
+    from vault_bridge.config.schema import parse_config
+    from vault_bridge.decisions.policy import policy_rules
+
+    database = {"role": "redis-db", "common_name": "orders.east.example.com", "pki_mount": "pki_db"}
+    settings = parse_config(
+        {
+            "vault": {"address": "https://vault.example.com:8200"},
+            "defaults": {"pki_mount": MOUNT, "key_type": "ec", "key_bits": 256},
+            "agent": {"state_dir": str(tmp_path / "state")},
+            "clusters": [
+                {
+                    "name": "east",
+                    "url": "https://east.example.com:9443",
+                    "login": "certificate",
+                    "login_certificate": {
+                        "role": "login",
+                        "common_name": "vault-bridge",
+                        "pki_mount": "pki_login",
+                    },
+                    "certificates": {"cm": {"role": "redis", "common_name": "cm.example.com"}},
+                    "databases": {"orders": database},
+                }
+            ],
+        }
+    )
+    paths = [r.path for r in policy_rules(settings)]
+    assert "pki_login/sign/login" in paths or "pki_login/issue/login" in paths
+    assert "pki_db/sign/redis-db" in paths and "pki_db/roles/redis-db" in paths
+    assert {"pki_db/revoke", "pki_login/revoke", f"{MOUNT}/revoke"} <= set(paths)
