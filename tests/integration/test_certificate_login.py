@@ -369,3 +369,52 @@ def test_the_agent_keeps_its_login_certificate_renewed_with_basic_off(
         (("cluster", "east"), ("condition", "True"), ("name", "login_certificate")),
     )
     assert metrics[key] == 1.0
+
+
+def test_a_replaced_login_certificate_is_revoked_after_the_grace_period(
+    openbao: OpenBaoServer,
+    own_pki: PkiSetup,
+    sim82: SimulatedCluster,
+    tmp_path: Path,
+) -> None:
+    """Each `run --once` logs in with a new certificate; the one an earlier run held is queued
+    and revoked through the revocation queue once revoke_grace is over, never the one held."""
+    sim = sim82
+    _one_time_setup(sim, tmp_path)
+    with build(parse_config(_config(openbao, own_pki, sim, tmp_path, login="password"))) as app:
+        assert app.rotator.run_once().ok
+    doc = _config(openbao, own_pki, sim, tmp_path, login="certificate", login_ttl="30m")
+    doc["agent"]["revoke_grace"] = "1s"
+    config = tmp_path / "config.toml"
+    config.write_text(to_toml(doc), encoding="utf-8")
+    mount = own_pki.issuing_mount
+
+    def login_serials() -> list[str]:
+        client = openbao.client()
+        out = []
+        for serial in client.secrets.pki.list_certificates(mount_point=mount)["data"]["keys"]:
+            pem = client.secrets.pki.read_certificate(serial=serial, mount_point=mount)["data"]
+            info = CertificateInfo.from_pem(pem["certificate"])
+            if info.subject == SUBJECT:
+                out.append(info.serial)
+        return out
+
+    def revoked(serial: str) -> bool:
+        data = openbao.client().secrets.pki.read_certificate(serial=serial, mount_point=mount)
+        return int(data["data"].get("revocation_time") or 0) > 0
+
+    def run_once() -> None:
+        result = CliRunner().invoke(cli, ["--config", str(config), "run", "--once"])
+        print(result.output)
+        assert result.exit_code == 0, result.output
+
+    run_once()
+    [first] = login_serials()
+    run_once()
+    [second] = [s for s in login_serials() if s != first]
+    assert not revoked(first)  # queued, inside the grace period
+    time.sleep(1.2)
+    run_once()
+    assert revoked(first)
+    assert not revoked(second)  # queued by this run: its grace period has just begun
+    assert not [r for r in sim.requests if r.status == 401]  # no login refused

@@ -153,24 +153,38 @@ def test_an_older_cluster_says_it_needs_a_newer_redis_enterprise(
     assert not result.cluster_errors  # the cluster's own certificates are not held up
 
 
-def test_an_active_active_instance_is_refused_not_changed(
+def test_an_active_active_instance_gets_its_certificate_through_the_crdb(
     openbao: OpenBaoServer,
     pki: PkiSetup,
     pair: tuple[SimulatedCluster, SimulatedCluster],
     tmp_path: Path,
 ) -> None:
     east, west = pair
-    east.add_crdb("orders", participants=[east, west])
+    guid = east.add_crdb("orders", participants=[east, west])
     uid = next(b["uid"] for b in east.world.bdbs_json("east") if b["name"] == "orders")
-    settings = parse_config(_doc(openbao, pki, east, west, tmp_path, "127.0.0.1:1"))
+    endpoint = east.open_bdb_endpoint(uid)
+    settings = parse_config(_doc(openbao, pki, east, west, tmp_path, endpoint))
     with build(settings, sleep=lambda s: None) as app:
         result = app.rotator.run_once(only={("east", "bdb:orders")})
-    failed = [o for o in result.outcomes if o.name == "bdb:orders"]
-    assert failed and "per-instance db_config" in (failed[0].error or "")
-    posts = [
-        r for r in east.requests if r.path == f"/v1/bdbs/{uid}/certificates" and r.method == "POST"
+        assert result.ok, result.summary()
+    own = east.db_certs.get(uid)
+    assert own is not None
+    assert served_certificate(endpoint).fingerprint == _fp(own.chain_pem)  # probed
+    posts = [r for r in east.requests if r.method == "POST"]
+    # the dry run on the database's endpoint, then the CRDB's per-instance db_config
+    assert [(r.path, r.status) for r in posts] == [
+        (f"/v1/bdbs/{uid}/certificates", 200),
+        (f"/v1/crdbs/{guid}/updates", 200),
     ]
-    assert posts == []
+    assert [t.force for t in east.world._tasks.values()] == [True]  # a force update
+    assert "PRIVATE KEY" not in str(east.world.bdb_json("east", uid))  # never echoed
+    assert "PRIVATE KEY" not in str(east.world.crdb_json("east", guid))
+    assert (
+        west.db_certs.get(
+            next(b["uid"] for b in west.world.bdbs_json("west") if b["name"] == "orders")
+        )
+        is None
+    )  # only this instance
 
 
 def test_issue_command_renews_a_database_certificate_now(

@@ -313,3 +313,30 @@ def test_crdb_instance_config_survives_updates_a_local_put_does_not(
     clock.advance(1.0)
     certs = [c["client_cert"] for c in east.bdb(uid)["authentication_ssl_client_certs"]]
     assert certs == [through_crdb]  # the local PUT was undone by the CRDB's configuration push
+
+
+def test_crdb_instance_certificate_in_db_config(
+    pair: tuple[SimulatedCluster, SimulatedCluster],
+    world: DatabaseWorld,
+    tmp_path: Path,
+) -> None:
+    east, west = pair
+    guid = east.add_crdb("cache", participants=[east, west])
+    uid = world._crdbs[guid].db_uids["east"]
+    ca = make_ca()
+    cert, key = ca.leaf("cache.east.example.com")
+    _, other_key = ca.leaf("other")
+
+    def update(db_config: dict[str, Any]) -> requests.Response:
+        body = {"force_update": True, "crdb": {"instances": [{"id": 1, "db_config": db_config}]}}
+        return call(east, tmp_path, "POST", f"/v1/crdbs/{guid}/updates", body)
+
+    for refused in ({"cert": cert}, {"private_key": key}, {"cert": cert, "private_key": other_key}):
+        answer = update(refused)
+        assert answer.status_code == 400, refused.keys()
+        assert east.db_certs.get(uid) is None
+    assert update({"cert": cert, "private_key": key}).status_code == 200
+    installed = east.db_certs.get(uid)
+    assert installed is not None and installed.chain_pem.startswith(cert.strip())
+    assert "PRIVATE KEY" not in str(east.bdb(uid)) + str(world.crdb_json("east", guid))
+    assert west.db_certs.get(world._crdbs[guid].db_uids["west"]) is None

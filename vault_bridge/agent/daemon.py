@@ -33,7 +33,7 @@ from vault_bridge.agent.ha import Coordinator
 from vault_bridge.agent.health import Metrics, Snapshot, login_samples, serving
 from vault_bridge.agent.oneshot import result_json
 from vault_bridge.agent.passes import AgentRotator, Passes
-from vault_bridge.agent.revocation import revoke_due
+from vault_bridge.agent.revocation import queue_replaced_logins, revoke_due
 from vault_bridge.agent.signals import Signals
 from vault_bridge.config.schema import Settings, load_config
 from vault_bridge.decisions.schedule import Backoff, Wake, after_failure, attempt_at, next_wake
@@ -180,6 +180,8 @@ class Agent:
             passes.run(app)
             if self.keeper.unresolved():
                 passes.replay(app)  # a failed install: resolve it at once
+        if self.ha is None:  # with [ha], replaced login certificates expire on their own
+            queue_replaced_logins(self.keeper, app.logins.values(), across_restarts=True)
         revoke_due(
             self.keeper,
             app.vault,

@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from vault_bridge.adapters.ports import Monotonic, Sleep
-from vault_bridge.agent.revocation import revoke_due
+from vault_bridge.agent.revocation import queue_replaced_logins, revoke_due
 from vault_bridge.config.schema import Settings
 from vault_bridge.decisions.renewal import CertStatus
 from vault_bridge.errors import ConfigError, StateError
@@ -187,6 +187,8 @@ def _rotate_locked(
             only = {(s.cluster, s.name.value) for s in settings.specs()} - held
         result = app.rotator.run_once(force=force, only=only)
         keeper.replay(app.rotator)
+        if settings.ha is None:  # with [ha], replaced login certificates expire on their own
+            queue_replaced_logins(keeper, app.rotator.logins.values(), across_restarts=True)
         revoke_due(
             keeper,
             app.vault,

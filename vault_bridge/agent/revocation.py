@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import timedelta
 
@@ -17,8 +17,9 @@ from vault_bridge.adapters.ports import Vault
 from vault_bridge.decisions.schedule import after_failure, revocation_decision
 from vault_bridge.errors import LeaseLostError, VaultError, VaultPermissionError
 from vault_bridge.models.times import iso
+from vault_bridge.rotation.login import LoginCertificate
 from vault_bridge.state.journal import IntentJournal
-from vault_bridge.state.records import log_change
+from vault_bridge.state.records import Superseded, log_change
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,73 @@ def revoke_due(
                 not_after=entry.not_after,
             )
         changed = True
+    if changed:
+        keeper.save_quietly()
+
+
+LOGIN = "login"  # the state's name for a cluster's login certificate (cluster/login)
+
+
+def queue_replaced_logins(
+    keeper: IntentJournal, logins: Iterable[LoginCertificate], *, across_restarts: bool
+) -> None:
+    """Queue the login certificates no request presents any more for revocation after
+    ``revoke_grace`` (through :func:`revoke_due`, like a superseded cluster certificate):
+    each one this process replaced, and (``across_restarts``: the process owns the state
+    alone, no ``[ha]``) the one an earlier process held, remembered as ``<cluster>/login``.
+    Only the held certificate is never queued."""
+    state = keeper.state
+    if state is None or not keeper.healthy:
+        return
+    now = keeper.clock()
+    revoke_after = now + keeper.settings.agent.revoke_grace
+    queued = {(e.mount, e.serial) for e in state.superseded}
+    changed = False
+    for login in logins:
+        spec = login.spec
+        key = (spec.cluster, LOGIN)
+        held = login.held
+        held_serial = held.serial if held is not None else None
+        old: list[Superseded] = [
+            Superseded(
+                spec.cluster, LOGIN, r.serial, spec.pki_mount, r.not_after, revoke_after, pem=r.pem
+            )
+            for r in login.take_replaced()
+        ]
+        record = state.record(key)
+        if across_restarts and record.serial and record.mount and record.not_after:
+            old.append(
+                Superseded(
+                    spec.cluster, LOGIN, record.serial, record.mount, record.not_after, revoke_after
+                )
+            )
+        for entry in old:
+            if entry.serial == held_serial or (entry.mount, entry.serial) in queued:
+                continue
+            state.superseded.append(entry)
+            queued.add((entry.mount, entry.serial))
+            changed = True
+            log_change(
+                "login certificate replaced (revoked after revoke_grace)",
+                cluster=entry.cluster,
+                certificate=LOGIN,
+                serial=entry.serial,
+                not_after=entry.not_after,
+            )
+        if held is None and across_restarts and record.serial:
+            del state.certificates[key]  # queued: not remembered twice
+            changed = True
+        elif held is not None and across_restarts and record.serial != held.serial:
+            info = held.info
+            state.update(
+                key,
+                serial=held.serial,
+                not_before=info.not_before,
+                not_after=info.not_after,
+                fingerprint=info.fingerprint,
+                mount=spec.pki_mount,
+            )
+            changed = True
     if changed:
         keeper.save_quietly()
 

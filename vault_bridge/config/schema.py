@@ -12,7 +12,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -440,6 +440,13 @@ class CertSpec:
     maintenance_windows: tuple[MaintenanceWindow, ...] = ()
     window_safety_margin: float = DEFAULT_WINDOW_SAFETY_MARGIN
     overdue_after: float = DEFAULT_OVERDUE_AFTER
+    label: str | None = None  # a database's own certificate: ``bdb:<database>``
+
+    @property
+    def key_name(self) -> str:
+        """The name it is known by in the state and the journal (``bdb:<database>`` for a
+        database's own certificate, the certificate name otherwise)."""
+        return self.label or self.name.value
 
 
 @dataclass(frozen=True)
@@ -778,7 +785,10 @@ def _resolve_certificate_auth(
     databases = tuple(
         DatabaseSpec(
             database=name,
-            cert=_resolve_spec(cluster, CertName.PROXY, db, defaults, f"{where}.databases.{name}"),
+            cert=replace(
+                _resolve_spec(cluster, CertName.PROXY, db, defaults, f"{where}.databases.{name}"),
+                label=f"bdb:{name}",
+            ),
             verify_endpoint=db.verify_endpoint,
         )
         for name, db in cluster.databases.items()

@@ -65,10 +65,11 @@ def policy_rules(settings: Settings) -> list[PolicyRule]:
             seen.add(path)
             rules.append(PolicyRule(path, caps, comment))
 
-    specs = sorted(settings.specs(), key=lambda s: (s.pki_mount, s.mode, s.role))
+    databases = [d.cert for c in settings.clusters for d in c.databases]
+    specs = sorted([*settings.specs(), *databases], key=lambda s: (s.pki_mount, s.mode, s.role))
     for spec in specs:
         users = ", ".join(
-            f"{s.cluster}/{s.name.value}" for s in specs if issue_path(s) == issue_path(spec)
+            f"{s.cluster}/{s.key_name}" for s in specs if issue_path(s) == issue_path(spec)
         )
         verb = "sign a CSR made here" if spec.mode == "sign" else "issue a key and certificate"
         by = f" by issuer {spec.issuer_ref} (issuer_ref)" if spec.issuer_ref else ""
@@ -94,7 +95,13 @@ def policy_rules(settings: Settings) -> list[PolicyRule]:
     for rule in logins[1::2]:
         add(rule.path, rule.capabilities, rule.comment)
     if settings.agent.revoke_superseded:
-        for mount in sorted({s.pki_mount for s in specs}):
+        # replaced login certificates go through the same revocation (not with [ha])
+        login_mounts = (
+            {c.login_certificate.pki_mount for c in settings.clusters if c.login_certificate}
+            if settings.ha is None
+            else set()
+        )
+        for mount in sorted({s.pki_mount for s in specs} | login_mounts):
             add(
                 f"{mount}/revoke",
                 ("update",),

@@ -57,7 +57,7 @@ from vault_bridge.models.certificates import (
 from vault_bridge.models.cluster import OcspStatus
 from vault_bridge.models.times import iso
 from vault_bridge.models.vault import MountIssuers
-from vault_bridge.rotation.databases import DatabaseCertificates
+from vault_bridge.rotation.databases import DatabaseCertificates, database_install_known
 from vault_bridge.rotation.keys import build_csr, check_before_install, generate_key, key_to_pem
 from vault_bridge.rotation.login import LoginCertificate
 from vault_bridge.rotation.ocsp import after_proxy_change, check_proxy_before_install, read_ocsp
@@ -240,6 +240,49 @@ class NoHooks:
 
     def completed(self, changes: Sequence[Change]) -> None:
         return None
+
+
+class _DatabaseHooks:
+    """The rotation hooks as a database certificate (``bdb:<database>``) calls them."""
+
+    def __init__(self, hooks: RotationHooks) -> None:
+        self.hooks = hooks
+
+    def before_issue(self, spec: CertSpec, *, explicit: bool = False) -> None:
+        if explicit:
+            self.hooks.before_issue(spec, explicit=True)
+        else:
+            self.hooks.before_issue(spec)
+
+    def issued(self, spec: CertSpec, issued: IssuedCertificate) -> None:
+        self.hooks.issued(spec, issued)
+
+    def before_install(
+        self,
+        cluster: str,
+        name: str,
+        issued: IssuedCertificate,
+        previous: InstalledCertificate | None,
+    ) -> None:
+        self.hooks.before_install(cluster, [Change(cluster, name, issued, previous)])
+
+    def installed(
+        self,
+        cluster: str,
+        name: str,
+        issued: IssuedCertificate,
+        previous: InstalledCertificate | None,
+    ) -> None:
+        self.hooks.installed([Change(cluster, name, issued, previous)])
+
+    def completed(
+        self,
+        cluster: str,
+        name: str,
+        issued: IssuedCertificate,
+        previous: InstalledCertificate | None,
+    ) -> None:
+        self.hooks.completed([Change(cluster, name, issued, previous)])
 
 
 class Rotator:
@@ -549,6 +592,7 @@ class Rotator:
             now=self.clock,
             probe=self._probe,
             sleep=self._sleep,
+            journal=_DatabaseHooks(self.hooks),
         )
         for cluster, name, info, error in done:
             if info is None:
@@ -970,6 +1014,16 @@ class Rotator:
             f"{endpoint} serves {what}, not the new certificate {change.issued.serial}",
             cluster=settings.name,
             certificate=change.name,
+        )
+
+    def database_install_known(self, cluster: str, name: str, fingerprint: str) -> bool | None:
+        """Whether the interrupted install of a database's own certificate (``bdb:<name>``)
+        happened: True, False on positive proof only, None when it cannot be told."""
+        client = self.clusters.get(cluster)
+        if not isinstance(client, ClusterDatabaseCertificates):
+            return None
+        return database_install_known(
+            self.settings.cluster(cluster), client, name, fingerprint, self._probe
         )
 
     def served_elsewhere(self, cluster: str, name: str, fingerprint: str) -> bool:

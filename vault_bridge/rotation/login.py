@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cryptography import x509
@@ -27,6 +28,15 @@ logger = logging.getLogger(__name__)
 RETRY_AFTER = timedelta(seconds=30)
 
 
+@dataclass(frozen=True)
+class ReplacedLogin:
+    """A login certificate this process presented and no longer does (public parts only)."""
+
+    serial: str
+    not_after: datetime
+    pem: str  # the leaf, to revoke by PEM when the role keeps no copy
+
+
 class LoginCertificate:
     """The login certificate of one cluster; :meth:`current` is the cluster client's source."""
 
@@ -38,7 +48,15 @@ class LoginCertificate:
         self._issued: IssuedCertificate | None = None
         self._default_issuer: list[x509.Certificate] | None = None
         self._retry_at: datetime | None = None  # after a failed renewal, while one is valid
+        self._replaced: list[ReplacedLogin] = []
         self.issued_count = 0
+
+    def take_replaced(self) -> list[ReplacedLogin]:
+        """The certificates replaced since the last call (no request presents them any more:
+        the agent queues them for revocation after ``revoke_grace``)."""
+        with self._lock:
+            replaced, self._replaced = self._replaced, []
+            return replaced
 
     @property
     def held(self) -> IssuedCertificate | None:
@@ -104,6 +122,8 @@ class LoginCertificate:
                     )
                     return held
                 raise
+            if held is not None:
+                self._replaced.append(ReplacedLogin(held.serial, held.not_after, held.certificate))
             self._issued = issued
             self._default_issuer = None
             self._retry_at = None
@@ -149,9 +169,11 @@ def issue_from_vault(
     ttl: timedelta,
     now: Callable[[], datetime],
     client_only: bool = False,
+    on_issued: Callable[[IssuedCertificate], None] | None = None,
 ) -> IssuedCertificate:
     """A certificate from ``<mount>/sign/<role>`` (key made here) or ``<mount>/issue/<role>``,
-    with the checks of a certificate before install (lifetime left, EKUs, key match)."""
+    with the checks of a certificate before install (lifetime left, EKUs, key match).
+    ``on_issued``: called as soon as Vault issued it, before the checks (the journal)."""
     vault.ensure_token()
     if mode == "sign":
         key = generate_key(key_type, key_bits)
@@ -175,6 +197,8 @@ def issue_from_vault(
             ip_sans=ip_sans,
             ttl=ttl,
         )
+    if on_issued is not None:
+        on_issued(issued)
     check_before_install(
         issued,
         CertName.API,  # any ordinary name: the internode rules do not apply

@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 
+DATABASE_PREFIX = "bdb:"  # a database's own certificate: bdb:<database>
+
 
 class StateStore(Protocol):
     """Where the state lives: the state directory's files, one per cluster
@@ -124,7 +126,10 @@ class IntentJournal:
         return self.settings.agent.revoke_grace
 
     def _mount(self, cluster: str, name: str) -> str:
-        spec = self.settings.cluster(cluster).spec(name)
+        settings = self.settings.cluster(cluster)
+        spec = settings.spec(name)
+        if spec is None:  # a database's own certificate (bdb:<database>)
+            spec = next((d.cert for d in settings.databases if d.label == name), None)
         return spec.pki_mount if spec else ""
 
     # -- RotationHooks -----------------------------------------------------------------------
@@ -132,7 +137,7 @@ class IntentJournal:
     def before_issue(self, spec: CertSpec, *, explicit: bool = False) -> None:
         """``explicit``: the operator's ``issue`` command. It is always carried out, past the
         runaway guard too (a WARNING then); it counts towards the guard all the same."""
-        key = (cluster, name) = (spec.cluster, spec.name.value)
+        key = (cluster, name) = (spec.cluster, spec.key_name)
         if self._stopping():
             raise StoppingError(
                 "stopping: no new certificate is requested", cluster=cluster, certificate=name
@@ -223,7 +228,7 @@ class IntentJournal:
         self.state.journal_issued(
             Intent(
                 cluster=spec.cluster,
-                name=spec.name.value,
+                name=spec.key_name,
                 phase="issued",
                 serial=issued.serial,
                 not_after=issued.not_after,
@@ -343,6 +348,8 @@ class IntentJournal:
             logger.warning("%s: cluster no longer configured; dropped", key_text(intent.key))
             state.orphan(intent, now)
             return None
+        if intent.name.startswith(DATABASE_PREFIX):
+            return self._resolve_database_install(state, rotator, intent, now)
         if intent.cluster not in served:
             try:
                 certs = client.certificates()
@@ -362,6 +369,25 @@ class IntentJournal:
             return (
                 f"{key_text(intent.key)}: the read-back shows another certificate, but the "
                 f"listener does not prove it; kept in the journal, not revoked"
+            )
+        return None
+
+    def _resolve_database_install(
+        self, state: State, rotator: Rotator, intent: Intent, now: datetime
+    ) -> str | None:
+        """The interrupted install of a database's own certificate: read back from the
+        database (and its endpoint); kept in the journal when that cannot tell."""
+        known = rotator.database_install_known(intent.cluster, intent.name, intent.info.fingerprint)
+        if known is True:
+            state.journal_installed(intent.key, now + self._grace())
+            _log_intent("the interrupted install did happen", intent)
+        elif known is False:
+            state.orphan(intent, now)
+            _log_intent("the interrupted install did not happen (will be revoked)", intent)
+        else:
+            return (
+                f"{key_text(intent.key)}: the database does not show whether the install "
+                "happened; kept in the journal, not revoked"
             )
         return None
 

@@ -125,10 +125,12 @@ CRDB_DB_CONFIG_PER_INSTANCE: Final = BodySchema(
     frozenset(
         {
             "authentication_ssl_client_certs",
+            "cert",
             "enforce_client_authentication",
             "mtls_allow_outdated_certs",
             "memory_size",
             "port",
+            "private_key",
         }
     ),
 )

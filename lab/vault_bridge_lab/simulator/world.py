@@ -340,6 +340,15 @@ class DatabaseWorld:
                 )
                 member = _instance_cluster(crdb, instance["id"])
                 bdb = self._bdb(member, crdb.db_uids[member])
+                config = dict(config)
+                own = {k: config.pop(k) for k in ("cert", "private_key") if k in config}
+                if own:
+                    # the instance's own server certificate (cert with its private_key,
+                    # objects/crdb/database_config.md): checked like the bdb endpoint's, then
+                    # served by that instance's endpoint; never echoed in a GET
+                    sim = self._clusters[member]
+                    checked = sim.db_certs.check(own, now=now_utc, extra_check=lambda _: None)
+                    sim._set_db_certificate(crdb.db_uids[member], checked)
                 for key, field_value in config.items():
                     if key == "authentication_ssl_client_certs":
                         field_value = check_client_certs(field_value, now_utc)
