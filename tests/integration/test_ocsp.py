@@ -66,8 +66,14 @@ def test_ocsp_responder_vault_status_reported_after_a_proxy_change(
     assert f"{mount}/config/urls: updated: ocsp_servers += {wanted!r}" in report.lines
     assert not sim.ocsp.config["ocsp_functionality"]
     with build(settings, sleep=lambda s: None) as app:
+        before = len(sim.requests)
         result = app.rotator.run_once()
         assert result.ok, result.summary()
+        # One read of the OCSP settings serves the plan, the check before the proxy install
+        # and the report after it; turning stapling on is the one write.
+        ocsp_calls = [(r.method, r.path) for r in sim.requests[before:] if "/ocsp" in r.path]
+        assert ocsp_calls.count(("GET", "/v1/ocsp")) == 1, ocsp_calls
+        assert ocsp_calls.count(("PUT", "/v1/ocsp")) == 1, ocsp_calls
         assert ocsp_urls(sim.installed_pem("proxy")) == [wanted]
         # Stapling turned on, Vault asked at once: the new proxy certificate is GOOD.
         assert sim.ocsp.config["ocsp_functionality"] is True

@@ -242,6 +242,10 @@ class ClusterOcsp(Protocol):
         """GET /v1/ocsp (None: no OCSP on this cluster)"""
         ...
 
+    def last_ocsp(self, max_age: float = 60.0) -> OcspConfig | None:
+        """GET /v1/ocsp, or the answer of the last one (younger than ``max_age`` s)"""
+        ...
+
     def enable_ocsp(self) -> OcspConfig:
         """PUT /v1/ocsp"""
         ...

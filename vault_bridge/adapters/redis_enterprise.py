@@ -186,6 +186,7 @@ class ClusterClient:
         self._version_ttl = version_ttl
         self._version: tuple[float, tuple[int, ...]] | None = None
         self._last_read: tuple[float, dict[str, InstalledCertificate]] | None = None
+        self._last_ocsp: tuple[float, OcspConfig | None] | None = None
         self._session = self._new_session()
         self._pin_session: requests.Session | None = None
         if settings.insecure_skip_verify:
@@ -515,16 +516,30 @@ class ClusterClient:
     def ocsp(self) -> OcspConfig | None:
         """GET /v1/ocsp (None: the cluster has no OCSP, 404, or not on every node, 406)."""
         try:
-            return OcspConfig.from_json(self.request("GET", "/v1/ocsp", retry=False))
+            config = OcspConfig.from_json(self.request("GET", "/v1/ocsp", retry=False))
         except ClusterError as exc:
-            if exc.status in (404, 406):
-                return None
-            raise
+            if exc.status not in (404, 406):
+                raise
+            config = None
+        self._last_ocsp = (self._monotonic(), config)
+        return config
+
+    def last_ocsp(self, max_age: float = 60.0) -> OcspConfig | None:
+        """What the last GET /v1/ocsp answered, when vault-bridge has not changed the OCSP
+        settings since and it is younger than ``max_age`` seconds; else a new read (the plan's
+        read serves the check before a proxy install and the report after it)."""
+        last = self._last_ocsp
+        if last is None or self._monotonic() - last[0] >= max_age:
+            return self.ocsp()
+        return last[1]
 
     def enable_ocsp(self) -> OcspConfig:
         """PUT /v1/ocsp with ``{"ocsp_functionality": true}``."""
         body = {"ocsp_functionality": True}
-        return OcspConfig.from_json(self.request("PUT", "/v1/ocsp", body, retry=False))
+        self._last_ocsp = None
+        config = OcspConfig.from_json(self.request("PUT", "/v1/ocsp", body, retry=False))
+        self._last_ocsp = (self._monotonic(), config)
+        return config
 
     def ocsp_status(self) -> OcspStatus:
         """GET /v1/ocsp/status: the status the cluster staples now (its cache)."""

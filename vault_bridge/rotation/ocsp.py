@@ -39,7 +39,7 @@ def read_ocsp(client: ClusterOcsp) -> OcspStatus | None:
 
 def check_proxy_before_install(client: ClusterOcsp, issued: IssuedCertificate) -> None:
     """Refuse a proxy certificate that would be stapled UNKNOWN (stapling on, no responder)."""
-    config = client.ocsp()
+    config = client.last_ocsp()
     reason = refuse_proxy(issued.certificate, stapling_on=bool(config and config.enabled))
     if reason is not None:
         raise CertificateError(reason, cluster=client.name, certificate=CertName.PROXY.value)
@@ -53,7 +53,7 @@ def after_proxy_change(
 ) -> OcspStatus | None:
     """The OCSP status of the new proxy certificate (None: the cluster has no OCSP or it is
     off); raises a :class:`VaultBridgeError` when the cluster cannot be asked."""
-    config = client.ocsp()
+    config = client.last_ocsp()
     if config is None:
         return None
     expected = expected_responder(cluster, vault_address)
