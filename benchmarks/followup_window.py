@@ -160,7 +160,7 @@ def proxy_cert(issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey]) -> t
 
 
 def settings_for(cluster: ClusterProcess, state_dir: str) -> Any:
-    from vault_bridge.config.schema import parse_config
+    from vault_bridge.config.loading import parse_config
 
     return parse_config(
         {

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from vault_bridge.adapters.tls_probe import verify_chain
 from vault_bridge.cli.render import pass_lines, status_table
-from vault_bridge.config.schema import parse_config
+from vault_bridge.config.loading import parse_config
 from vault_bridge.errors import VaultBridgeError
 from vault_bridge.models.certificates import CertificateInfo
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from vault_bridge.adapters.ports import UpdateResult
-from vault_bridge.config.schema import Settings
+from vault_bridge.config.settings import Settings
 from vault_bridge.decisions.install import CertUpload
 from vault_bridge.errors import ClusterError, VerificationError
 from vault_bridge.models.certificates import CertificateInfo, CertName, InstalledCertificate

@@ -15,10 +15,12 @@ from tests.fakes.clock import FakeClock
 from tests.fakes.cluster import FakeCluster, FakeProbe
 from tests.fakes.lock import FakeLock
 from tests.fakes.vault import FakeVault, LocalCA, subject, to_pem
-from vault_bridge.config.schema import Settings, parse_config
-from vault_bridge.rotation.executor import FollowUpRunner, RotationHooks, Rotator
+from vault_bridge.config.loading import parse_config
+from vault_bridge.config.settings import Settings
+from vault_bridge.rotation.executor import Rotator
 from vault_bridge.rotation.followup_jobs import Limits
 from vault_bridge.rotation.followups import FollowUps
+from vault_bridge.rotation.hooks import FollowUpRunner, RotationHooks
 
 MOUNT = "pki_int"
 # Bounds small enough that nothing a test waits on (armed jobs, joins) takes noticeable time.

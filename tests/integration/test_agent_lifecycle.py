@@ -22,7 +22,8 @@ from vault_bridge.agent.daemon import Agent
 from vault_bridge.agent.health import Metrics
 from vault_bridge.agent.oneshot import rotate_once
 from vault_bridge.cli.main import cli
-from vault_bridge.config.schema import Settings, parse_config
+from vault_bridge.config.loading import parse_config
+from vault_bridge.config.settings import Settings
 from vault_bridge.config.windows import DAYS
 from vault_bridge.decisions.renewal import renewal_time
 from vault_bridge.decisions.schedule import attempt_at

@@ -16,7 +16,7 @@ from vault_bridge_lab.openbao import OpenBaoServer, PkiSetup
 from vault_bridge_lab.simulator import DatabaseWorld, SimulatedCluster
 
 from vault_bridge.cli.main import cli
-from vault_bridge.config.schema import parse_config
+from vault_bridge.config.loading import parse_config
 from vault_bridge.models.certificates import CertificateInfo, split_pem_chain
 from vault_bridge.rotation.app import App, build
 from vault_bridge.rotation.followups import FollowUps, Limits

@@ -19,7 +19,7 @@ from vault_bridge_lab.simulator import SimulatedCluster
 
 from tests.conftest import register_secret
 from vault_bridge.cli.main import cli
-from vault_bridge.config.schema import parse_config
+from vault_bridge.config.loading import parse_config
 from vault_bridge.decisions.policy import render_policy
 from vault_bridge.models.certificates import CertificateInfo, split_pem_chain
 from vault_bridge.rotation.app import build

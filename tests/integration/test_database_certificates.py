@@ -16,7 +16,7 @@ from vault_bridge_lab.simulator import DatabaseWorld, SimulatedCluster
 
 from vault_bridge.adapters.tls_probe import served_certificate
 from vault_bridge.cli.main import cli
-from vault_bridge.config.schema import parse_config
+from vault_bridge.config.loading import parse_config
 from vault_bridge.models.certificates import CertificateInfo
 from vault_bridge.rotation.app import build
 

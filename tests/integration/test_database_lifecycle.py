@@ -16,10 +16,11 @@ from vault_bridge_lab.openbao import OpenBaoServer, PkiSetup
 from vault_bridge_lab.simulator import DatabaseWorld, SimulatedCluster
 
 from vault_bridge.agent.revocation import revoke_due
-from vault_bridge.config.schema import Settings, parse_config
+from vault_bridge.config.loading import parse_config
+from vault_bridge.config.settings import Settings
 from vault_bridge.models.certificates import CertificateInfo
 from vault_bridge.rotation.app import build
-from vault_bridge.rotation.executor import Change
+from vault_bridge.rotation.results import Change
 from vault_bridge.state.journal import IntentJournal
 from vault_bridge.state.store import StateDir
 

@@ -38,7 +38,8 @@ from tests.state_files import read_state
 from vault_bridge.adapters.redis_enterprise import ClusterClient
 from vault_bridge.agent.health import Metrics
 from vault_bridge.cli.main import cli
-from vault_bridge.config.schema import Settings, parse_config
+from vault_bridge.config.loading import parse_config
+from vault_bridge.config.settings import Settings
 from vault_bridge.decisions.install import CertUpload
 from vault_bridge.models.certificates import CertChange, CertificateInfo
 from vault_bridge.rotation.app import App, build

@@ -35,7 +35,7 @@ from vault_bridge_lab.simulator import DEFAULT_USERS, DatabaseWorld, SimulatedCl
 
 from tests.conftest import register_secret
 from tests.integration.conftest import PKI_ROLES
-from vault_bridge.config.schema import parse_config
+from vault_bridge.config.loading import parse_config
 from vault_bridge.decisions.policy import render_policy
 from vault_bridge.models.certificates import CertificateInfo
 

@@ -12,7 +12,7 @@ from vault_bridge_lab.lab import cluster_table, lab_config
 from vault_bridge_lab.openbao import OpenBaoServer, PkiSetup
 from vault_bridge_lab.simulator import DatabaseWorld, SimulatedCluster
 
-from vault_bridge.config.schema import parse_config
+from vault_bridge.config.loading import parse_config
 from vault_bridge.errors import LeaseLostError
 from vault_bridge.rotation.app import build
 from vault_bridge.rotation.followups import FollowUps, Limits

@@ -19,7 +19,7 @@ from tests.integration.conftest import PKI_ROLES
 from tests.integration.test_policy import limited_token
 from vault_bridge.adapters.tls_probe import verify_chain
 from vault_bridge.adapters.vault.client import TokenAuth, VaultClient
-from vault_bridge.config.schema import parse_config
+from vault_bridge.config.loading import parse_config
 from vault_bridge.decisions.policy import policy_rules
 from vault_bridge.errors import VaultError, VerificationError
 from vault_bridge.models.certificates import CertificateInfo

@@ -16,7 +16,7 @@ from vault_bridge_lab.simulator import SimulatedCluster
 
 from vault_bridge.agent.health import Metrics, Snapshot
 from vault_bridge.cli.render import status_table
-from vault_bridge.config.schema import parse_config
+from vault_bridge.config.loading import parse_config
 from vault_bridge.decisions.ocsp import ocsp_urls, vault_ocsp_url
 from vault_bridge.models.certificates import CertificateInfo
 from vault_bridge.rotation.app import build, vault_client

@@ -23,7 +23,8 @@ from vault_bridge_lab.simulator import SimulatedCluster
 
 from tests.conftest import register_secret
 from vault_bridge.cli.main import cli
-from vault_bridge.config.schema import Settings, parse_config
+from vault_bridge.config.loading import parse_config
+from vault_bridge.config.settings import Settings
 from vault_bridge.decisions.policy import render_policy
 from vault_bridge.errors import VaultPermissionError
 from vault_bridge.rotation.app import build, vault_client

@@ -19,7 +19,7 @@ from vault_bridge_lab.simulator import SimulatedCluster
 from tests.conftest import make_ca
 from vault_bridge.adapters.redis_enterprise import ClusterClient
 from vault_bridge.adapters.tls_probe import served_certificate, verify_chain
-from vault_bridge.config.schema import parse_config
+from vault_bridge.config.loading import parse_config
 from vault_bridge.decisions.install import CertUpload
 from vault_bridge.errors import ClusterError
 from vault_bridge.models.certificates import CertificateInfo

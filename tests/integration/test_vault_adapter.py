@@ -948,7 +948,7 @@ def test_full_rotation_with_login_method(
     )
     from vault_bridge_lab.simulator import SimulatedCluster
 
-    from vault_bridge.config.schema import parse_config
+    from vault_bridge.config.loading import parse_config
     from vault_bridge.rotation.app import build
 
     monkeypatch.delenv("VAULT_TOKEN", raising=False)

@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from tests.conftest import OfflineCA, make_ca
 from vault_bridge.adapters.crdb_runners import RestRunner
 from vault_bridge.adapters.redis_enterprise import ClusterClient
-from vault_bridge.config.schema import ClusterSettings
+from vault_bridge.config.settings import ClusterSettings
 from vault_bridge.decisions.followup_plan import ClusterView, plan_followups
 from vault_bridge.decisions.install import CertUpload
 from vault_bridge.errors import ClusterError
@@ -310,7 +310,8 @@ def test_defect7_internode_upload_keeps_the_root() -> None:
 
 
 def test_defect8_internode_read_back_waits_and_reports_unconfirmed() -> None:
-    from vault_bridge.rotation.executor import INTERNODE_POLL, Rotator
+    from vault_bridge.rotation.executor import Rotator
+    from vault_bridge.rotation.installing import INTERNODE_POLL
 
     root = make_ca("Root CA")
     leaf, key = root.leaf("ccs.example.com")
@@ -325,7 +326,7 @@ def test_defect8_internode_read_back_waits_and_reports_unconfirmed() -> None:
             self.calls += 1
             raise down
 
-    from vault_bridge.rotation.executor import Change
+    from vault_bridge.rotation.results import Change
 
     slept: list[float] = []
     rotator = Rotator.__new__(Rotator)

@@ -12,7 +12,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from tests.conftest import OfflineCA, make_ca
-from vault_bridge.config.schema import LoginSpec, parse_config
+from vault_bridge.config.loading import parse_config
+from vault_bridge.config.settings import LoginSpec
 from vault_bridge.decisions.login import login_renewal_time, login_replacement
 from vault_bridge.decisions.trusted_ca import plan_trusted_ca
 from vault_bridge.errors import ConfigError, VaultUnavailableError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vault_bridge.config.schema import parse_config
+from vault_bridge.config.loading import parse_config
 from vault_bridge.decisions.ciphers import allows_ecdsa
 from vault_bridge.models.cluster import ClusterAccess
 from vault_bridge.rotation.access_checks import accepted_logins, cipher_problems

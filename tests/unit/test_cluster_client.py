@@ -9,7 +9,7 @@ from pydantic import SecretStr
 
 from tests.conftest import OfflineCA
 from vault_bridge.adapters.redis_enterprise import ClusterClient
-from vault_bridge.config.schema import ClusterSettings
+from vault_bridge.config.settings import ClusterSettings
 from vault_bridge.decisions.install import CertUpload
 from vault_bridge.errors import ClusterError
 from vault_bridge.models.cluster import parse_version

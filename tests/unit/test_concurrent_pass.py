@@ -20,14 +20,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from tests.conftest import OfflineCA
-from vault_bridge.config.schema import Settings, parse_config
+from vault_bridge.config.loading import parse_config
+from vault_bridge.config.settings import Settings
 from vault_bridge.decisions.install import CertUpload
 from vault_bridge.errors import ClusterError, VaultError
 from vault_bridge.models.certificates import CertificateInfo, InstalledCertificate
 from vault_bridge.models.cluster import Bdb, Crdb, CrdbInstance, CrdbTask
 from vault_bridge.models.vault import MountIssuers, PkiIssuer
-from vault_bridge.rotation.executor import Change, Rotator
+from vault_bridge.rotation.executor import Rotator
 from vault_bridge.rotation.followups import FollowUps, Limits
+from vault_bridge.rotation.results import Change
 from vault_bridge.rotation.throttle import VaultThrottle
 from vault_bridge.state.journal import IntentJournal
 from vault_bridge.state.store import StateDir

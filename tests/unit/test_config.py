@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from vault_bridge_lab.lab import to_toml
 
-from vault_bridge.config.schema import load_config, parse_config
+from vault_bridge.config.loading import load_config, parse_config
 from vault_bridge.errors import ConfigError
 from vault_bridge.models.certificates import CertName
 

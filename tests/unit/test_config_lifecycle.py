@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.unit.test_config import doc
-from vault_bridge.config.schema import parse_config
+from vault_bridge.config.loading import parse_config
 from vault_bridge.errors import ConfigError
 
 

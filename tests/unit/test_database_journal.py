@@ -14,9 +14,10 @@ import pytest
 from tests.fakes.clock import FakeClock
 from tests.fakes.vault import FakeVault
 from tests.fakes.world import MOUNT, make_settings
-from vault_bridge.config.schema import CertSpec, Settings
+from vault_bridge.config.settings import CertSpec, Settings
 from vault_bridge.models.certificates import InstalledCertificate, IssuedCertificate
-from vault_bridge.rotation.executor import Change, Rotator
+from vault_bridge.rotation.executor import Rotator
+from vault_bridge.rotation.results import Change
 from vault_bridge.state.journal import IntentJournal, RunawayGuardError
 from vault_bridge.state.store import StateDir
 
@@ -182,7 +183,7 @@ def _installed(issued: IssuedCertificate) -> InstalledCertificate:
 
 
 def test_the_policy_grants_the_database_and_login_mounts(tmp_path: Path) -> None:
-    from vault_bridge.config.schema import parse_config
+    from vault_bridge.config.loading import parse_config
     from vault_bridge.decisions.policy import policy_rules
 
     database = {"role": "redis-db", "common_name": "orders.east.example.com", "pki_mount": "pki_db"}

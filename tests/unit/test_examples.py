@@ -30,7 +30,9 @@ import pytest
 import yaml
 
 from vault_bridge.config.durations import parse_duration
-from vault_bridge.config.schema import Settings, parse_config, parse_hostport
+from vault_bridge.config.loading import parse_config
+from vault_bridge.config.settings import Settings
+from vault_bridge.config.validators import parse_hostport
 from vault_bridge.decisions.policy import desired_role, policy_rules, render_policy, roles_in
 from vault_bridge.models.certificates import CertName
 

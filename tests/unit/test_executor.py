@@ -14,10 +14,11 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from tests.fakes.transport import http_client
 from tests.fakes.world import MOUNT, World, make_settings
 from vault_bridge.adapters.redis_enterprise import ClusterClient
-from vault_bridge.config.schema import CertSpec
+from vault_bridge.config.settings import CertSpec
 from vault_bridge.errors import DeferredError, VaultError, VaultUnavailableError
 from vault_bridge.models.certificates import CertificateInfo, IssuedCertificate
-from vault_bridge.rotation.executor import INSTALL_ATTEMPTS, Change, PassResult
+from vault_bridge.rotation.installing import INSTALL_ATTEMPTS
+from vault_bridge.rotation.results import Change, PassResult
 
 BULK = "PUT /v1/cluster/certificates"
 ONE = "PUT /v1/cluster/update_cert"

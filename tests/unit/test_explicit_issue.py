@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 
 from tests.unit.test_state import T0, Clock, clock, keeper, settings, spec, state_dir  # noqa: F401
-from vault_bridge.config.schema import Settings
+from vault_bridge.config.settings import Settings
 from vault_bridge.state.journal import IntentJournal, RunawayGuardError
 
 

@@ -18,9 +18,9 @@ from tests.fakes.cluster import FakeRunner, add_crdb
 from tests.fakes.world import FAST, World, make_settings
 from vault_bridge.errors import FollowUpError
 from vault_bridge.models.certificates import CertChange
-from vault_bridge.rotation.executor import PassResult
 from vault_bridge.rotation.followup_jobs import LOCK_FILE, FollowUpLock, Limits
 from vault_bridge.rotation.followups import FollowUps
+from vault_bridge.rotation.results import PassResult
 
 BULK = "PUT /v1/cluster/certificates"
 UPDATE = "POST /v1/crdbs/<guid>/updates"

@@ -19,7 +19,8 @@ from vault_bridge.agent.ha import Coordinator
 from vault_bridge.agent.health import Metrics, Snapshot
 from vault_bridge.agent.revocation import revoke_due
 from vault_bridge.cli.render import status_json, status_table
-from vault_bridge.config.schema import Settings, load_config, parse_config
+from vault_bridge.config.loading import load_config, parse_config
+from vault_bridge.config.settings import Settings
 from vault_bridge.decisions.policy import policy_rules
 from vault_bridge.decisions.renewal import CertStatus
 from vault_bridge.errors import CasConflictError, ConfigError, LeaseLostError, VaultUnavailableError

@@ -16,7 +16,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from tests.conftest import OfflineCA, make_ca
 from tests.fakes.world import make_settings
 from vault_bridge.agent.revocation import queue_replaced_logins, revoke_due
-from vault_bridge.config.schema import LoginSpec, Settings
+from vault_bridge.config.settings import LoginSpec, Settings
 from vault_bridge.rotation.login import LoginCertificate
 from vault_bridge.state.journal import IntentJournal
 from vault_bridge.state.store import StateDir

@@ -16,10 +16,11 @@ import pytest
 
 from tests.fakes.world import FakeApp, World, make_settings
 from vault_bridge.agent.oneshot import result_from_json, result_json, rotate_once
-from vault_bridge.config.schema import Settings
+from vault_bridge.config.settings import Settings
 from vault_bridge.errors import StateError
 from vault_bridge.rotation.app import AppPorts
-from vault_bridge.rotation.executor import Outcome, PassResult, RotationHooks
+from vault_bridge.rotation.hooks import RotationHooks
+from vault_bridge.rotation.results import Outcome, PassResult
 from vault_bridge.state.journal import IntentJournal
 from vault_bridge.state.records import Intent
 from vault_bridge.state.store import LockHeld, StateDir

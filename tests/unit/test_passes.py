@@ -19,7 +19,7 @@ from tests.fakes.world import FakeApp, World, make_settings
 from vault_bridge.agent.passes import AgentRotator, Passes
 from vault_bridge.decisions.schedule import INITIAL_BACKOFF, JITTER
 from vault_bridge.errors import StateError, VaultPermissionError, VaultUnavailableError
-from vault_bridge.rotation.executor import Change
+from vault_bridge.rotation.results import Change
 from vault_bridge.state.journal import IntentJournal
 from vault_bridge.state.store import StateDir
 

@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tests.conftest import OfflineCA, make_ca
-from vault_bridge.config.schema import CertSpec
+from vault_bridge.config.settings import CertSpec
 from vault_bridge.decisions.install import install_batches
 from vault_bridge.decisions.renewal import classify, jitter, next_deadline, plan, renewal_time
 from vault_bridge.models.certificates import CertName, InstalledCertificate

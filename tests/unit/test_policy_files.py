@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vault_bridge.config.schema import parse_config
+from vault_bridge.config.loading import parse_config
 from vault_bridge.decisions.policy import desired_role, policy_rules, render_policy, roles_in
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tests.conftest import OfflineCA
-from vault_bridge.config.schema import CertSpec
+from vault_bridge.config.settings import CertSpec
 from vault_bridge.decisions.renewal import renewal_time
 from vault_bridge.decisions.schedule import (
     Backoff,

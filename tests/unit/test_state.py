@@ -20,7 +20,8 @@ import pytest
 
 from tests.conftest import OfflineCA
 from tests.state_files import read_state, snapshot
-from vault_bridge.config.schema import CertSpec, Settings, parse_config
+from vault_bridge.config.loading import parse_config
+from vault_bridge.config.settings import CertSpec, Settings
 from vault_bridge.decisions.schedule import Backoff
 from vault_bridge.errors import ClusterError, StateError
 from vault_bridge.models.certificates import (
@@ -29,7 +30,7 @@ from vault_bridge.models.certificates import (
     InstalledCertificate,
     IssuedCertificate,
 )
-from vault_bridge.rotation.executor import Change
+from vault_bridge.rotation.results import Change
 from vault_bridge.state.journal import (
     IntentJournal,
     JournalPendingError,

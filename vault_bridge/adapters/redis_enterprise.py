@@ -25,7 +25,8 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from vault_bridge.config.schema import MTLS_TRUSTED_CA, ClusterSettings
+from vault_bridge.config.schema import MTLS_TRUSTED_CA
+from vault_bridge.config.settings import ClusterSettings
 from vault_bridge.decisions.install import CertUpload
 from vault_bridge.errors import CertificateError, ClusterError
 from vault_bridge.models.certificates import CertName, InstalledCertificate, IssuedCertificate

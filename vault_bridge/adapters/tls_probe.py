@@ -7,7 +7,7 @@ import ssl
 
 from cryptography import x509
 
-from vault_bridge.config.schema import parse_hostport
+from vault_bridge.config.validators import parse_hostport
 from vault_bridge.errors import VerificationError
 from vault_bridge.models.certificates import CertificateInfo
 

@@ -35,14 +35,15 @@ from vault_bridge.agent.oneshot import result_json
 from vault_bridge.agent.passes import AgentRotator, Passes
 from vault_bridge.agent.revocation import queue_replaced_logins, revoke_due
 from vault_bridge.agent.signals import Signals
-from vault_bridge.config.schema import Settings, load_config
+from vault_bridge.config.loading import load_config
+from vault_bridge.config.settings import Settings
 from vault_bridge.decisions.schedule import Backoff, Wake, after_failure, attempt_at, next_wake
 from vault_bridge.decisions.token import renew_due_at
 from vault_bridge.errors import StateError, VaultBridgeError, VaultUnavailableError
 from vault_bridge.models.times import iso, utc_now
 from vault_bridge.rotation.app import App, build
-from vault_bridge.rotation.executor import Outcome
 from vault_bridge.rotation.followups import FollowUps
+from vault_bridge.rotation.results import Outcome
 from vault_bridge.state.journal import IntentJournal
 from vault_bridge.state.store import LockHeld, StateDir
 

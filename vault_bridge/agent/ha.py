@@ -35,7 +35,8 @@ from urllib.parse import quote
 
 from vault_bridge.adapters.vault.client import VaultClient
 from vault_bridge.adapters.vault.kv import KvStore, KvV2
-from vault_bridge.config.schema import HaConfig, Settings
+from vault_bridge.config.schema import HaConfig
+from vault_bridge.config.settings import Settings
 from vault_bridge.decisions.lease import (
     Lease,
     fair_share,

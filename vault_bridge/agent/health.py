@@ -27,7 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from vault_bridge.config.schema import parse_hostport
+from vault_bridge.config.validators import parse_hostport
 from vault_bridge.decisions.login import LOGIN_NAME
 from vault_bridge.errors import VaultBridgeError
 from vault_bridge.models.cluster import OCSP_STATUSES

@@ -21,12 +21,13 @@ from typing import Any, Protocol
 
 from vault_bridge.adapters.ports import Monotonic, Sleep
 from vault_bridge.agent.revocation import queue_replaced_logins, revoke_due
-from vault_bridge.config.schema import Settings
+from vault_bridge.config.settings import Settings
 from vault_bridge.decisions.renewal import CertStatus
 from vault_bridge.errors import ConfigError, StateError
 from vault_bridge.models.times import iso_or_none, parse_iso, utc_now
 from vault_bridge.rotation.app import AppPorts, build
-from vault_bridge.rotation.executor import Outcome, PassResult, RotationHooks
+from vault_bridge.rotation.hooks import RotationHooks
+from vault_bridge.rotation.results import Outcome, PassResult
 from vault_bridge.state.journal import Clock, IntentJournal
 from vault_bridge.state.records import Key, key_text
 from vault_bridge.state.store import LockHeld, StateDir

@@ -19,7 +19,7 @@ from typing import Any
 
 from vault_bridge.adapters.ports import VaultAuth
 from vault_bridge.agent.health import CertSample, Condition
-from vault_bridge.config.schema import CertSpec, Settings
+from vault_bridge.config.settings import CertSpec, Settings
 from vault_bridge.decisions.renewal import CertStatus, renewal_time, windowed
 from vault_bridge.decisions.schedule import (
     Backoff,
@@ -33,7 +33,8 @@ from vault_bridge.errors import StateError, VaultBridgeError, VaultPermissionErr
 from vault_bridge.models.certificates import CertState, IssuedCertificate
 from vault_bridge.models.times import iso
 from vault_bridge.rotation.app import AppPorts
-from vault_bridge.rotation.executor import Change, Outcome, PassResult, Rotator
+from vault_bridge.rotation.executor import Rotator
+from vault_bridge.rotation.results import Change, Outcome, PassResult
 from vault_bridge.state.journal import (
     Clock,
     IntentJournal,

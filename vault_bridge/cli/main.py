@@ -26,8 +26,8 @@ from vault_bridge.errors import ConfigError, LabMissingError, VaultBridgeError
 if TYPE_CHECKING:
     from vault_bridge.adapters.vault.client import VaultClient
     from vault_bridge.cli.render import Leaders
-    from vault_bridge.config.schema import Settings
-    from vault_bridge.rotation.executor import PassResult
+    from vault_bridge.config.settings import Settings
+    from vault_bridge.rotation.results import PassResult
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class Context:
 
     def settings(self) -> Settings:
         if self._settings is None:
-            from vault_bridge.config.schema import load_config
+            from vault_bridge.config.loading import load_config
 
             self._settings = load_config(self.config_path)
         return self._settings

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from vault_bridge.decisions.renewal import Action, CertStatus
 from vault_bridge.models.times import iso_or_none, table_time
-from vault_bridge.rotation.executor import PassResult
+from vault_bridge.rotation.results import PassResult
 
 
 def _short_issuer(issuer: str | None) -> str:

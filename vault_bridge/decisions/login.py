@@ -14,7 +14,8 @@ from datetime import datetime
 
 from cryptography import x509
 
-from vault_bridge.config.schema import DEFAULT_RENEW_AT, LoginSpec
+from vault_bridge.config.schema import DEFAULT_RENEW_AT
+from vault_bridge.config.settings import LoginSpec
 from vault_bridge.decisions.renewal import issued_by, jitter
 from vault_bridge.models.certificates import CertificateInfo
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vault_bridge.config.durations import format_duration
-from vault_bridge.config.schema import CertSpec, Settings
+from vault_bridge.config.settings import CertSpec, Settings
 from vault_bridge.models.vault import PkiRole
 
 

@@ -21,7 +21,8 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from vault_bridge.config.durations import format_duration
-from vault_bridge.config.schema import DEFAULT_RENEW_AT, CertSpec
+from vault_bridge.config.schema import DEFAULT_RENEW_AT
+from vault_bridge.config.settings import CertSpec
 from vault_bridge.decisions.windows import WindowDecision, window_decision
 from vault_bridge.models.certificates import (
     CertificateInfo,

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from vault_bridge.adapters.redis_enterprise import ClusterClient
-from vault_bridge.config.schema import ClusterSettings
+from vault_bridge.config.settings import ClusterSettings
 from vault_bridge.decisions.ciphers import CIPHER_SETTING, ECDSA_REFUSED_FROM, allows_ecdsa
 from vault_bridge.errors import VaultBridgeError
 from vault_bridge.models.cluster import ClusterAccess

@@ -18,10 +18,11 @@ from vault_bridge.adapters.vault.client import (
     TokenAuth,
     VaultClient,
 )
-from vault_bridge.config.schema import ClusterSettings, Settings
+from vault_bridge.config.settings import ClusterSettings, Settings
 from vault_bridge.models.times import utc_now
 from vault_bridge.models.vault import DEFAULT_K8S_JWT
-from vault_bridge.rotation.executor import FollowUpRunner, RotationHooks, Rotator
+from vault_bridge.rotation.executor import Rotator
+from vault_bridge.rotation.hooks import FollowUpRunner, RotationHooks
 from vault_bridge.rotation.login import LoginCertificate
 
 

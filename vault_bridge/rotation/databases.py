@@ -20,7 +20,7 @@ from typing import Protocol
 
 from vault_bridge.adapters.crdb_runners import RestRunner
 from vault_bridge.adapters.ports import ClusterDatabaseCertificates, Vault
-from vault_bridge.config.schema import CertSpec, ClusterSettings, DatabaseSpec, Settings
+from vault_bridge.config.settings import CertSpec, ClusterSettings, DatabaseSpec, Settings
 from vault_bridge.decisions.followup_plan import leaf_fp
 from vault_bridge.decisions.install import CertUpload
 from vault_bridge.decisions.renewal import Action, CertStatus, classify

@@ -41,7 +41,8 @@ from dataclasses import dataclass
 from vault_bridge.adapters.crdb_runners import DockerRunner, runner_for
 from vault_bridge.adapters.ports import ClusterDatabases, CrdbRunner, Monotonic, Sleep
 from vault_bridge.adapters.redis_enterprise import ClusterClient
-from vault_bridge.config.schema import CrdbUpdate, Settings
+from vault_bridge.config.schema import CrdbUpdate
+from vault_bridge.config.settings import Settings
 from vault_bridge.decisions.followup_plan import (
     ClusterView,
     CrdbStep2,

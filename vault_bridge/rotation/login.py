@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from cryptography import x509
 
 from vault_bridge.adapters.ports import Vault
-from vault_bridge.config.schema import LoginSpec
+from vault_bridge.config.settings import LoginSpec
 from vault_bridge.decisions.login import login_renewal_time, login_replacement
 from vault_bridge.errors import VaultBridgeError
 from vault_bridge.models.certificates import CertName, IssuedCertificate, KeyType, Mode

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 
 from vault_bridge.adapters.ports import ClusterOcsp
-from vault_bridge.config.schema import ClusterSettings
+from vault_bridge.config.settings import ClusterSettings
 from vault_bridge.decisions.ocsp import ocsp_urls, refuse_proxy, vault_ocsp_url
 from vault_bridge.errors import CertificateError, VaultBridgeError
 from vault_bridge.models.certificates import CertName, IssuedCertificate

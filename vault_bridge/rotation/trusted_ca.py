@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from cryptography import x509
 
 from vault_bridge.adapters.ports import ClusterCertificates, Vault
-from vault_bridge.config.schema import MTLS_TRUSTED_CA, ClusterSettings
+from vault_bridge.config.schema import MTLS_TRUSTED_CA
+from vault_bridge.config.settings import ClusterSettings
 from vault_bridge.decisions.install import CertUpload
 from vault_bridge.decisions.renewal import CertStatus
 from vault_bridge.decisions.trusted_ca import TrustedCaPlan, plan_trusted_ca

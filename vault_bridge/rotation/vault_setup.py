@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass, field
 
 from vault_bridge.adapters.vault.client import VaultClient
-from vault_bridge.config.schema import Settings
+from vault_bridge.config.settings import Settings
 from vault_bridge.decisions.ocsp import vault_ocsp_url
 from vault_bridge.decisions.policy import desired_role, role_fixes, roles_in
 from vault_bridge.errors import VaultError

@@ -1,7 +1,7 @@
 """The intent journal: :class:`IntentJournal` records every step of a rotation in the state
 directory.
 
-It is the :class:`vault_bridge.rotation.executor.RotationHooks` of the agent and of the CLI's
+It is the :class:`vault_bridge.rotation.hooks.RotationHooks` of the agent and of the CLI's
 one-shot pass: the runaway guard before Vault is asked, then the journal entry (an
 :class:`vault_bridge.state.records.Intent`) moves ``issued`` -> ``installing`` -> ``followups``
 -> cleared, each step saved before the next starts. :meth:`IntentJournal.replay` resolves what
@@ -17,12 +17,13 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from vault_bridge.config.schema import CertSpec, Settings
+from vault_bridge.config.settings import CertSpec, Settings
 from vault_bridge.decisions.schedule import Backoff, is_expiring, runaway_until
 from vault_bridge.errors import DeferredError, StateError, VaultBridgeError
 from vault_bridge.models.certificates import CertName, IssuedCertificate
 from vault_bridge.models.times import iso
-from vault_bridge.rotation.executor import Change, Rotator
+from vault_bridge.rotation.executor import Rotator
+from vault_bridge.rotation.results import Change
 from vault_bridge.state.records import Intent, Key, State, key_text, log_change
 from vault_bridge.state.store import StateDir
 
