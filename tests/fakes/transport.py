@@ -16,7 +16,8 @@ from requests.adapters import BaseAdapter
 
 from tests.conftest import make_ca
 from tests.fakes.cluster import FakeCluster
-from vault_bridge.adapters.redis_enterprise import REQUIRED_CERTIFICATES, ClusterClient
+from vault_bridge.adapters.redis_enterprise import ClusterClient
+from vault_bridge.adapters.rest.certificates import REQUIRED_CERTIFICATES
 from vault_bridge.decisions.install import CertUpload
 from vault_bridge.errors import ClusterError
 

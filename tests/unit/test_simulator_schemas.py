@@ -21,7 +21,7 @@ from vault_bridge_lab.simulator.schemas import (
     REPLICA_SOURCE_WRITABLE,
 )
 
-from vault_bridge.adapters.redis_enterprise import REQUIRED_CERTIFICATES
+from vault_bridge.adapters.rest.certificates import REQUIRED_CERTIFICATES
 from vault_bridge.config.schema import ClusterConfig
 from vault_bridge.models.certificates import CertName
 from vault_bridge.models.cluster import REPLICA_STATUS_ONLY, REPLICA_WRITABLE

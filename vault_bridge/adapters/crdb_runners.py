@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vault_bridge.adapters.ports import ClusterDatabases, CrdbRunner, Monotonic, Sleep, UpdateResult
-from vault_bridge.adapters.redis_enterprise import new_task_id
+from vault_bridge.adapters.rest.databases import new_task_id
 from vault_bridge.config.settings import ClusterSettings
 from vault_bridge.errors import ClusterError, FollowUpError
 from vault_bridge.models.cluster import CrdbTask
