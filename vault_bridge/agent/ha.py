@@ -52,7 +52,7 @@ from vault_bridge.errors import CasConflictError, LeaseLostError, StateError, Va
 from vault_bridge.models.times import iso, utc_now
 from vault_bridge.rotation.app import vault_client
 from vault_bridge.state.journal import IntentJournal
-from vault_bridge.state.kv_store import KvStateStore, clusters_in, drop_cluster, merge_part
+from vault_bridge.state.kv_store import KvStateStore, drop_cluster, merge_part
 
 logger = logging.getLogger(__name__)
 
@@ -333,7 +333,7 @@ class Coordinator:
             return False
         now = self.clock()
         with self._io:
-            for cluster in sorted((self.store.claimed | clusters_in(state)) - self.led()):
+            for cluster in sorted((self.store.claimed | state.clusters()) - self.led()):
                 # Lost, or run out unrenewed (Vault down): what we knew may be stale. It is
                 # taken anew (a new fencing value) and its state read again, or not at all.
                 self.held.pop(cluster, None)

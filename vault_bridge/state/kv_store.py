@@ -51,19 +51,9 @@ class Fence(Protocol):
 
 
 def cluster_part(state: State, cluster: str) -> State:
-    """The part of ``state`` that belongs to ``cluster``."""
-    return State(
-        certificates={k: v for k, v in state.certificates.items() if k[0] == cluster},
-        superseded=[e for e in state.superseded if e.cluster == cluster],
-        journal={k: v for k, v in state.journal.items() if k[0] == cluster},
-        pending={k: v for k, v in state.pending.items() if k[0] == cluster},
-    )
-
-
-def clusters_in(state: State) -> set[str]:
-    """Every cluster ``state`` holds something of."""
-    keys = [*state.certificates, *state.journal, *state.pending]
-    return {k[0] for k in keys} | {e.cluster for e in state.superseded}
+    """The part of ``state`` that belongs to ``cluster`` (what :meth:`State.to_json` writes
+    for it)."""
+    return State.from_json(state.to_json(cluster))
 
 
 def drop_cluster(state: State, cluster: str) -> None:
@@ -77,11 +67,7 @@ def drop_cluster(state: State, cluster: str) -> None:
 def merge_part(state: State, cluster: str, part: State) -> None:
     """Replace ``cluster``'s part of ``state`` with ``part``."""
     drop_cluster(state, cluster)
-    mine = cluster_part(part, cluster)  # a record never speaks for another cluster
-    state.certificates.update(mine.certificates)
-    state.superseded.extend(mine.superseded)
-    state.journal.update(mine.journal)
-    state.pending.update(mine.pending)
+    state.merge(cluster_part(part, cluster))  # a record never speaks for another cluster
 
 
 def _text(part: State) -> str:
@@ -178,7 +164,7 @@ class KvStateStore:
         Raises :class:`StateError` (:class:`LeaseLostError` for a lost lease, and for a
         cluster in ``state`` that is not claimed: its lease was lost, and whatever changed
         for it must not be acted on)."""
-        wanted = clusters_in(state) if clusters is None else set(clusters)
+        wanted = state.clusters() if clusters is None else set(clusters)
         for cluster in sorted(wanted - set(self._versions)):
             raise LeaseLostError(
                 f"this replica no longer leads cluster {cluster}: nothing is written for it",
