@@ -14,7 +14,6 @@ import os
 import secrets
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +25,9 @@ from typing import Any
 
 import hvac
 import requests
+
+from vault_bridge_lab.bao_process import BaoProcess
+from vault_bridge_lab.bao_process import OpenBaoError as OpenBaoError
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +44,6 @@ DEFAULT_ROLE: dict[str, Any] = {
     "max_ttl": "8760h",
     "generate_lease": False,
 }
-
-
-class OpenBaoError(RuntimeError):
-    """The dev server could not be found, started or stopped."""
 
 
 def find_bao(bao_path: str | None = None) -> str:
@@ -83,12 +81,17 @@ def _free_port_pair() -> int:
     raise OpenBaoError("no free pair of loopback ports found")
 
 
-class OpenBaoServer:
+class OpenBaoServer(BaoProcess):
     """``bao server -dev`` on a free loopback port, optionally with its generated TLS CA.
 
     Use as a context manager or call :meth:`start` / :meth:`stop`. ``root_token`` is kept out
     of ``repr`` and out of the process list (it is passed through the environment).
     """
+
+    _stop_timeout = _STOP_TIMEOUT_SECONDS
+    _label = "OpenBao dev server"
+    _not_started = "the OpenBao server is not started"
+    _logger = logger
 
     def __init__(
         self,
@@ -97,25 +100,16 @@ class OpenBaoServer:
         root_token: str | None = None,
         bao_path: str | None = None,
     ) -> None:
+        super().__init__(
+            root_token=root_token if root_token is not None else secrets.token_urlsafe(24),
+            bao_path=bao_path,
+        )
         self.tls = tls
-        # The root token: never log it, never put it in an exception message.
-        self.root_token = root_token if root_token is not None else secrets.token_urlsafe(24)
-        self._bao_path = bao_path
-        self._proc: subprocess.Popen[bytes] | None = None
         self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
-        self._log_file: Any = None
-        self._clients: list[Any] = []
-        self.port: int | None = None
-        self.address = ""
-        self.ca_cert: str | None = None
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"OpenBaoServer(address={self.address!r}, tls={self.tls}, {state})"
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     @property
     def log_path(self) -> Path | None:
@@ -160,20 +154,10 @@ class OpenBaoServer:
             cert_dir.mkdir()
             args += ["-dev-tls", f"-dev-tls-cert-dir={cert_dir}"]
             self.ca_cert = str(cert_dir / "vault-ca.pem")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_", "HCP_"))}
         # Through the environment so that the token is not visible in `ps`.
-        env["BAO_DEV_ROOT_TOKEN_ID"] = self.root_token
-        env["HOME"] = str(tmp)
-        self._log_file = (tmp / "bao.log").open("wb")
-        self._proc = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            cwd=tmp,
-            env=env,
+        self._spawn(
+            args, cwd=tmp, log_mode="wb", extra_env={"BAO_DEV_ROOT_TOKEN_ID": self.root_token}
         )
-        logger.info("started OpenBao dev server pid %s on %s", self._proc.pid, self.address)
         self._wait_ready()
 
     def _wait_ready(self) -> None:
@@ -219,19 +203,8 @@ class OpenBaoServer:
 
     def stop(self) -> None:
         """Stop the server (terminate, then kill), close handed-out clients, remove temp files."""
-        for client in self._clients:
-            with contextlib.suppress(Exception):
-                client.adapter.close()
-        self._clients.clear()
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=_STOP_TIMEOUT_SECONDS)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=_STOP_TIMEOUT_SECONDS)
-            logger.info("stopped OpenBao dev server pid %s", proc.pid)
+        self._close_clients()
+        self._terminate(self._proc)
         self._cleanup()
 
     def _cleanup(self) -> None:
@@ -239,9 +212,7 @@ class OpenBaoServer:
             self._proc.kill()
             self._proc.wait(timeout=_STOP_TIMEOUT_SECONDS)
         self._proc = None
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
+        self._close_log()
         if self._tmpdir is not None:
             self._tmpdir.cleanup()
             self._tmpdir = None
@@ -257,26 +228,6 @@ class OpenBaoServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-    # -- clients --------------------------------------------------------------------------
-
-    def client(self, token: str | None = None) -> hvac.Client:
-        """An ``hvac.Client`` with the root token (or ``token``), trusting the dev CA.
-
-        The server closes the clients it handed out when it stops; close earlier with
-        ``client.adapter.close()`` if you like.
-        """
-        if not self.address:
-            raise OpenBaoError("the OpenBao server is not started")
-        client = hvac.Client(
-            url=self.address,
-            token=token if token is not None else self.root_token,
-            verify=self.ca_cert or True,
-            cert=None,
-            timeout=10,
-        )
-        self._clients.append(client)
-        return client
 
 
 # -- PKI ----------------------------------------------------------------------------------

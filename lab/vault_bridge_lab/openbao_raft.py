@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import hvac
 import requests
 
-from vault_bridge_lab.openbao import OpenBaoError, _free_port_pair, find_bao
+from vault_bridge_lab.bao_process import BaoProcess, OpenBaoError
+from vault_bridge_lab.openbao import _free_port_pair, find_bao
 
 logger = logging.getLogger(__name__)
 
@@ -30,30 +28,24 @@ _START_TIMEOUT_SECONDS = 30.0
 _STOP_TIMEOUT_SECONDS = 10.0
 
 
-class RaftOpenBaoServer:
+class RaftOpenBaoServer(BaoProcess):
     """``bao server`` with Raft storage in a temporary directory; kept across restarts until
     :meth:`close`. Use as a context manager (start ... close)."""
 
+    _stop_timeout = _STOP_TIMEOUT_SECONDS
+    _label = "OpenBao (raft)"
+    _not_started = "the raft server is not started"
+    _logger = logger
+
     def __init__(self, *, bao_path: str | None = None) -> None:
-        self._bao_path = bao_path
+        super().__init__(root_token="", bao_path=bao_path)  # ca_cert stays None: plain HTTP
         self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log_file: Any = None
-        self._clients: list[Any] = []
-        self.port: int | None = None
-        self.address = ""
-        self.ca_cert: str | None = None  # plain HTTP
         # Secrets: never log them, never put them into an exception message.
-        self.root_token = ""
         self._unseal_key = ""
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"RaftOpenBaoServer(address={self.address!r}, {state})"
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     @property
     def unseal_key(self) -> str:
@@ -72,18 +64,9 @@ class RaftOpenBaoServer:
             self.address = f"http://127.0.0.1:{self.port}"
             (self.dir / "data").mkdir()
             (self.dir / "config.hcl").write_text(self._config())
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_", "HCP_"))}
-        env["HOME"] = str(self.dir)
-        self._log_file = (self.dir / "bao.log").open("ab")
-        self._proc = subprocess.Popen(
-            [bao, "server", f"-config={self.dir / 'config.hcl'}"],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            cwd=self.dir,
-            env=env,
+        self._spawn(
+            [bao, "server", f"-config={self.dir / 'config.hcl'}"], cwd=self.dir, log_mode="ab"
         )
-        logger.info("started OpenBao (raft) pid %s on %s", self._proc.pid, self.address)
         try:
             self._bring_up()
         except BaseException:
@@ -172,22 +155,10 @@ class RaftOpenBaoServer:
 
     def stop(self) -> None:
         """Stop the process (the data stays; :meth:`start` brings it back)."""
-        for client in self._clients:
-            with contextlib.suppress(Exception):
-                client.adapter.close()
-        self._clients.clear()
+        self._close_clients()
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=_STOP_TIMEOUT_SECONDS)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=_STOP_TIMEOUT_SECONDS)
-            logger.info("stopped OpenBao (raft) pid %s", proc.pid)
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
+        self._terminate(proc)
+        self._close_log()
 
     def restart(self) -> None:
         self.stop()
@@ -219,15 +190,3 @@ class RaftOpenBaoServer:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-    # -- clients --------------------------------------------------------------------------
-
-    def client(self, token: str | None = None) -> hvac.Client:
-        """An ``hvac.Client`` with the root token (or ``token``)."""
-        if not self.address:
-            raise OpenBaoError("the raft server is not started")
-        client = hvac.Client(
-            url=self.address, token=token if token is not None else self.root_token, timeout=10
-        )
-        self._clients.append(client)
-        return client
