@@ -17,9 +17,10 @@ from vault_bridge_lab.openbao import (
     find_bao,
     setup_pki,
 )
-from vault_bridge_lab.simulator import SimulatedCluster
+from vault_bridge_lab.simulator import DatabaseWorld, SimulatedCluster
 
 from tests.conftest import register_secret
+from tests.integration.database_helpers import VERSION
 
 # Roles every PKI fixture has on its issuing mount. ``redis`` is the default role of
 # setup_pki (key type "any": sign only); Vault cannot issue with "any", so issue mode needs a
@@ -72,3 +73,14 @@ def sim() -> Iterator[SimulatedCluster]:
     """A fresh simulated cluster "east" (7.22.2) on loopback."""
     with SimulatedCluster("east") as cluster:
         yield cluster
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[SimulatedCluster, SimulatedCluster]]:
+    """Two simulated clusters, east and west, sharing one database world (Replica Of, CRDBs)."""
+    world = DatabaseWorld()
+    with (
+        SimulatedCluster("east", software_version=VERSION, world=world) as east,
+        SimulatedCluster("west", software_version=VERSION, world=world) as west,
+    ):
+        yield east, west

@@ -3,17 +3,16 @@ dry_run, installed, probed on the database's endpoint and carried to its Replica
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from vault_bridge_lab.lab import cluster_table, lab_config, to_toml
+from vault_bridge_lab.lab import to_toml
 from vault_bridge_lab.openbao import OpenBaoServer, PkiSetup
 from vault_bridge_lab.simulator import DatabaseWorld, SimulatedCluster
 
+from tests.integration.database_helpers import database_doc
 from vault_bridge.adapters.tls_probe import served_certificate
 from vault_bridge.cli.main import cli
 from vault_bridge.config.loading import parse_config
@@ -21,46 +20,6 @@ from vault_bridge.models.certificates import CertificateInfo
 from vault_bridge.rotation.app import build
 
 pytestmark = pytest.mark.usefixtures("lab_env")
-VERSION = "8.2.0-25"
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[SimulatedCluster, SimulatedCluster]]:
-    world = DatabaseWorld()
-    with (
-        SimulatedCluster("east", software_version=VERSION, world=world) as east,
-        SimulatedCluster("west", software_version=VERSION, world=world) as west,
-    ):
-        yield east, west
-
-
-def _doc(
-    openbao: OpenBaoServer,
-    pki: PkiSetup,
-    east: SimulatedCluster,
-    west: SimulatedCluster,
-    tmp: Path,
-    endpoint: str,
-) -> dict[str, Any]:
-    database = {
-        "role": "redis",
-        "common_name": "orders.east.example.com",
-        "alt_names": ["localhost"],
-        "ip_sans": ["127.0.0.1"],
-        "verify_endpoint": endpoint,
-    }
-    return lab_config(
-        openbao,
-        pki,
-        [
-            cluster_table(
-                east, tmp, role="redis", names=("proxy",), databases={"orders": database}
-            ),
-            cluster_table(west, tmp, role="redis", names=("syncer",)),
-        ],
-        state_dir=tmp / "state",
-        defaults={"key_type": "ec", "key_bits": 256},
-    )
 
 
 def _fp(pem: str) -> str:
@@ -77,7 +36,7 @@ def test_database_certificate_rotated_probed_and_carried_to_its_replica(
     orders = east.add_bdb("orders")
     replica = west.add_bdb("orders-replica", replica_of=[(east, orders)])
     endpoint = east.open_bdb_endpoint(orders)
-    settings = parse_config(_doc(openbao, pki, east, west, tmp_path, endpoint))
+    settings = parse_config(database_doc(openbao, pki, east, west, tmp_path, endpoint))
     with build(settings, sleep=lambda s: None) as app:
         before = {s.name: s.state for s in app.rotator.status().statuses if s.cluster == "east"}
         assert before == {"proxy": "foreign", "bdb:orders": "missing"}
@@ -122,7 +81,7 @@ def test_dry_run_refusal_changes_nothing(
     endpoint = east.open_bdb_endpoint(orders)
     # RSA-only data ciphers: the EC certificate is refused, already by the dry run.
     east.set_access(data_cipher_list="ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-AES128-GCM-SHA256")
-    settings = parse_config(_doc(openbao, pki, east, west, tmp_path, endpoint))
+    settings = parse_config(database_doc(openbao, pki, east, west, tmp_path, endpoint))
     with build(settings, sleep=lambda s: None) as app:
         result = app.rotator.run_once(only={("east", "bdb:orders")})
         failed = [o for o in result.outcomes if o.name == "bdb:orders"]
@@ -145,7 +104,7 @@ def test_an_older_cluster_says_it_needs_a_newer_redis_enterprise(
         SimulatedCluster("west", software_version="7.22.2-14", world=world) as west,
     ):
         east.add_bdb("orders")
-        settings = parse_config(_doc(openbao, pki, east, west, tmp_path, "127.0.0.1:1"))
+        settings = parse_config(database_doc(openbao, pki, east, west, tmp_path, "127.0.0.1:1"))
         with build(settings, sleep=lambda s: None) as app:
             result = app.rotator.run_once(only=set())
     failed = [o for o in result.outcomes if o.name == "bdb:orders"]
@@ -163,7 +122,7 @@ def test_an_active_active_instance_gets_its_certificate_through_the_crdb(
     guid = east.add_crdb("orders", participants=[east, west])
     uid = next(b["uid"] for b in east.world.bdbs_json("east") if b["name"] == "orders")
     endpoint = east.open_bdb_endpoint(uid)
-    settings = parse_config(_doc(openbao, pki, east, west, tmp_path, endpoint))
+    settings = parse_config(database_doc(openbao, pki, east, west, tmp_path, endpoint))
     with build(settings, sleep=lambda s: None) as app:
         result = app.rotator.run_once(only={("east", "bdb:orders")})
         assert result.ok, result.summary()
@@ -197,7 +156,9 @@ def test_issue_command_renews_a_database_certificate_now(
     orders = east.add_bdb("orders")
     endpoint = east.open_bdb_endpoint(orders)
     config = tmp_path / "config.toml"
-    config.write_text(to_toml(_doc(openbao, pki, east, west, tmp_path, endpoint)), encoding="utf-8")
+    config.write_text(
+        to_toml(database_doc(openbao, pki, east, west, tmp_path, endpoint)), encoding="utf-8"
+    )
     first = CliRunner().invoke(cli, ["--config", str(config), "run", "--once"])
     print(first.output)
     assert first.exit_code == 0, first.output

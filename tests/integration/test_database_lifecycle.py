@@ -5,16 +5,16 @@ revocation of a superseded certificate after revoke_grace, and the runaway guard
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from vault_bridge_lab.lab import cluster_table, lab_config
 from vault_bridge_lab.openbao import OpenBaoServer, PkiSetup
-from vault_bridge_lab.simulator import DatabaseWorld, SimulatedCluster
+from vault_bridge_lab.simulator import SimulatedCluster
 
+from tests.integration.database_helpers import database_doc
 from vault_bridge.agent.revocation import revoke_due
 from vault_bridge.config.loading import parse_config
 from vault_bridge.config.settings import Settings
@@ -25,22 +25,11 @@ from vault_bridge.state.journal import IntentJournal
 from vault_bridge.state.store import StateDir
 
 pytestmark = pytest.mark.usefixtures("lab_env")
-VERSION = "8.2.0-25"
 KEY = ("east", "bdb:orders")
 
 
 class Killed(BaseException):
     """The process died here (nothing catches it, like a kill)."""
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[SimulatedCluster, SimulatedCluster]]:
-    world = DatabaseWorld()
-    with (
-        SimulatedCluster("east", software_version=VERSION, world=world) as east,
-        SimulatedCluster("west", software_version=VERSION, world=world) as west,
-    ):
-        yield east, west
 
 
 def _settings(
@@ -52,28 +41,7 @@ def _settings(
     endpoint: str,
     **agent: Any,
 ) -> Settings:
-    database = {
-        "role": "redis",
-        "common_name": "orders.east.example.com",
-        "alt_names": ["localhost"],
-        "ip_sans": ["127.0.0.1"],
-        "verify_endpoint": endpoint,
-    }
-    return parse_config(
-        lab_config(
-            openbao,
-            pki,
-            [
-                cluster_table(
-                    east, tmp, role="redis", names=("proxy",), databases={"orders": database}
-                ),
-                cluster_table(west, tmp, role="redis", names=("syncer",)),
-            ],
-            state_dir=tmp / "state",
-            defaults={"key_type": "ec", "key_bits": 256},
-            agent=agent,
-        )
-    )
+    return parse_config(database_doc(openbao, pki, east, west, tmp, endpoint, **agent))
 
 
 def _journal(settings: Settings, tmp: Path, clock: Any) -> IntentJournal:
