@@ -48,6 +48,7 @@ from vault_bridge_lab.simulator import SimulatedCluster
 
 from tests.conftest import register_secret
 from tests.integration.conftest import PKI_ROLES
+from tests.integration.waiting import free_port, wait_for
 from tests.state_files import read_state
 from vault_bridge.adapters.tls_probe import verify_chain
 from vault_bridge.decisions.schedule import max_attempts
@@ -63,23 +64,6 @@ READY_TIMEOUT = 60.0
 
 def now() -> datetime:
     return datetime.now(UTC)
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0, every: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def fresh_pki(vault: OpenBaoServer) -> PkiSetup:

@@ -10,6 +10,7 @@ for their configuration. ``lease_ttl`` is 3 s, so takeovers happen in seconds.
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import json
 import os
@@ -34,7 +35,9 @@ from vault_bridge_lab.openbao_raft import RaftOpenBaoServer
 from vault_bridge_lab.simulator import DEFAULT_USERS, DatabaseWorld, SimulatedCluster
 
 from tests.conftest import register_secret
+from tests.integration import waiting
 from tests.integration.conftest import PKI_ROLES
+from tests.integration.waiting import free_port
 from vault_bridge.config.loading import parse_config
 from vault_bridge.decisions.policy import render_policy
 from vault_bridge.models.certificates import CertificateInfo
@@ -46,23 +49,8 @@ BULK = "/v1/cluster/certificates"
 LOG_DIR = Path(os.environ.get("VAULT_BRIDGE_TEST_LOG_DIR") or "/tmp")  # secret-scanned
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0, every: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# The HA scenarios wait up to 60 s by default (the agent tests 30 s).
+wait_for = functools.partial(waiting.wait_for, timeout=60.0)
 
 
 def user(index: int) -> str:
